@@ -1,0 +1,1 @@
+//! The concurrent safety test.

@@ -1,0 +1,1 @@
+//! Store decorators for tests: counting requests and cutting renewals.

@@ -1,0 +1,1 @@
+//! The proptest model-based test.

@@ -1,0 +1,408 @@
+//! The client layer: waiting, backoff, leases and guards, written once for
+//! every backend.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::guard::{GuardSettings, LeaseHandle, LockGuard};
+use crate::{
+    AcquireOutcome, AcquireRequest, Backoff, Holder, Lease, LeaseId, LockError, LockKey,
+    LockStore, OwnerLabel, ReleaseOutcome, RenewOutcome, Ttl,
+};
+
+/// How long [`LockClient::acquire`] waits for a held key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// One attempt; fail with [`LockError::Timeout`] if the key is held.
+    No,
+    /// Retry until the key is free or this much time has passed.
+    Up(Duration),
+    /// Retry until the key is free.
+    Forever,
+}
+
+/// What to ask for when acquiring: the lease TTL and how long to wait.
+///
+/// ```
+/// use std::time::Duration;
+/// use lockstore_api::AcquireOptions;
+///
+/// let options = AcquireOptions::new(Duration::from_secs(30)).wait_up_to(Duration::from_secs(5));
+/// # let _ = options;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcquireOptions {
+    ttl: Duration,
+    wait: Wait,
+}
+
+impl AcquireOptions {
+    /// A lease of `ttl`, no waiting. The TTL is validated when used, so a bad
+    /// one is a [`LockError::InvalidTtl`] from the acquire call.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            wait: Wait::No,
+        }
+    }
+
+    /// Wait as `wait` says.
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Wait up to `timeout` for the key.
+    pub fn wait_up_to(self, timeout: Duration) -> Self {
+        self.wait(Wait::Up(timeout))
+    }
+
+    /// Wait as long as it takes.
+    pub fn wait_forever(self) -> Self {
+        self.wait(Wait::Forever)
+    }
+
+    /// The requested TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The waiting policy.
+    pub fn wait_policy(&self) -> Wait {
+        self.wait
+    }
+}
+
+/// The lock API for applications: acquire with or without waiting, renewing
+/// guards, `with_lock`, and plain leases for callers that renew themselves.
+///
+/// Works over a concrete store (`LockClient<MemoryStore>`) or a trait object
+/// (`LockClient<dyn LockStore>`, the default type parameter). Cloning is cheap.
+///
+/// ```
+/// use std::time::Duration;
+/// use lockstore_api::{AcquireOptions, LockClient};
+/// # use lockstore_api::*;
+/// # #[derive(Debug)] struct Nothing;
+/// # #[async_trait::async_trait] impl LockStore for Nothing {
+/// #   fn backend_name(&self) -> &'static str { "doc" }
+/// #   async fn try_acquire(&self, _: &AcquireRequest) -> Result<AcquireOutcome, LockError> { Ok(AcquireOutcome::Acquired { fence: FencingToken::new(1) }) }
+/// #   async fn renew(&self, _: &LockKey, _: LeaseId, _: Ttl) -> Result<RenewOutcome, LockError> { Ok(RenewOutcome::Renewed) }
+/// #   async fn release(&self, _: &LockKey, _: LeaseId) -> Result<ReleaseOutcome, LockError> { Ok(ReleaseOutcome::Released) }
+/// #   async fn inspect(&self, _: &LockKey) -> Result<Option<Holder>, LockError> { Ok(None) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), LockError> {
+/// # let store = Nothing;
+/// let client = LockClient::new(store);
+/// let guard = client
+///     .acquire("etl/2026-11-23", AcquireOptions::new(Duration::from_secs(30)).wait_up_to(Duration::from_secs(10)))
+///     .await?;
+/// // Hand the fencing token to whatever the lock protects.
+/// println!("running with fence {}", guard.fence());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct LockClient<S: ?Sized + LockStore = dyn LockStore> {
+    store: Arc<S>,
+    owner: OwnerLabel,
+    backoff: Backoff,
+    guard: GuardSettings,
+}
+
+impl<S: ?Sized + LockStore> Clone for LockClient<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            owner: self.owner.clone(),
+            backoff: self.backoff,
+            guard: self.guard,
+        }
+    }
+}
+
+impl<S: LockStore> LockClient<S> {
+    /// A client over `store`.
+    pub fn new(store: S) -> Self {
+        Self::from_arc(Arc::new(store))
+    }
+}
+
+impl<S: ?Sized + LockStore> LockClient<S> {
+    /// A client over a shared store, such as an `Arc<dyn LockStore>`.
+    pub fn from_arc(store: Arc<S>) -> Self {
+        Self {
+            store,
+            owner: OwnerLabel::for_this_process(),
+            backoff: Backoff::default(),
+            guard: GuardSettings::default(),
+        }
+    }
+
+    /// Stores `owner` with every lease instead of `host/pid-N`.
+    pub fn with_owner(mut self, owner: OwnerLabel) -> Self {
+        self.owner = owner;
+        self
+    }
+
+    /// Uses `backoff` between attempts while waiting.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How long before `sent + TTL` a guard stops trusting its lease; by
+    /// default a tenth of the TTL. Cover the worst clock-rate difference and
+    /// pause you expect between this process and the backend.
+    pub fn with_safety_margin(mut self, margin: Duration) -> Self {
+        self.guard.safety_margin = Some(margin);
+        self
+    }
+
+    /// How many renewals a guard attempts per TTL (default 3, at least 2, so
+    /// one failed renewal still leaves time for another).
+    pub fn with_renewals_per_ttl(mut self, renewals: u32) -> Self {
+        self.guard.renewals_per_ttl = renewals.max(2);
+        self
+    }
+
+    /// The store behind this client.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The owner label stored with this client's leases.
+    pub fn owner(&self) -> &OwnerLabel {
+        &self.owner
+    }
+
+    /// Acquires `key` and returns a guard that renews the lease in the
+    /// background until it is released or dropped.
+    ///
+    /// # Errors
+    /// [`LockError::Timeout`] when the key stayed held for the whole wait
+    /// (at once with [`Wait::No`]); input errors for a bad key or TTL;
+    /// backend errors, after retrying retryable ones within the wait.
+    pub async fn acquire<K>(&self, key: K, options: AcquireOptions) -> Result<LockGuard, LockError>
+    where
+        K: TryInto<LockKey, Error = LockError>,
+    {
+        let lease = self.acquire_lease(key, options).await?;
+        Ok(LockGuard::spawn(
+            Arc::clone(&self.store),
+            lease,
+            self.guard,
+        ))
+    }
+
+    /// One attempt: a guard if the key was free, `None` if someone holds it.
+    ///
+    /// # Errors
+    /// Input and backend errors, as [`LockClient::acquire`].
+    pub async fn try_acquire<K>(&self, key: K, ttl: Duration) -> Result<Option<LockGuard>, LockError>
+    where
+        K: TryInto<LockKey, Error = LockError>,
+    {
+        match self.acquire(key, AcquireOptions::new(ttl)).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(LockError::Timeout { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Runs `work` while holding `key`, then releases it.
+    ///
+    /// `work` gets a [`LeaseHandle`] with the fencing token. If the lease is
+    /// lost before `work` finishes, `work` is dropped at its next await point
+    /// and the call fails with [`LockError::LeaseLost`]: work must not go on
+    /// unprotected. A failed release after the work succeeded is only logged;
+    /// the lease then ends by its TTL.
+    ///
+    /// # Errors
+    /// As [`LockClient::acquire`], and [`LockError::LeaseLost`].
+    pub async fn with_lock<K, F, Fut, T>(
+        &self,
+        key: K,
+        options: AcquireOptions,
+        work: F,
+    ) -> Result<T, LockError>
+    where
+        K: TryInto<LockKey, Error = LockError>,
+        F: FnOnce(LeaseHandle) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self.acquire(key, options).await?;
+        let handle = guard.handle();
+        let output = tokio::select! {
+            biased;
+            () = guard.lost() => None,
+            output = work(handle) => Some(output),
+        };
+        let (key, fence) = (guard.key().clone(), guard.fence());
+        let released = guard.release().await;
+        match output {
+            Some(output) => {
+                if let Err(err) = released {
+                    warn!(%key, %fence, error = %err, "release after with_lock failed; the lease will expire by its TTL");
+                }
+                Ok(output)
+            }
+            None => Err(LockError::LeaseLost { key, fence }),
+        }
+    }
+
+    /// Acquires `key` and returns the bare lease, with no background renewal:
+    /// for callers that renew by themselves (a CLI, a job runner).
+    ///
+    /// # Errors
+    /// As [`LockClient::acquire`].
+    pub async fn acquire_lease<K>(&self, key: K, options: AcquireOptions) -> Result<Lease, LockError>
+    where
+        K: TryInto<LockKey, Error = LockError>,
+    {
+        let key = key.try_into()?;
+        let ttl = Ttl::new(options.ttl)?;
+        let span = info_span!("lockstore.acquire", backend = self.store.backend_name(), %key, fence = tracing::field::Empty, attempts = tracing::field::Empty);
+        self.acquire_loop(key, ttl, options.wait)
+            .instrument(span)
+            .await
+    }
+
+    async fn acquire_loop(&self, key: LockKey, ttl: Ttl, wait: Wait) -> Result<Lease, LockError> {
+        let started = Instant::now();
+        let give_up_at = match wait {
+            Wait::No => Some(started),
+            Wait::Up(timeout) => Some(started.checked_add(timeout).unwrap_or_else(far_future)),
+            Wait::Forever => None,
+        };
+        // One id for every attempt: a retry after a lost reply then finds its
+        // own grant instead of leaving an orphan lease behind.
+        let request = AcquireRequest {
+            key,
+            lease_id: LeaseId::random(),
+            ttl,
+            owner: self.owner.clone(),
+        };
+        let mut attempt = 0u32;
+        loop {
+            let signal = match wait {
+                Wait::No => None,
+                _ => self.store.release_signal(&request.key),
+            };
+            let sent_at = Instant::now();
+            let holder = match self.store.try_acquire(&request).await {
+                Ok(AcquireOutcome::Acquired { fence }) => {
+                    let span = tracing::Span::current();
+                    span.record("fence", fence.get());
+                    span.record("attempts", attempt + 1);
+                    debug!("acquired");
+                    return Ok(Lease::new(
+                        request.key,
+                        request.lease_id,
+                        fence,
+                        ttl,
+                        request.owner,
+                        sent_at,
+                    ));
+                }
+                Ok(AcquireOutcome::Held(holder)) => Some(holder),
+                Err(err) if err.is_retryable() && wait != Wait::No => {
+                    warn!(error = %err, attempt, "acquire failed; retrying with the same lease id");
+                    None
+                }
+                Err(err) => return Err(err),
+            };
+            let now = Instant::now();
+            let mut delay = self.backoff.delay(attempt);
+            if let Some(holder) = &holder {
+                // No point sleeping past the moment the lease can be taken over.
+                delay = delay.min(holder.expires_in() + Duration::from_millis(1));
+            }
+            if let Some(give_up_at) = give_up_at {
+                if now >= give_up_at {
+                    return Err(self.timed_out(request.key, started, holder));
+                }
+                delay = delay.min(give_up_at - now);
+            }
+            attempt = attempt.saturating_add(1);
+            match signal {
+                Some(signal) => {
+                    tokio::select! {
+                        () = signal => {},
+                        () = sleep(delay) => {},
+                    }
+                }
+                None => sleep(delay).await,
+            }
+        }
+    }
+
+    fn timed_out(&self, key: LockKey, started: Instant, holder: Option<Holder>) -> LockError {
+        debug!(holder = ?holder, "gave up waiting");
+        LockError::Timeout {
+            key,
+            waited: started.elapsed(),
+            holder,
+        }
+    }
+
+    /// Renews a bare lease for its TTL from now, returning the renewed lease.
+    ///
+    /// # Errors
+    /// [`LockError::LeaseLost`] when the lease no longer holds its key;
+    /// backend errors.
+    pub async fn renew(&self, lease: &Lease) -> Result<Lease, LockError> {
+        let span = info_span!("lockstore.renew", backend = self.store.backend_name(), key = %lease.key(), fence = lease.fence().get(), outcome = tracing::field::Empty);
+        async {
+            let sent_at = Instant::now();
+            let outcome = self.store.renew(lease.key(), lease.id(), lease.ttl()).await?;
+            tracing::Span::current().record("outcome", tracing::field::debug(outcome));
+            match outcome {
+                RenewOutcome::Renewed => Ok(lease.renewed(lease.ttl(), sent_at)),
+                RenewOutcome::Lost => Err(LockError::LeaseLost {
+                    key: lease.key().clone(),
+                    fence: lease.fence(),
+                }),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Releases a bare lease. Releasing twice, or after expiry, answers
+    /// [`ReleaseOutcome::NotHeld`] and is not an error.
+    ///
+    /// # Errors
+    /// Backend errors only.
+    pub async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome, LockError> {
+        let span = info_span!("lockstore.release", backend = self.store.backend_name(), key = %lease.key(), fence = lease.fence().get(), outcome = tracing::field::Empty);
+        async {
+            let outcome = self.store.release(lease.key(), lease.id()).await?;
+            tracing::Span::current().record("outcome", tracing::field::debug(outcome));
+            Ok(outcome)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Who holds `key` now, if anyone.
+    ///
+    /// # Errors
+    /// A bad key; backend errors.
+    pub async fn inspect<K>(&self, key: K) -> Result<Option<Holder>, LockError>
+    where
+        K: TryInto<LockKey, Error = LockError>,
+    {
+        let key = key.try_into()?;
+        self.store.inspect(&key).await
+    }
+}
+
+fn far_future() -> Instant {
+    // About 30 years, as tokio does for "never".
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
