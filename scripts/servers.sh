@@ -40,11 +40,11 @@ free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)
 
 # wait_ready NAME PIDFILE LOG CMD...: poll CMD for up to 30s; give up early if the process died.
 wait_ready() {
-  local name=$1 pidfile=$2 logf=$3 i
+  local name=$1 pidfile=$2 logf=$3 deadline=$((SECONDS + 30))
   shift 3
-  for ((i = 0; i < 300; i++)); do
+  while ((SECONDS < deadline)); do
     "$@" >/dev/null 2>&1 && return 0
-    if ((i > 5)) && [[ -f $pidfile ]] && ! alive "$pidfile"; then fail_with_log "$name exited before becoming ready" "$logf"; fi
+    if [[ -f $pidfile ]] && ! alive "$pidfile"; then fail_with_log "$name exited before becoming ready" "$logf"; fi
     sleep 0.1
   done
   fail_with_log "$name not ready after 30s" "$logf"
@@ -111,7 +111,8 @@ install_missing() {
 # Each server: if recorded in $DIR and still answering, reuse; otherwise start a new one.
 # Spawned processes get `9>&-` so they don't inherit (and hold forever) our flock.
 
-redis_ping() { [[ $(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]]; }
+# timeout: anything else listening on the port (a collision) would make redis-cli hang.
+redis_ping() { [[ $(timeout 2 redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]]; }
 
 start_redis() {
   [[ -n ${LOCKSTORE_TEST_REDIS_SERVER:-} ]] || emit LOCKSTORE_TEST_REDIS_SERVER "$(command -v redis-server)"
@@ -122,10 +123,13 @@ start_redis() {
     log "redis: reusing 127.0.0.1:$port"
   else
     port=$(free_port)
-    rm -f "$DIR/redis.pid" "$DIR/redis.port"
-    # No persistence: tests must not depend on (or leave behind) dump files.
-    redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --daemonize yes \
-      --dir "$DIR" --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log" 9>&- >&2
+    rm -f "$DIR/redis.port"
+    # No persistence: tests must not depend on (or leave behind) dump files.  Not --daemonize:
+    # with our own background process we know its pid at once and notice if it dies (e.g.
+    # port taken); setsid keeps it alive when the terminal that ran us gets Ctrl-C.
+    setsid redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+      --dir "$DIR" </dev/null >"$DIR/redis.log" 2>&1 9>&- &
+    echo $! >"$DIR/redis.pid"
     wait_ready redis "$DIR/redis.pid" "$DIR/redis.log" redis_ping "$port"
     echo "$port" >"$DIR/redis.port"
     log "redis: started on 127.0.0.1:$port"
@@ -186,22 +190,32 @@ assert b"TableNames" in urllib.request.urlopen(req, timeout=5).read()
 EOF
 }
 
-start_moto() {
+# Split in two because moto takes ~1s to import: spawn it first, let it load while redis and
+# postgres start, and only then wait for it.
+spawn_moto() {
+  [[ -z ${LOCKSTORE_TEST_DYNAMODB_URL:-} ]] || return 0
+  if alive "$DIR/moto.pid" && [[ -f $DIR/moto.port ]] && moto_ready "$(<"$DIR/moto.port")" 2>/dev/null; then
+    return 0
+  fi
+  rm -f "$DIR/moto.port"
+  # setsid as for redis.  The launcher binds port 0 and writes the real port to moto.port
+  # once listening.
+  setsid "$PY" "$HERE/moto_single_threaded.py" "$DIR/moto.port" </dev/null >"$DIR/moto.log" 2>&1 9>&- &
+  echo $! >"$DIR/moto.pid"
+  MOTO_SPAWNED=1
+}
+
+finish_moto() {
   [[ -z ${LOCKSTORE_TEST_DYNAMODB_URL:-} ]] || { log "moto: using LOCKSTORE_TEST_DYNAMODB_URL from env"; return 0; }
   local port
-  if alive "$DIR/moto.pid" && [[ -f $DIR/moto.port ]] && moto_ready "$(<"$DIR/moto.port")" 2>/dev/null; then
-    port=$(<"$DIR/moto.port")
-    log "moto: reusing 127.0.0.1:$port"
-  else
-    rm -f "$DIR/moto.port"
-    # setsid: survive Ctrl-C in the terminal that ran us.  The launcher binds port 0 and
-    # writes the real port to moto.port once listening.
-    setsid "$PY" "$HERE/moto_single_threaded.py" "$DIR/moto.port" </dev/null >"$DIR/moto.log" 2>&1 9>&- &
-    echo $! >"$DIR/moto.pid"
+  if [[ -n ${MOTO_SPAWNED:-} ]]; then
     wait_ready moto "$DIR/moto.pid" "$DIR/moto.log" test -s "$DIR/moto.port"
     port=$(<"$DIR/moto.port")
     wait_ready moto "$DIR/moto.pid" "$DIR/moto.log" moto_ready "$port"
     log "moto: started on 127.0.0.1:$port (single-threaded)"
+  else
+    port=$(<"$DIR/moto.port")
+    log "moto: reusing 127.0.0.1:$port"
   fi
   emit LOCKSTORE_TEST_DYNAMODB_URL "http://127.0.0.1:$port"
 }
@@ -210,9 +224,10 @@ start_all() {
   mkdir -p "$DIR"
   chmod 755 "$DIR" # the postgres user must be able to reach $DIR/pg
   install_missing
+  spawn_moto
   start_redis
   start_postgres
-  start_moto
+  finish_moto
 }
 
 stop_all() {
@@ -227,8 +242,10 @@ stop_all() {
       log "stopped $(basename "$f" .pid) (pid $pid)"
     fi
   done
-  if [[ -f $DIR/pg/postmaster.pid ]]; then
-    as_pg "$(pg_bin_dir)/pg_ctl" -s -D "$DIR/pg" -m fast -w stop >&2 && log "stopped postgres"
+  # `status` first: after a crash postmaster.pid is stale and `stop` would fail.
+  if [[ -f $DIR/pg/postmaster.pid ]] && as_pg "$(pg_bin_dir)/pg_ctl" -D "$DIR/pg" status >/dev/null 2>&1; then
+    as_pg "$(pg_bin_dir)/pg_ctl" -s -D "$DIR/pg" -m fast -w stop >&2
+    log "stopped postgres"
   fi
   rm -rf "$DIR"
 }

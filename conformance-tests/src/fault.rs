@@ -1,1 +1,125 @@
-//! Store decorators for tests: counting requests and cutting renewals.
+//! Store decorators for tests: counting the requests that reach a store, and
+//! cutting a holder off from its store (a partition) to watch its guard give
+//! up in time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use lockstore_api::{
+    AcquireOutcome, AcquireRequest, Holder, LeaseId, LockError, LockKey, LockStore,
+    ReleaseOutcome, ReleaseSignal, RenewOutcome, Ttl,
+};
+
+/// Counts every call that reaches the wrapped store.
+#[derive(Debug)]
+pub struct CountingStore {
+    inner: Arc<dyn LockStore>,
+    calls: AtomicU64,
+}
+
+impl CountingStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn LockStore>) -> Self {
+        Self {
+            inner,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls made so far (acquire, renew, release and inspect).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl LockStore for CountingStore {
+    fn backend_name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
+        self.count();
+        self.inner.try_acquire(request).await
+    }
+
+    async fn renew(&self, key: &LockKey, id: LeaseId, ttl: Ttl) -> Result<RenewOutcome, LockError> {
+        self.count();
+        self.inner.renew(key, id, ttl).await
+    }
+
+    async fn release(&self, key: &LockKey, id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+        self.count();
+        self.inner.release(key, id).await
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
+        self.count();
+        self.inner.inspect(key).await
+    }
+
+    fn release_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
+        self.inner.release_signal(key)
+    }
+}
+
+/// A holder's view of a store that can be cut off: while cut, renewals and
+/// releases hang (as over a dead network) instead of reaching the store.
+#[derive(Debug)]
+pub struct PartitionableStore {
+    inner: Arc<dyn LockStore>,
+    cut: AtomicBool,
+}
+
+impl PartitionableStore {
+    /// Wraps `inner`, connected.
+    pub fn new(inner: Arc<dyn LockStore>) -> Self {
+        Self {
+            inner,
+            cut: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on, requests hang forever.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    async fn reach(&self) {
+        if self.cut.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait]
+impl LockStore for PartitionableStore {
+    fn backend_name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
+        self.reach().await;
+        self.inner.try_acquire(request).await
+    }
+
+    async fn renew(&self, key: &LockKey, id: LeaseId, ttl: Ttl) -> Result<RenewOutcome, LockError> {
+        self.reach().await;
+        self.inner.renew(key, id, ttl).await
+    }
+
+    async fn release(&self, key: &LockKey, id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+        self.reach().await;
+        self.inner.release(key, id).await
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
+        self.reach().await;
+        self.inner.inspect(key).await
+    }
+}

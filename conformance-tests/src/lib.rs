@@ -147,7 +147,7 @@ pub enum Runtime {
 }
 
 /// A boxed case future.
-pub type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type CaseFuture = Pin<Box<dyn Future<Output = ()>>>;
 
 /// Runs one case against a harness on the runtime it needs. Used by
 /// [`suite!`]; call it directly for a backend-specific test that wants the

@@ -181,6 +181,18 @@ fn task_gone() -> LockError {
     }
 }
 
+fn release_timed_out(lease: &Lease) -> LockError {
+    LockError::Backend {
+        backend: "client",
+        retryable: true,
+        message: format!(
+            "release of {} got no answer within its TTL; the lease expires on its own",
+            lease.key()
+        ),
+        source: None,
+    }
+}
+
 impl Drop for LockGuard {
     fn drop(&mut self) {
         // Dropping the sender tells the task to release on its own.
@@ -266,7 +278,11 @@ async fn keep_alive<S: ?Sized + LockStore>(
     };
     // Release even a lease believed lost: if it was lost only by the local
     // deadline, the backend may still hold it and others should not wait.
-    let outcome = store.release(lease.key(), lease.id()).await;
+    // Bounded: over a dead network the release would hang, and after one TTL
+    // the lease is gone anyway.
+    let outcome = tokio::time::timeout(lease.ttl().as_duration(), store.release(lease.key(), lease.id()))
+        .await
+        .unwrap_or_else(|_| Err(release_timed_out(&lease)));
     lost.cancel();
     match reply {
         Some(reply) => {

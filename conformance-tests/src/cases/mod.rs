@@ -1,8 +1,150 @@
-//! The example cases, one per promise of the contract.
+//! The example cases, one or more per promise of the contract.
+//!
+//! Every case is a `pub async fn(Ctx)` that panics with a message naming the
+//! broken promise. The list in [`__cases!`](crate::__cases) is the only place
+//! a case is registered, so a backend that uses [`suite!`](crate::suite) runs
+//! all of them.
 
-/// Expands the case list; see [`crate::suite!`].
+use std::time::Duration;
+
+use lockstore_api::{
+    AcquireOutcome, AcquireRequest, FencingToken, Holder, LeaseId, LockKey, LockStore, OwnerLabel,
+    Ttl,
+};
+
+use crate::Ctx;
+
+mod fencing;
+mod guard;
+mod isolation;
+mod lifecycle;
+mod ownership;
+mod validation;
+mod waiting;
+
+pub use fencing::*;
+pub use guard::*;
+pub use isolation::*;
+pub use lifecycle::*;
+pub use ownership::*;
+pub use validation::*;
+pub use waiting::*;
+pub use crate::concurrency::concurrent_holders_never_overlap;
+pub use crate::model::model_based_sequences;
+
+/// Expands the case list into tests; see [`crate::suite!`].
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __cases {
-    ($backend:ident, $harness:expr) => {};
+    ($backend:ident, $harness:expr) => {
+        $crate::__cases!(@emit $backend, $harness, [
+            (lifecycle_acquire_inspect_release, Default),
+            (free_key_has_no_holder, Default),
+            (held_key_reports_its_holder, Default),
+            (release_frees_the_key_at_once, Default),
+            (expiry_allows_takeover, Default),
+            (renew_extends_the_lease, Default),
+            (renew_after_expiry_is_lease_lost, Default),
+            (retried_acquire_with_same_lease_id_keeps_the_lease, Default),
+            (foreign_lease_cannot_renew, Default),
+            (foreign_lease_cannot_release, Default),
+            (forged_lease_id_changes_nothing, Default),
+            (stale_lease_cannot_touch_the_new_holder, Default),
+            (double_release_is_harmless, Default),
+            (release_after_expiry_is_harmless, Default),
+            (fence_increases_after_release, Default),
+            (fence_increases_after_expiry_takeover, Default),
+            (fence_unchanged_by_renewal, Default),
+            (fence_strictly_increases_over_many_cycles, Default),
+            (keys_are_independent, Default),
+            (namespaces_are_independent, Default),
+            (long_and_unusual_keys_work, Default),
+            (invalid_keys_are_rejected_before_any_request, Default),
+            (invalid_ttls_are_rejected_before_any_request, Default),
+            (malformed_lease_ids_are_rejected, Default),
+            (guard_keeps_lease_alive_across_many_ttls, Default),
+            (guard_release_frees_the_key, Default),
+            (dropped_guard_releases_the_key, Default),
+            (guard_signals_loss_when_renewal_finds_lease_gone, Default),
+            (guard_signals_loss_before_takeover_when_partitioned, Default),
+            (no_wait_acquire_fails_fast_naming_the_holder, Default),
+            (waiting_acquire_times_out_naming_the_holder, Default),
+            (waiting_acquire_wakes_promptly_on_release, Default),
+            (waiting_acquire_takes_over_after_expiry, Default),
+            (with_lock_runs_work_and_releases, Default),
+            (with_lock_stops_work_when_lease_is_lost, Default),
+            (dyn_lock_store_works, Default),
+            (model_based_sequences, Default),
+            (concurrent_holders_never_overlap, MultiThread),
+        ]);
+    };
+    (@emit $backend:ident, $harness:expr, [$(($case:ident, $runtime:ident)),* $(,)?]) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $case() {
+                    $crate::run_case($harness, $crate::Runtime::$runtime, |ctx| {
+                        ::std::boxed::Box::pin($crate::cases::$case(ctx))
+                    });
+                }
+            )*
+        }
+    };
+}
+
+pub(crate) fn key(name: &str) -> LockKey {
+    LockKey::new(name).expect("test keys are valid")
+}
+
+pub(crate) fn ttl(duration: Duration) -> Ttl {
+    Ttl::new(duration).expect("test TTLs are valid")
+}
+
+/// A TTL no case waits out.
+pub(crate) fn long_ttl(ctx: &Ctx) -> Duration {
+    ctx.profile().short_ttl * 25
+}
+
+pub(crate) fn request(key: &LockKey, duration: Duration, owner: &str) -> AcquireRequest {
+    AcquireRequest {
+        key: key.clone(),
+        lease_id: LeaseId::random(),
+        ttl: ttl(duration),
+        owner: OwnerLabel::new(owner).expect("test owners are valid"),
+    }
+}
+
+/// Acquires `key` for `owner`, failing the case if the key is not free.
+pub(crate) async fn must_acquire(
+    store: &dyn LockStore,
+    key: &LockKey,
+    duration: Duration,
+    owner: &str,
+) -> (AcquireRequest, FencingToken) {
+    let request = request(key, duration, owner);
+    match store.try_acquire(&request).await {
+        Ok(AcquireOutcome::Acquired { fence }) => (request, fence),
+        Ok(AcquireOutcome::Held(holder)) => {
+            panic!("{owner} could not acquire free key {key}: held by {holder:?}")
+        }
+        Err(err) => panic!("{owner} acquire of {key} failed: {err}"),
+    }
+}
+
+/// Tries to acquire `key` for `owner`, failing the case unless it is held.
+pub(crate) async fn must_be_held(
+    store: &dyn LockStore,
+    key: &LockKey,
+    duration: Duration,
+    owner: &str,
+) -> Holder {
+    match store.try_acquire(&request(key, duration, owner)).await {
+        Ok(AcquireOutcome::Held(holder)) => holder,
+        Ok(AcquireOutcome::Acquired { fence }) => {
+            panic!("mutual exclusion broken: {owner} acquired held key {key} (fence {fence})")
+        }
+        Err(err) => panic!("{owner} acquire of {key} failed: {err}"),
+    }
 }

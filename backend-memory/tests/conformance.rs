@@ -1,0 +1,35 @@
+//! The conformance suite on the memory backend, on a paused tokio clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstore_api::LockStore;
+use lockstore_conformance::{Clock, Harness, Profile};
+use lockstore_memory::MemoryStore;
+
+/// All namespaces of one test live in one registry, as they would in a
+/// process sharing a `MemoryStore`.
+#[derive(Default)]
+struct MemoryHarness {
+    root: MemoryStore,
+}
+
+#[async_trait::async_trait]
+impl Harness for MemoryHarness {
+    fn profile(&self) -> Profile {
+        Profile {
+            clock: Clock::Tokio,
+            short_ttl: Duration::from_secs(1),
+            tolerance: Duration::ZERO,
+            release_notifications: true,
+            model_cases: 256,
+            concurrent_acquisitions: 100_000,
+        }
+    }
+
+    async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
+        Arc::new(self.root.namespace(namespace))
+    }
+}
+
+lockstore_conformance::suite!(memory, MemoryHarness::default());

@@ -1,0 +1,2 @@
+//! PostgreSQL and SQLite lockstore backends (work in progress).
+#![forbid(unsafe_code)]

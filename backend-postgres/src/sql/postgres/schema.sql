@@ -1,0 +1,28 @@
+-- The lockstore schema for PostgreSQL. Idempotent: `ensure_schema()` runs it
+-- on every call, inside one transaction serialised by a transaction-scoped
+-- advisory lock (so two processes starting at once do not race on the catalog).
+--
+-- {schema_ddl} is `CREATE SCHEMA IF NOT EXISTS "<schema>";`, or nothing for
+-- `public` (CREATE SCHEMA checks the database's CREATE privilege even when the
+-- schema exists).
+{schema_ddl}
+
+-- Fencing tokens for every key of the table. A sequence only moves forward:
+-- not on rollback, not on row deletion, and it is WAL-logged, so a restart
+-- never hands out a value twice (after a crash it may skip ahead, never back).
+CREATE SEQUENCE IF NOT EXISTS {fence_seq} AS bigint MINVALUE 1;
+
+-- One row per key that was ever taken and not yet purged. Released rows are
+-- kept (lease_id NULL) so per-key state can live on them; `purge_idle` deletes
+-- rows idle for long enough. Columns added later (the execution ledger:
+-- status, attempts, result, error) are nullable or defaulted and every
+-- statement names its columns, so adding them is not a breaking migration.
+CREATE TABLE IF NOT EXISTS {table} (
+    key         text COLLATE "C" PRIMARY KEY,
+    lease_id    text,
+    owner       text        NOT NULL,
+    fence       bigint      NOT NULL,
+    acquired_at timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL
+);

@@ -1,0 +1,246 @@
+//! Connecting: the URL, the key prefix, timeouts and retention.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstore_api::LockError;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::error::{BACKEND, command_error};
+use crate::notify::Listener;
+use crate::store::{Inner, RedisStore};
+
+/// The key prefix used unless [`RedisStoreBuilder::key_prefix`] says otherwise.
+pub const DEFAULT_KEY_PREFIX: &str = "lockstore:";
+
+/// How long an idle lock record (its fencing counter) is kept by default.
+pub const DEFAULT_IDLE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Settings for a [`RedisStore`]; made by [`RedisStore::builder`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), lockstore_api::LockError> {
+/// use std::time::Duration;
+/// use lockstore_redis::RedisStore;
+///
+/// let store = RedisStore::builder("rediss://app:secret@redis.internal:6380/2")
+///     .key_prefix("billing:locks:")
+///     .response_timeout(Duration::from_secs(1))
+///     .connect()
+///     .await?;
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStoreBuilder {
+    target: Target,
+    pub(crate) key_prefix: String,
+    pub(crate) idle_retention: Duration,
+    pub(crate) notifications: bool,
+    connect_timeout: Duration,
+    response_timeout: Option<Duration>,
+    reconnect_retries: usize,
+}
+
+#[derive(Clone)]
+enum Target {
+    Url(String),
+    Client(redis::Client),
+    Manager(redis::Client, ConnectionManager),
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    // By hand: the URL and the client hold the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("key_prefix", &self.key_prefix)
+            .field("idle_retention", &self.idle_retention)
+            .field("notifications", &self.notifications)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStoreBuilder {
+    pub(crate) fn new(url: impl Into<String>) -> Self {
+        Self::with_target(Target::Url(url.into()))
+    }
+
+    fn with_target(target: Target) -> Self {
+        Self {
+            target,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            idle_retention: DEFAULT_IDLE_RETENTION,
+            notifications: true,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Some(Duration::from_secs(5)),
+            reconnect_retries: 6,
+        }
+    }
+
+    /// Settings for a store over an existing [`redis::Client`] (for TLS
+    /// certificates or other options a URL cannot carry).
+    pub fn from_client(client: redis::Client) -> Self {
+        Self::with_target(Target::Client(client))
+    }
+
+    /// Settings for a store that shares an existing [`ConnectionManager`].
+    /// `client` must be the client the manager was made from: the store
+    /// opens its pub/sub connection (for release notifications) with it.
+    /// The manager's own timeouts and reconnect policy apply.
+    pub fn from_connection_manager(client: redis::Client, manager: ConnectionManager) -> Self {
+        Self::with_target(Target::Manager(client, manager))
+    }
+
+    /// Prepended to every Redis key and to the release channel, so several
+    /// applications (or tenants) share one Redis without meeting. Default
+    /// [`DEFAULT_KEY_PREFIX`]. A lock `k` lives in the hash `<prefix>{k}`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// How long a lock record outlives its last lease (default one day).
+    ///
+    /// While the record lives, the next fencing token is the last one + 1;
+    /// after that the record is gone (memory stays bounded by the keys used
+    /// within this window) and the next token comes from the server clock,
+    /// which is still larger. Shorter saves memory; longer covers keys
+    /// acquired more than a million times a second.
+    pub fn idle_retention(mut self, retention: Duration) -> Self {
+        self.idle_retention = retention.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Whether waiters are woken by pub/sub (default `true`). With `false`,
+    /// [`release_signal`](lockstore_api::LockStore::release_signal) returns
+    /// `None` and waiters poll with backoff; releases still publish.
+    pub fn notifications(mut self, enabled: bool) -> Self {
+        self.notifications = enabled;
+        self
+    }
+
+    /// How long one connection attempt may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a reply before failing the call with a
+    /// retryable error (default 5 s; `None` waits forever). A request whose
+    /// reply is lost is never reported as held; the client retries it with
+    /// the same lease id, which the scripts recognise.
+    pub fn response_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How many times the connection manager tries to reconnect before a
+    /// call fails (default 6, with exponential backoff).
+    pub fn reconnect_retries(mut self, retries: usize) -> Self {
+        self.reconnect_retries = retries;
+        self
+    }
+
+    /// Connects and returns the store.
+    ///
+    /// # Errors
+    /// [`LockError::Config`] for a malformed URL or failed authentication
+    /// (the message names the problem, never the password); a retryable
+    /// [`LockError::Backend`] when the server cannot be reached.
+    pub async fn connect(self) -> Result<RedisStore, LockError> {
+        let (client, manager) = match self.target.clone() {
+            Target::Url(url) => {
+                let client = open_client(&url)?;
+                let manager = self.manager(&client).await?;
+                (client, manager)
+            }
+            Target::Client(client) => {
+                let manager = self.manager(&client).await?;
+                (client, manager)
+            }
+            Target::Manager(client, manager) => (client, manager),
+        };
+        let address = client.get_connection_info().addr().to_string();
+        let channel = format!("{}released", self.key_prefix);
+        let listener = Listener::new(client, channel.clone());
+        Ok(RedisStore::from_inner(Arc::new(Inner {
+            manager,
+            address,
+            key_prefix: self.key_prefix,
+            channel,
+            idle_retention_ms: u64::try_from(self.idle_retention.as_millis()).unwrap_or(u64::MAX),
+            notifications: self.notifications,
+            listener,
+        })))
+    }
+
+    async fn manager(&self, client: &redis::Client) -> Result<ConnectionManager, LockError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(self.response_timeout)
+            .set_number_of_retries(self.reconnect_retries)
+            .set_max_delay(Duration::from_secs(2));
+        let address = client.get_connection_info().addr().to_string();
+        client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|err| command_error(&format!("connect to {address}"), err))
+    }
+}
+
+/// Parses the URL into a client, with errors that say what is wrong and never
+/// repeat the URL (it may hold a password).
+fn open_client(url: &str) -> Result<redis::Client, LockError> {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    if matches!(scheme, Some("rediss" | "valkeys")) {
+        enable_tls()?;
+    }
+    redis::Client::open(url).map_err(|err| LockError::Config {
+        backend: BACKEND,
+        message: format!(
+            "invalid Redis URL ({err}); expected redis://[user:password@]host[:port][/db] \
+             or rediss://… for TLS"
+        ),
+        source: Some(Box::new(err)),
+    })
+}
+
+#[cfg(feature = "tls")]
+fn enable_tls() -> Result<(), LockError> {
+    // rustls needs a process-wide crypto provider. Install ring unless the
+    // application already chose one (then this is an error we ignore).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+fn enable_tls() -> Result<(), LockError> {
+    Err(LockError::config(
+        BACKEND,
+        "rediss:// (TLS) URLs need lockstore-redis's `tls` feature; enable it or use redis://",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_urls_are_config_errors_without_the_password() {
+        for url in ["http://user:hunter2@host", "redis://user:hunter2@host:6379/notadb", "nonsense"] {
+            let err = open_client(url).expect_err(url);
+            assert!(matches!(err, LockError::Config { .. }), "{url}: {err:?}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+            assert!(err.to_string().contains("redis://"), "{err}");
+        }
+    }
+
+    #[test]
+    fn good_urls_parse() {
+        for url in ["redis://127.0.0.1:6379", "redis://u:p@localhost/3", "rediss://host:6380"] {
+            open_client(url).unwrap_or_else(|err| panic!("{url}: {err}"));
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! A Redis backend for [lockstore](lockstore_api): leased locks with fencing
+//! tokens, where acquire, renew and release are each one Lua script call
+//! (`EVALSHA`), expiry is judged by the Redis server's clock, and waiters are
+//! woken by pub/sub the moment a lock is released.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lockstore_api::{AcquireOptions, LockClient};
+//! use lockstore_redis::RedisStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lockstore_api::LockError> {
+//! let store = RedisStore::builder("redis://127.0.0.1:6379/0")
+//!     .key_prefix("billing:")
+//!     .connect()
+//!     .await?;
+//! let client = LockClient::new(store);
+//! let guard = client
+//!     .acquire("invoices/2026-11", AcquireOptions::new(Duration::from_secs(30)).wait_up_to(Duration::from_secs(10)))
+//!     .await?;
+//! println!("writing with fence {}", guard.fence());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # The record
+//!
+//! Every lock is one Redis hash, `<prefix>{<key>}` (default prefix
+//! `lockstore:`; the braces make the lock key the Redis Cluster hash tag, so
+//! anything later versions keep per lock lands in the same slot):
+//!
+//! | field           | meaning                                               |
+//! |-----------------|-------------------------------------------------------|
+//! | `lease_id`      | the holder's secret lease id, 32 hex digits           |
+//! | `owner`         | the holder's owner label, for reports                 |
+//! | `fence`         | the last fencing token handed out (kept on release)   |
+//! | `expires_at_us` | the lease's end, server time in microseconds          |
+//!
+//! A release deletes only `lease_id`, `owner` and `expires_at_us`; the
+//! scripts read fields by name and ignore others, so the next version's
+//! execution ledger (`status`, `attempts`, `result`, …) can be added to the
+//! same hash without breaking locks stored by this one. The hash itself
+//! expires (Redis `PEXPIRE`) `TTL + idle retention` after the last acquire
+//! or renew, and `idle retention` after a release (default one day,
+//! [`RedisStoreBuilder::idle_retention`]), so memory is bounded by the keys
+//! used within that window.
+//!
+//! # Fencing tokens and clocks
+//!
+//! A new lease gets `fence = max(last fence + 1, server time in µs)`, both
+//! read inside the script (`redis.call('TIME')`). The first term makes
+//! tokens strictly increase while the record exists; the second keeps them
+//! increasing after the record is gone — expired after its idle retention,
+//! or lost in a restart without persistence. This assumes:
+//!
+//! * the Redis server's clock does not go backwards (across restarts and
+//!   failovers, the new server's clock is not behind the old one's), and
+//! * a key is not acquired more than a million times a second for long, so
+//!   the counter does not run ahead of the clock by more than the time a
+//!   restart takes (or the idle retention).
+//!
+//! Expiry too is judged by the server's clock (`expires_at_us` against
+//! `TIME`), never the client's. Reading `TIME` before writing needs effects
+//! replication, the default since Redis 5 (the scripts ask for it on older
+//! servers); tested with Redis 7.
+//!
+//! # Round trips
+//!
+//! Each of `try_acquire`, `renew`, `release`, `inspect` is one `EVALSHA`. A
+//! refused acquire returns the holder's owner, fence and time left in the
+//! same reply. `NOSCRIPT` (first use, or after a restart) costs one extra
+//! `SCRIPT LOAD`, handled by [`redis::Script`]. A `try_acquire` with the lease
+//! id that already holds the key refreshes it and returns the same fence, so
+//! a request retried after a lost reply never makes a second holder.
+//!
+//! # Waking waiters
+//!
+//! The release script publishes the key on `<prefix>released`. The store
+//! keeps one pub/sub connection for all its waiters (started by the first),
+//! and [`LockStore::release_signal`](lockstore_api::LockStore::release_signal)
+//! resolves on the next release of that key — or on any change of the
+//! subscription, since waking early is harmless. A hand-off therefore takes
+//! about one round trip; if the listener is down, waiters poll with the
+//! client's jittered backoff.
+//!
+//! # Connections and errors
+//!
+//! Commands go over one multiplexed [`ConnectionManager`](redis::aio::ConnectionManager)
+//! that reconnects by itself. Connection loss, timeouts and the `LOADING`,
+//! `BUSY`, `READONLY`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` and `OOM`
+//! replies are retryable errors; a wrong type under a lock key or an
+//! unexpected reply is permanent; a bad URL, failed authentication or a
+//! missing ACL permission is a [`LockError::Config`](lockstore_api::LockError::Config)
+//! that never shows the password. Redis Cluster needs a cluster-aware proxy
+//! for now (the keys are slot-ready; the connection is single-node).
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod notify;
+mod scripts;
+mod store;
+
+pub use config::{DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, RedisStoreBuilder};
+pub use store::RedisStore;

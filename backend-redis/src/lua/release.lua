@@ -1,0 +1,27 @@
+-- End a live lease and tell waiters, in one step.
+--
+-- KEYS[1]  the lock's record (hash)
+-- ARGV[1]  lease id
+-- ARGV[2]  retention of the idle record in milliseconds
+-- ARGV[3]  the store's release channel
+-- ARGV[4]  the message: the lock key as the application named it
+--
+-- Returns 1 released, 0 not held (nothing changed, nothing published).
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local record = redis.call('HMGET', KEYS[1], 'lease_id', 'expires_at_us')
+local expires_at = tonumber(record[2])
+
+if record[1] ~= ARGV[1] or not expires_at or expires_at <= now then
+  return 0
+end
+
+-- Only the lease goes: 'fence' (and any field a later version adds) stays for
+-- the retention time, so the next token is still last + 1 when keys are busy.
+redis.call('HDEL', KEYS[1], 'lease_id', 'owner', 'expires_at_us')
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1

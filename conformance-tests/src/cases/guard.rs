@@ -1,0 +1,174 @@
+//! The client's guard: background renewal, loss signal, release and drop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstore_api::{AcquireOptions, LockClient, LockError, LockStore, ReleaseOutcome};
+use tokio::time::{Instant, timeout};
+
+use super::{key, long_ttl, must_be_held, request};
+use crate::Ctx;
+use crate::fault::PartitionableStore;
+
+/// A guard renews its lease so it outlives many TTLs.
+pub async fn guard_keeps_lease_alive_across_many_ttls(ctx: Ctx) {
+    let client = ctx.client().await;
+    let short = ctx.profile().short_ttl;
+    let guard = client
+        .acquire("kept-alive", AcquireOptions::new(short))
+        .await
+        .unwrap();
+    ctx.sleep(short * 6).await;
+    assert!(!guard.is_lost(), "a renewing guard lost its lease");
+    let holder = must_be_held(&**client.store(), guard.key(), short, "bob").await;
+    assert_eq!(holder.fence(), guard.fence());
+    assert_eq!(guard.release().await.unwrap(), ReleaseOutcome::Released);
+}
+
+/// `release().await` frees the key for the next caller.
+pub async fn guard_release_frees_the_key(ctx: Ctx) {
+    let client = ctx.client().await;
+    let guard = client
+        .acquire("guard-release", AcquireOptions::new(long_ttl(&ctx)))
+        .await
+        .unwrap();
+    assert_eq!(guard.release().await.unwrap(), ReleaseOutcome::Released);
+    let next = client
+        .try_acquire("guard-release", long_ttl(&ctx))
+        .await
+        .unwrap();
+    assert!(next.is_some(), "a released key was not free");
+}
+
+/// Dropping a guard releases the key in the background, long before its TTL.
+pub async fn dropped_guard_releases_the_key(ctx: Ctx) {
+    let client = ctx.client().await;
+    let guard = client
+        .acquire("guard-drop", AcquireOptions::new(long_ttl(&ctx)))
+        .await
+        .unwrap();
+    drop(guard);
+    let bound = ctx.profile().short_ttl + ctx.profile().tolerance;
+    let started = Instant::now();
+    loop {
+        if client
+            .try_acquire("guard-drop", long_ttl(&ctx))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "a dropped guard did not release its key within {bound:?}"
+        );
+        ctx.sleep(bound / 20).await;
+    }
+}
+
+/// When a renewal finds the lease gone, the guard says so at once — well
+/// before its local deadline would have.
+pub async fn guard_signals_loss_when_renewal_finds_lease_gone(ctx: Ctx) {
+    let client = ctx.client().await.with_renewals_per_ttl(4);
+    let lease_ttl = ctx.profile().short_ttl * 10;
+    let guard = client
+        .acquire("lost-by-renewal", AcquireOptions::new(lease_ttl))
+        .await
+        .unwrap();
+    // Someone with the id (an operator, a bug) frees it behind the guard's back.
+    client
+        .store()
+        .release(guard.key(), guard.lease_id())
+        .await
+        .unwrap();
+    let deadline_path = lease_ttl * 9 / 10;
+    let renewal_path = lease_ttl / 4 + ctx.profile().tolerance;
+    assert!(renewal_path < deadline_path);
+    timeout(renewal_path + lease_ttl / 8, guard.lost())
+        .await
+        .expect("the guard did not notice at its next renewal that the lease was gone");
+    assert!(guard.is_lost());
+    assert_eq!(guard.release().await.unwrap(), ReleaseOutcome::NotHeld);
+}
+
+/// A holder cut off from the backend stops trusting its lease before anyone
+/// else can take the key (promise 4).
+pub async fn guard_signals_loss_before_takeover_when_partitioned(ctx: Ctx) {
+    let store = ctx.store().await;
+    let partitioned = Arc::new(PartitionableStore::new(Arc::clone(&store)));
+    let holder_client = LockClient::from_arc(Arc::clone(&partitioned));
+    let short = ctx.profile().short_ttl;
+    let k = key("partitioned");
+    let guard = holder_client
+        .acquire(&k, AcquireOptions::new(short))
+        .await
+        .unwrap();
+    partitioned.cut();
+    let lost = guard.lost();
+    let lost_at = tokio::spawn(async move {
+        lost.await;
+        Instant::now()
+    });
+    let give_up = Instant::now() + short * 4 + ctx.profile().tolerance * 4;
+    let taken_at = loop {
+        let sent = Instant::now();
+        let attempt = store.try_acquire(&request(&k, long_ttl(&ctx), "bob")).await.unwrap();
+        if matches!(attempt, lockstore_api::AcquireOutcome::Acquired { .. }) {
+            break sent;
+        }
+        assert!(Instant::now() < give_up, "the partitioned lease never expired");
+        ctx.sleep(short / 40).await;
+    };
+    let lost_at = timeout(Duration::from_millis(1), lost_at)
+        .await
+        .expect("the key was taken over while the cut-off guard still believed it held it")
+        .unwrap();
+    assert!(
+        lost_at <= taken_at,
+        "guard gave up at {lost_at:?}, after the takeover request at {taken_at:?}"
+    );
+    drop(guard);
+}
+
+/// `with_lock` drops the work and fails with `LeaseLost` when the lease is
+/// lost midway, instead of letting it run unprotected.
+pub async fn with_lock_stops_work_when_lease_is_lost(ctx: Ctx) {
+    let store: Arc<dyn LockStore> = ctx.store().await;
+    let partitioned = Arc::new(PartitionableStore::new(store));
+    let client = LockClient::from_arc(Arc::clone(&partitioned));
+    let short = ctx.profile().short_ttl;
+    let cut = Arc::clone(&partitioned);
+    let outcome = timeout(
+        short * 6 + ctx.profile().tolerance,
+        client.with_lock("with-lock-lost", AcquireOptions::new(short), |_lease| async move {
+            cut.cut();
+            std::future::pending::<()>().await;
+        }),
+    )
+    .await
+    .expect("with_lock kept waiting on work whose lease was lost");
+    assert!(
+        matches!(outcome, Err(LockError::LeaseLost { .. })),
+        "{outcome:?}"
+    );
+}
+
+/// `with_lock` runs the work with the fence and releases afterwards.
+pub async fn with_lock_runs_work_and_releases(ctx: Ctx) {
+    let client = ctx.client().await;
+    let fence = client
+        .with_lock("with-lock", AcquireOptions::new(long_ttl(&ctx)), |lease| async move {
+            assert!(!lease.cancellation_token().is_cancelled());
+            lease.fence()
+        })
+        .await
+        .unwrap();
+    assert_eq!(client.inspect("with-lock").await.unwrap(), None, "with_lock left the key held");
+    let again = client
+        .acquire("with-lock", AcquireOptions::new(long_ttl(&ctx)))
+        .await
+        .unwrap();
+    assert!(again.fence() > fence);
+    again.release().await.unwrap();
+}

@@ -1,0 +1,122 @@
+//! Acquire, inspect, renew, release and expiry.
+
+use lockstore_api::{ReleaseOutcome, RenewOutcome};
+
+use super::{key, long_ttl, must_acquire, must_be_held, ttl};
+use crate::Ctx;
+
+/// Promise 1: a free key can be acquired, is then held, and is free again
+/// after release.
+pub async fn lifecycle_acquire_inspect_release(ctx: Ctx) {
+    let store = ctx.store().await;
+    let k = key("lifecycle");
+    let (lease, fence) = must_acquire(&*store, &k, long_ttl(&ctx), "alice").await;
+    let holder = store.inspect(&k).await.unwrap().expect("an acquired key is held");
+    assert_eq!(holder.fence(), fence);
+    assert_eq!(
+        store.release(&k, lease.lease_id).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+    assert_eq!(store.inspect(&k).await.unwrap(), None, "a released key is free");
+}
+
+/// `inspect` of a key nobody ever took answers `None`, not an error.
+pub async fn free_key_has_no_holder(ctx: Ctx) {
+    let store = ctx.store().await;
+    assert_eq!(store.inspect(&key("never-taken")).await.unwrap(), None);
+}
+
+/// Promise 6: a refused acquire names the holder, its token and time left,
+/// and `inspect` agrees.
+pub async fn held_key_reports_its_holder(ctx: Ctx) {
+    let store = ctx.store().await;
+    let k = key("reports");
+    let lease_ttl = long_ttl(&ctx);
+    let (_lease, fence) = must_acquire(&*store, &k, lease_ttl, "alice@host-1").await;
+    let holder = must_be_held(&*store, &k, lease_ttl, "bob").await;
+    assert_eq!(holder.owner(), "alice@host-1");
+    assert_eq!(holder.fence(), fence);
+    assert!(
+        holder.expires_in() <= lease_ttl + ctx.profile().tolerance,
+        "time left {:?} exceeds the TTL {lease_ttl:?}",
+        holder.expires_in()
+    );
+    assert!(
+        holder.expires_in() >= lease_ttl / 2,
+        "time left {:?} is far below a fresh TTL {lease_ttl:?}",
+        holder.expires_in()
+    );
+    let inspected = store.inspect(&k).await.unwrap().expect("held");
+    assert_eq!(inspected.owner(), "alice@host-1");
+    assert_eq!(inspected.fence(), fence);
+}
+
+/// A release makes the key available to the next caller immediately.
+pub async fn release_frees_the_key_at_once(ctx: Ctx) {
+    let store = ctx.store().await;
+    let k = key("release-frees");
+    let (lease, _) = must_acquire(&*store, &k, long_ttl(&ctx), "alice").await;
+    store.release(&k, lease.lease_id).await.unwrap();
+    must_acquire(&*store, &k, long_ttl(&ctx), "bob").await;
+}
+
+/// Promise 4: a lease not renewed within its TTL can be taken over.
+pub async fn expiry_allows_takeover(ctx: Ctx) {
+    let store = ctx.store().await;
+    let k = key("expiry");
+    let short = ctx.profile().short_ttl;
+    must_acquire(&*store, &k, short, "alice").await;
+    must_be_held(&*store, &k, short, "bob").await;
+    ctx.sleep_past_short_ttl().await;
+    assert_eq!(store.inspect(&k).await.unwrap(), None, "expired lease still reported");
+    must_acquire(&*store, &k, short, "bob").await;
+}
+
+/// Renewing before expiry keeps the key held well past the first TTL.
+pub async fn renew_extends_the_lease(ctx: Ctx) {
+    let store = ctx.store().await;
+    let k = key("renew");
+    let short = ctx.profile().short_ttl;
+    let (lease, _) = must_acquire(&*store, &k, short, "alice").await;
+    for _ in 0..4 {
+        ctx.sleep(short / 2).await;
+        assert_eq!(
+            store.renew(&k, lease.lease_id, ttl(short)).await.unwrap(),
+            RenewOutcome::Renewed,
+            "a live lease must renew"
+        );
+    }
+    // Twice the TTL has passed since the acquisition: only renewals hold it.
+    must_be_held(&*store, &k, short, "bob").await;
+}
+
+/// Promise 2: an expired lease cannot be renewed back to life.
+pub async fn renew_after_expiry_is_lease_lost(ctx: Ctx) {
+    let store = ctx.store().await;
+    let k = key("renew-expired");
+    let short = ctx.profile().short_ttl;
+    let (lease, _) = must_acquire(&*store, &k, short, "alice").await;
+    ctx.sleep_past_short_ttl().await;
+    assert_eq!(
+        store.renew(&k, lease.lease_id, ttl(short)).await.unwrap(),
+        RenewOutcome::Lost
+    );
+    must_acquire(&*store, &k, short, "bob").await;
+}
+
+/// Promise 7: an acquire retried with the same lease id (its first reply was
+/// lost) finds its own grant: same token, still one holder.
+pub async fn retried_acquire_with_same_lease_id_keeps_the_lease(ctx: Ctx) {
+    let store = ctx.store().await;
+    let k = key("retry");
+    let (request, fence) = must_acquire(&*store, &k, long_ttl(&ctx), "alice").await;
+    match store.try_acquire(&request).await.unwrap() {
+        lockstore_api::AcquireOutcome::Acquired { fence: again } => assert_eq!(again, fence),
+        other => panic!("a retried acquire by the holder was refused: {other:?}"),
+    }
+    must_be_held(&*store, &k, long_ttl(&ctx), "bob").await;
+    assert_eq!(
+        store.release(&k, request.lease_id).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+}

@@ -1,0 +1,107 @@
+//! Waiting acquires: no wait, timeouts, wake-up on release, takeover on expiry.
+
+use std::time::Duration;
+
+use lockstore_api::{AcquireOptions, Backoff, LockError, OwnerLabel};
+use tokio::time::{Instant, timeout};
+
+use super::{key, long_ttl, must_acquire};
+use crate::Ctx;
+
+/// A non-waiting acquire of a held key fails at once with the holder's name.
+pub async fn no_wait_acquire_fails_fast_naming_the_holder(ctx: Ctx) {
+    let alice = ctx
+        .client()
+        .await
+        .with_owner(OwnerLabel::new("alice@etl-1").unwrap());
+    let bob = ctx.client().await;
+    let guard = alice
+        .acquire("busy", AcquireOptions::new(long_ttl(&ctx)))
+        .await
+        .unwrap();
+    match bob.acquire("busy", AcquireOptions::new(long_ttl(&ctx))).await {
+        Err(LockError::Timeout { holder: Some(holder), .. }) => {
+            assert_eq!(holder.owner(), "alice@etl-1");
+            assert_eq!(holder.fence(), guard.fence());
+        }
+        other => panic!("expected a timeout naming alice, got {other:?}"),
+    }
+    assert!(bob.try_acquire("busy", long_ttl(&ctx)).await.unwrap().is_none());
+    guard.release().await.unwrap();
+}
+
+/// A bounded wait on a key that stays held ends with `Timeout` after the wait.
+pub async fn waiting_acquire_times_out_naming_the_holder(ctx: Ctx) {
+    let client = ctx.client().await;
+    let guard = client
+        .acquire("held-long", AcquireOptions::new(long_ttl(&ctx)))
+        .await
+        .unwrap();
+    let wait = ctx.profile().short_ttl;
+    let started = Instant::now();
+    let err = client
+        .acquire("held-long", AcquireOptions::new(long_ttl(&ctx)).wait_up_to(wait))
+        .await
+        .unwrap_err();
+    match err {
+        LockError::Timeout { waited, holder, .. } => {
+            assert!(waited >= wait, "gave up after {waited:?}, before {wait:?}");
+            assert_eq!(holder.expect("holder reported").fence(), guard.fence());
+        }
+        other => panic!("expected a timeout, got {other}"),
+    }
+    assert!(started.elapsed() >= wait);
+    guard.release().await.unwrap();
+}
+
+/// A blocked waiter gets the key promptly after a release: by notification
+/// where the backend has one (a waiter that only polled every 30 s would
+/// miss the bound), else by its backoff.
+pub async fn waiting_acquire_wakes_promptly_on_release(ctx: Ctx) {
+    let profile = ctx.profile().clone();
+    let (backoff, bound) = if profile.release_notifications {
+        (
+            Backoff::new(Duration::from_secs(30), Duration::from_secs(30)),
+            profile.tolerance + profile.short_ttl / 2,
+        )
+    } else {
+        let backoff = Backoff::new(Duration::from_millis(10), profile.short_ttl / 2);
+        (backoff, profile.short_ttl / 2 + profile.tolerance)
+    };
+    let holder = ctx.client().await;
+    let waiter = ctx.client().await.with_backoff(backoff);
+    let guard = holder
+        .acquire("handoff", AcquireOptions::new(long_ttl(&ctx)))
+        .await
+        .unwrap();
+    let options = AcquireOptions::new(long_ttl(&ctx)).wait_forever();
+    let waiting = tokio::spawn(async move { waiter.acquire("handoff", options).await });
+    // Let the waiter fail its first attempt and settle into waiting.
+    ctx.sleep(profile.short_ttl / 4).await;
+    assert!(!waiting.is_finished(), "the waiter got a held key");
+    let released_at = Instant::now();
+    guard.release().await.unwrap();
+    let next = timeout(bound, waiting)
+        .await
+        .unwrap_or_else(|_| panic!("the waiter was not handed the key within {bound:?} of the release"))
+        .unwrap()
+        .unwrap();
+    let handoff = released_at.elapsed();
+    tracing::info!(?handoff, "hand-off");
+    next.release().await.unwrap();
+}
+
+/// A waiter takes over a key whose holder vanished, once the lease expires.
+pub async fn waiting_acquire_takes_over_after_expiry(ctx: Ctx) {
+    let store = ctx.store().await;
+    let k = key("abandoned");
+    let (_crashed, old_fence) = must_acquire(&*store, &k, ctx.profile().short_ttl, "crashed").await;
+    let client = ctx.client().await;
+    let wait = ctx.profile().short_ttl * 4 + ctx.profile().tolerance * 2;
+    let guard = client
+        .acquire(&k, AcquireOptions::new(long_ttl(&ctx)).wait_up_to(wait))
+        .await
+        .expect("the abandoned lock was never taken over");
+    assert!(guard.fence() > old_fence);
+    guard.release().await.unwrap();
+}
