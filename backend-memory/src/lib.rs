@@ -140,7 +140,9 @@ impl MemoryStore {
 /// A poisoned mutex only means another thread panicked while holding it; every
 /// update here is a single assignment, so the state is still consistent.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl State {
@@ -270,7 +272,10 @@ mod tests {
     async fn expired_unreleased_keys_are_swept() {
         let store = MemoryStore::new();
         for i in 0..1000 {
-            store.try_acquire(&request(&format!("k{i}"), 10)).await.unwrap();
+            store
+                .try_acquire(&request(&format!("k{i}"), 10))
+                .await
+                .unwrap();
         }
         assert_eq!(store.tracked_keys(), 1000);
         tokio::time::advance(Duration::from_millis(20)).await;
@@ -279,7 +284,11 @@ mod tests {
             store.try_acquire(&req).await.unwrap();
             store.release(&req.key, req.lease_id).await.unwrap();
         }
-        assert!(store.tracked_keys() <= 1, "{} keys left", store.tracked_keys());
+        assert!(
+            store.tracked_keys() <= 1,
+            "{} keys left",
+            store.tracked_keys()
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -77,9 +77,15 @@ pub async fn concurrent_holders_never_overlap(ctx: Ctx) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for task in 0..TASKS {
-        let client = LockClient::from_arc(Arc::clone(&store))
-            .with_backoff(Backoff::new(Duration::from_micros(200), Duration::from_millis(20)));
-        let (resource, acquired, keys) = (Arc::clone(&resource), Arc::clone(&acquired), Arc::clone(&keys));
+        let client = LockClient::from_arc(Arc::clone(&store)).with_backoff(Backoff::new(
+            Duration::from_micros(200),
+            Duration::from_millis(20),
+        ));
+        let (resource, acquired, keys) = (
+            Arc::clone(&resource),
+            Arc::clone(&acquired),
+            Arc::clone(&keys),
+        );
         tasks.push(tokio::spawn(async move {
             let mut turn = task;
             while acquired.load(Ordering::Relaxed) < target {
@@ -105,10 +111,29 @@ pub async fn concurrent_holders_never_overlap(ctx: Ctx) {
     }
     let total = acquired.load(Ordering::SeqCst);
     let elapsed = started.elapsed();
-    tracing::info!(total, ?elapsed, per_second = total as f64 / elapsed.as_secs_f64(), "concurrent acquisitions");
+    tracing::info!(
+        total,
+        ?elapsed,
+        per_second = total as f64 / elapsed.as_secs_f64(),
+        "concurrent acquisitions"
+    );
     assert!(total >= target, "only {total} of {target} acquisitions");
-    assert_eq!(resource.overlaps.load(Ordering::SeqCst), 0, "critical sections overlapped");
-    assert_eq!(resource.rejected.load(Ordering::SeqCst), 0, "the fenced resource refused a live holder");
-    let entries: u64 = resource.keys.lock().expect("not poisoned").values().map(|r| r.entries).sum();
+    assert_eq!(
+        resource.overlaps.load(Ordering::SeqCst),
+        0,
+        "critical sections overlapped"
+    );
+    assert_eq!(
+        resource.rejected.load(Ordering::SeqCst),
+        0,
+        "the fenced resource refused a live holder"
+    );
+    let entries: u64 = resource
+        .keys
+        .lock()
+        .expect("not poisoned")
+        .values()
+        .map(|r| r.entries)
+        .sum();
     assert_eq!(entries, total);
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use lockstore_api::{
-    AcquireOutcome, AcquireRequest, Holder, LeaseId, LockError, LockKey, LockStore,
-    ReleaseOutcome, ReleaseSignal, RenewOutcome, Ttl,
+    AcquireOutcome, AcquireRequest, Holder, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome,
+    ReleaseSignal, RenewOutcome, Ttl,
 };
 
 /// Counts every call that reaches the wrapped store.

@@ -18,8 +18,8 @@ use std::fmt;
 use std::time::Duration;
 
 use lockstore_api::{
-    AcquireOutcome, AcquireRequest, FencingToken, LeaseId, LockKey, OwnerLabel,
-    ReleaseOutcome, RenewOutcome, Ttl,
+    AcquireOutcome, AcquireRequest, FencingToken, LeaseId, LockKey, OwnerLabel, ReleaseOutcome,
+    RenewOutcome, Ttl,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -95,7 +95,12 @@ impl Model {
         }
     }
 
-    fn key_state(&self, key: u8, sent: Instant, received: Instant) -> (Option<&ModelLease>, Liveness) {
+    fn key_state(
+        &self,
+        key: u8,
+        sent: Instant,
+        received: Instant,
+    ) -> (Option<&ModelLease>, Liveness) {
         match self.leases.get(&key) {
             None => (None, Liveness::Expired),
             Some(lease) => (Some(lease), self.liveness(lease, sent, received)),
@@ -156,31 +161,56 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                 let (current, liveness) = model.key_state(key, sent, received);
                 match outcome {
                     AcquireOutcome::Acquired { fence } => {
-                        check!(liveness != Liveness::Live, "{at}: acquired a key the model says is held by {current:?}");
+                        check!(
+                            liveness != Liveness::Live,
+                            "{at}: acquired a key the model says is held by {current:?}"
+                        );
                         if let Some(last) = model.last_fence.get(&key) {
-                            check!(fence > *last, "{at}: fence {fence} not above the previous {last}");
+                            check!(
+                                fence > *last,
+                                "{at}: fence {fence} not above the previous {last}"
+                            );
                         }
                         model.last_fence.insert(key, fence);
                         model.remembered.insert((client, key), request.lease_id);
-                        model.leases.insert(key, ModelLease {
-                            client,
-                            id: request.lease_id,
-                            fence,
-                            earliest_expiry: sent + ttl.as_duration(),
-                            latest_expiry: received + ttl.as_duration(),
-                        });
+                        model.leases.insert(
+                            key,
+                            ModelLease {
+                                client,
+                                id: request.lease_id,
+                                fence,
+                                earliest_expiry: sent + ttl.as_duration(),
+                                latest_expiry: received + ttl.as_duration(),
+                            },
+                        );
                     }
                     AcquireOutcome::Held(holder) => {
-                        check!(liveness != Liveness::Expired, "{at}: refused a free key, holder reported {holder:?}");
+                        check!(
+                            liveness != Liveness::Expired,
+                            "{at}: refused a free key, holder reported {holder:?}"
+                        );
                         let current = current.expect("not expired means a lease exists");
-                        check!(holder.fence() == current.fence, "{at}: holder fence {} but the model's lease has {}", holder.fence(), current.fence);
-                        check!(holder.owner() == owners[usize::from(current.client)].as_str(), "{at}: holder {:?} is not client {}", holder.owner(), current.client);
+                        check!(
+                            holder.fence() == current.fence,
+                            "{at}: holder fence {} but the model's lease has {}",
+                            holder.fence(),
+                            current.fence
+                        );
+                        check!(
+                            holder.owner() == owners[usize::from(current.client)].as_str(),
+                            "{at}: holder {:?} is not client {}",
+                            holder.owner(),
+                            current.client
+                        );
                     }
                 }
             }
             Op::Renew { client, key, ttl } => {
                 let ttl = Ttl::new(unit * u32::from(ttl)).expect("valid");
-                let id = *model.remembered.entry((client, key)).or_insert_with(LeaseId::random);
+                let id = *model
+                    .remembered
+                    .entry((client, key))
+                    .or_insert_with(LeaseId::random);
                 let sent = Instant::now();
                 let outcome = store.renew(&keys[usize::from(key)], id, ttl).await;
                 let received = Instant::now();
@@ -189,13 +219,19 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                 let is_current = current.is_some_and(|lease| lease.id == id);
                 match outcome {
                     RenewOutcome::Renewed => {
-                        check!(is_current && liveness != Liveness::Expired, "{at}: renewed a lease the model says is gone");
+                        check!(
+                            is_current && liveness != Liveness::Expired,
+                            "{at}: renewed a lease the model says is gone"
+                        );
                         let lease = model.leases.get_mut(&key).expect("current");
                         lease.earliest_expiry = sent + ttl.as_duration();
                         lease.latest_expiry = received + ttl.as_duration();
                     }
                     RenewOutcome::Lost => {
-                        check!(!(is_current && liveness == Liveness::Live), "{at}: renewal of the live lease said lost");
+                        check!(
+                            !(is_current && liveness == Liveness::Live),
+                            "{at}: renewal of the live lease said lost"
+                        );
                         if is_current {
                             // The backend judged it expired inside the window.
                             model.leases.remove(&key);
@@ -204,7 +240,10 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                 }
             }
             Op::Release { client, key } => {
-                let id = *model.remembered.entry((client, key)).or_insert_with(LeaseId::random);
+                let id = *model
+                    .remembered
+                    .entry((client, key))
+                    .or_insert_with(LeaseId::random);
                 let sent = Instant::now();
                 let outcome = store.release(&keys[usize::from(key)], id).await;
                 let received = Instant::now();
@@ -213,10 +252,16 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                 let is_current = current.is_some_and(|lease| lease.id == id);
                 match outcome {
                     ReleaseOutcome::Released => {
-                        check!(is_current && liveness != Liveness::Expired, "{at}: released a lease the model says is gone");
+                        check!(
+                            is_current && liveness != Liveness::Expired,
+                            "{at}: released a lease the model says is gone"
+                        );
                     }
                     ReleaseOutcome::NotHeld => {
-                        check!(!(is_current && liveness == Liveness::Live), "{at}: release of the live lease said not held");
+                        check!(
+                            !(is_current && liveness == Liveness::Live),
+                            "{at}: release of the live lease said not held"
+                        );
                     }
                 }
                 if is_current {
@@ -228,7 +273,10 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                     .release(&keys[usize::from(key)], LeaseId::random())
                     .await
                     .map_err(|e| Failure(format!("{at}: {e}")))?;
-                check!(outcome == ReleaseOutcome::NotHeld, "{at}: a forged lease id released a key");
+                check!(
+                    outcome == ReleaseOutcome::NotHeld,
+                    "{at}: a forged lease id released a key"
+                );
             }
             Op::Inspect { key } => {
                 let sent = Instant::now();
@@ -238,11 +286,22 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                 let (current, liveness) = model.key_state(key, sent, received);
                 match outcome {
                     Some(holder) => {
-                        check!(liveness != Liveness::Expired, "{at}: inspect reports {holder:?} on a free key");
+                        check!(
+                            liveness != Liveness::Expired,
+                            "{at}: inspect reports {holder:?} on a free key"
+                        );
                         let current = current.expect("not expired means a lease exists");
-                        check!(holder.fence() == current.fence, "{at}: inspect fence {} but the model's lease has {}", holder.fence(), current.fence);
+                        check!(
+                            holder.fence() == current.fence,
+                            "{at}: inspect fence {} but the model's lease has {}",
+                            holder.fence(),
+                            current.fence
+                        );
                     }
-                    None => check!(liveness != Liveness::Live, "{at}: inspect says free while {current:?} is live"),
+                    None => check!(
+                        liveness != Liveness::Live,
+                        "{at}: inspect says free while {current:?} is live"
+                    ),
                 }
             }
         }
@@ -277,7 +336,11 @@ pub async fn model_based_sequences(ctx: Ctx) {
         // (complicate) when a simplification made it pass.
         let mut failing = true;
         for _ in 0..shrink_budget {
-            let moved = if failing { tree.simplify() } else { tree.complicate() };
+            let moved = if failing {
+                tree.simplify()
+            } else {
+                tree.complicate()
+            };
             if !moved {
                 break;
             }

@@ -10,8 +10,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::guard::{GuardSettings, LeaseHandle, LockGuard};
 use crate::{
-    AcquireOutcome, AcquireRequest, Backoff, Holder, Lease, LeaseId, LockError, LockKey,
-    LockStore, OwnerLabel, ReleaseOutcome, RenewOutcome, Ttl,
+    AcquireOutcome, AcquireRequest, Backoff, Holder, Lease, LeaseId, LockError, LockKey, LockStore,
+    OwnerLabel, ReleaseOutcome, RenewOutcome, Ttl,
 };
 
 /// How long [`LockClient::acquire`] waits for a held key.
@@ -109,7 +109,7 @@ impl AcquireOptions {
 #[derive(Debug)]
 pub struct LockClient<S: ?Sized + LockStore = dyn LockStore> {
     store: Arc<S>,
-    owner: OwnerLabel,
+    owner: Option<OwnerLabel>,
     backoff: Backoff,
     guard: GuardSettings,
 }
@@ -137,15 +137,16 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     pub fn from_arc(store: Arc<S>) -> Self {
         Self {
             store,
-            owner: OwnerLabel::for_this_process(),
+            owner: None,
             backoff: Backoff::default(),
             guard: GuardSettings::default(),
         }
     }
 
-    /// Stores `owner` with every lease instead of `host/pid-N`.
+    /// Stores `owner` with every lease instead of the default
+    /// `host/pid-N/task-M` of the acquiring task.
     pub fn with_owner(mut self, owner: OwnerLabel) -> Self {
-        self.owner = owner;
+        self.owner = Some(owner);
         self
     }
 
@@ -175,9 +176,9 @@ impl<S: ?Sized + LockStore> LockClient<S> {
         &self.store
     }
 
-    /// The owner label stored with this client's leases.
-    pub fn owner(&self) -> &OwnerLabel {
-        &self.owner
+    /// The owner label set with [`LockClient::with_owner`], if any.
+    pub fn owner(&self) -> Option<&OwnerLabel> {
+        self.owner.as_ref()
     }
 
     /// Acquires `key` and returns a guard that renews the lease in the
@@ -192,18 +193,18 @@ impl<S: ?Sized + LockStore> LockClient<S> {
         K: TryInto<LockKey, Error = LockError>,
     {
         let lease = self.acquire_lease(key, options).await?;
-        Ok(LockGuard::spawn(
-            Arc::clone(&self.store),
-            lease,
-            self.guard,
-        ))
+        Ok(LockGuard::spawn(Arc::clone(&self.store), lease, self.guard))
     }
 
     /// One attempt: a guard if the key was free, `None` if someone holds it.
     ///
     /// # Errors
     /// Input and backend errors, as [`LockClient::acquire`].
-    pub async fn try_acquire<K>(&self, key: K, ttl: Duration) -> Result<Option<LockGuard>, LockError>
+    pub async fn try_acquire<K>(
+        &self,
+        key: K,
+        ttl: Duration,
+    ) -> Result<Option<LockGuard>, LockError>
     where
         K: TryInto<LockKey, Error = LockError>,
     {
@@ -260,13 +261,17 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     ///
     /// # Errors
     /// As [`LockClient::acquire`].
-    pub async fn acquire_lease<K>(&self, key: K, options: AcquireOptions) -> Result<Lease, LockError>
+    pub async fn acquire_lease<K>(
+        &self,
+        key: K,
+        options: AcquireOptions,
+    ) -> Result<Lease, LockError>
     where
         K: TryInto<LockKey, Error = LockError>,
     {
         let key = key.try_into()?;
         let ttl = Ttl::new(options.ttl)?;
-        let span = info_span!("lockstore.acquire", backend = self.store.backend_name(), %key, fence = tracing::field::Empty, attempts = tracing::field::Empty);
+        let span = info_span!("lockstore.acquire", backend = self.store.backend_name(), %key, fence = tracing::field::Empty, attempts = tracing::field::Empty, outcome = tracing::field::Empty);
         self.acquire_loop(key, ttl, options.wait)
             .instrument(span)
             .await
@@ -285,7 +290,7 @@ impl<S: ?Sized + LockStore> LockClient<S> {
             key,
             lease_id: LeaseId::random(),
             ttl,
-            owner: self.owner.clone(),
+            owner: self.owner.clone().unwrap_or_else(OwnerLabel::for_this_task),
         };
         let mut attempt = 0u32;
         loop {
@@ -299,6 +304,7 @@ impl<S: ?Sized + LockStore> LockClient<S> {
                     let span = tracing::Span::current();
                     span.record("fence", fence.get());
                     span.record("attempts", attempt + 1);
+                    span.record("outcome", "acquired");
                     debug!("acquired");
                     return Ok(Lease::new(
                         request.key,
@@ -342,6 +348,7 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     }
 
     fn timed_out(&self, key: LockKey, started: Instant, holder: Option<Holder>) -> LockError {
+        tracing::Span::current().record("outcome", "timeout");
         debug!(holder = ?holder, "gave up waiting");
         LockError::Timeout {
             key,
@@ -359,7 +366,10 @@ impl<S: ?Sized + LockStore> LockClient<S> {
         let span = info_span!("lockstore.renew", backend = self.store.backend_name(), key = %lease.key(), fence = lease.fence().get(), outcome = tracing::field::Empty);
         async {
             let sent_at = Instant::now();
-            let outcome = self.store.renew(lease.key(), lease.id(), lease.ttl()).await?;
+            let outcome = self
+                .store
+                .renew(lease.key(), lease.id(), lease.ttl())
+                .await?;
             tracing::Span::current().record("outcome", tracing::field::debug(outcome));
             match outcome {
                 RenewOutcome::Renewed => Ok(lease.renewed(lease.ttl(), sent_at)),

@@ -21,7 +21,9 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, warn};
 
-use crate::{FencingToken, Lease, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome, RenewOutcome};
+use crate::{
+    FencingToken, Lease, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome, RenewOutcome,
+};
 
 /// Timing of guards, set through [`LockClient`](crate::LockClient).
 #[derive(Clone, Copy, Debug)]
@@ -41,8 +43,7 @@ impl Default for GuardSettings {
 
 impl GuardSettings {
     fn margin(&self, lease: &Lease) -> Duration {
-        self.safety_margin
-            .unwrap_or(lease.ttl().as_duration() / 10)
+        self.safety_margin.unwrap_or(lease.ttl().as_duration() / 10)
     }
 
     /// The last instant at which the lease may be trusted.
@@ -164,7 +165,10 @@ impl LockGuard {
     /// [`ReleaseOutcome::NotHeld`].
     pub async fn release(mut self) -> Result<ReleaseOutcome, LockError> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let stop = self.stop.take().expect("stop is only taken here and in drop");
+        let stop = self
+            .stop
+            .take()
+            .expect("stop is only taken here and in drop");
         if stop.send(reply_tx).is_err() {
             return Err(task_gone());
         }
@@ -176,7 +180,8 @@ fn task_gone() -> LockError {
     LockError::Backend {
         backend: "client",
         retryable: false,
-        message: "the guard's background task ended before releasing (was the runtime shut down?)".into(),
+        message: "the guard's background task ended before releasing (was the runtime shut down?)"
+            .into(),
         source: None,
     }
 }
@@ -280,9 +285,12 @@ async fn keep_alive<S: ?Sized + LockStore>(
     // deadline, the backend may still hold it and others should not wait.
     // Bounded: over a dead network the release would hang, and after one TTL
     // the lease is gone anyway.
-    let outcome = tokio::time::timeout(lease.ttl().as_duration(), store.release(lease.key(), lease.id()))
-        .await
-        .unwrap_or_else(|_| Err(release_timed_out(&lease)));
+    let outcome = tokio::time::timeout(
+        lease.ttl().as_duration(),
+        store.release(lease.key(), lease.id()),
+    )
+    .await
+    .unwrap_or_else(|_| Err(release_timed_out(&lease)));
     lost.cancel();
     match reply {
         Some(reply) => {
@@ -290,7 +298,9 @@ async fn keep_alive<S: ?Sized + LockStore>(
         }
         None => match outcome {
             Ok(outcome) => debug!(key = %lease.key(), ?outcome, "released on drop"),
-            Err(err) => warn!(key = %lease.key(), error = %err, "release on drop failed; the lease will expire by its TTL"),
+            Err(err) => {
+                warn!(key = %lease.key(), error = %err, "release on drop failed; the lease will expire by its TTL")
+            }
         },
     }
 }

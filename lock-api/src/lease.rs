@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -178,7 +178,7 @@ impl TryFrom<Duration> for Ttl {
 }
 
 /// Who holds a lease, in words a person reads when a lock is busy:
-/// by default `host/pid-N`.
+/// by default `host/pid-N/task-M`.
 ///
 /// 1 to [`OwnerLabel::MAX_LEN`] bytes, no NUL. It is information, never
 /// authority: only the [`LeaseId`] proves ownership.
@@ -211,16 +211,37 @@ impl OwnerLabel {
     }
 
     /// `hostname/pid-N` for this process; the host name is cut to fit.
+    /// Computed once per process.
     pub fn for_this_process() -> Self {
-        let host = gethostname::gethostname();
-        let host = host.to_string_lossy();
-        let host: String = host
-            .chars()
-            .filter(|c| *c != '\0')
-            .take(200)
-            .collect();
-        let host = if host.is_empty() { "unknown-host".into() } else { host };
-        Self(Arc::from(format!("{host}/pid-{}", std::process::id())))
+        static PROCESS: OnceLock<OwnerLabel> = OnceLock::new();
+        PROCESS
+            .get_or_init(|| {
+                let host = gethostname::gethostname();
+                let host: String = host
+                    .to_string_lossy()
+                    .chars()
+                    .filter(|c| *c != '\0')
+                    .take(200)
+                    .collect();
+                let host = if host.is_empty() {
+                    "unknown-host".into()
+                } else {
+                    host
+                };
+                Self(Arc::from(format!("{host}/pid-{}", std::process::id())))
+            })
+            .clone()
+    }
+
+    /// `hostname/pid-N/task-M` inside a tokio task, else
+    /// [`OwnerLabel::for_this_process`]: the default label of a lease, so a
+    /// person can tell which task of which process holds a key.
+    pub fn for_this_task() -> Self {
+        let process = Self::for_this_process();
+        match tokio::task::try_id() {
+            Some(task) => Self(Arc::from(format!("{process}/task-{task}"))),
+            None => process,
+        }
     }
 
     /// The label as text.
@@ -230,8 +251,9 @@ impl OwnerLabel {
 }
 
 impl Default for OwnerLabel {
+    /// [`OwnerLabel::for_this_task`].
     fn default() -> Self {
-        Self::for_this_process()
+        Self::for_this_task()
     }
 }
 
@@ -385,9 +407,18 @@ mod tests {
 
     #[test]
     fn malformed_lease_ids_are_rejected() {
-        for bad in ["", "abc", &"g".repeat(32), &"0".repeat(33), "+0000000000000000000000000000001"] {
+        for bad in [
+            "",
+            "abc",
+            &"g".repeat(32),
+            &"0".repeat(33),
+            "+0000000000000000000000000000001",
+        ] {
             assert!(
-                matches!(bad.parse::<LeaseId>(), Err(LockError::InvalidLeaseId { .. })),
+                matches!(
+                    bad.parse::<LeaseId>(),
+                    Err(LockError::InvalidLeaseId { .. })
+                ),
                 "{bad:?}"
             );
         }
@@ -395,7 +426,10 @@ mod tests {
 
     #[test]
     fn ttl_rounds_up_to_millis_and_checks_bounds() {
-        assert_eq!(Ttl::new(Duration::from_micros(1500)).unwrap().as_millis(), 2);
+        assert_eq!(
+            Ttl::new(Duration::from_micros(1500)).unwrap().as_millis(),
+            2
+        );
         assert_eq!(Ttl::new(Duration::from_nanos(1)).unwrap(), Ttl::MIN);
         assert_eq!(Ttl::new(Ttl::MAX.as_duration()).unwrap(), Ttl::MAX);
         assert!(Ttl::new(Ttl::MAX.as_duration() + Duration::from_nanos(1)).is_err());

@@ -60,5 +60,7 @@ pub use error::{BoxError, LockError, UnexpectedReply};
 pub use guard::{LeaseHandle, LockGuard};
 pub use key::LockKey;
 pub use lease::{FencingToken, Holder, Lease, LeaseId, OwnerLabel, Ttl};
-pub use store::{AcquireOutcome, AcquireRequest, LockStore, ReleaseOutcome, ReleaseSignal, RenewOutcome};
+pub use store::{
+    AcquireOutcome, AcquireRequest, LockStore, ReleaseOutcome, ReleaseSignal, RenewOutcome,
+};
 pub use tokio_util::sync::CancellationToken;

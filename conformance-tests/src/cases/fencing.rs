@@ -12,7 +12,10 @@ pub async fn fence_increases_after_release(ctx: Ctx) {
     let (alice, first) = must_acquire(&*store, &k, long_ttl(&ctx), "alice").await;
     store.release(&k, alice.lease_id).await.unwrap();
     let (_bob, second) = must_acquire(&*store, &k, long_ttl(&ctx), "bob").await;
-    assert!(second > first, "fence went from {first} to {second} after release");
+    assert!(
+        second > first,
+        "fence went from {first} to {second} after release"
+    );
 }
 
 /// The next holder after an expiry takeover gets a larger token.
@@ -22,7 +25,10 @@ pub async fn fence_increases_after_expiry_takeover(ctx: Ctx) {
     let (_alice, first) = must_acquire(&*store, &k, ctx.profile().short_ttl, "alice").await;
     ctx.sleep_past_short_ttl().await;
     let (_bob, second) = must_acquire(&*store, &k, long_ttl(&ctx), "bob").await;
-    assert!(second > first, "fence went from {first} to {second} after takeover");
+    assert!(
+        second > first,
+        "fence went from {first} to {second} after takeover"
+    );
 }
 
 /// Renewal keeps the token; the next acquisition still gets a larger one.
@@ -33,7 +39,10 @@ pub async fn fence_unchanged_by_renewal(ctx: Ctx) {
     let (alice, first) = must_acquire(&*store, &k, lease_ttl, "alice").await;
     for _ in 0..3 {
         assert_eq!(
-            store.renew(&k, alice.lease_id, ttl(lease_ttl)).await.unwrap(),
+            store
+                .renew(&k, alice.lease_id, ttl(lease_ttl))
+                .await
+                .unwrap(),
             RenewOutcome::Renewed
         );
     }
@@ -50,7 +59,8 @@ pub async fn fence_strictly_increases_over_many_cycles(ctx: Ctx) {
     let (k, other) = (key("fence-cycles"), key("fence-cycles-other"));
     let mut last = None;
     for i in 0..25 {
-        let (lease, fence) = must_acquire(&*store, &k, long_ttl(&ctx), &format!("worker-{i}")).await;
+        let (lease, fence) =
+            must_acquire(&*store, &k, long_ttl(&ctx), &format!("worker-{i}")).await;
         if let Some(last) = last {
             assert!(fence > last, "cycle {i}: fence {fence} after {last}");
         }

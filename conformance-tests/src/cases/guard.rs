@@ -113,11 +113,17 @@ pub async fn guard_signals_loss_before_takeover_when_partitioned(ctx: Ctx) {
     let give_up = Instant::now() + short * 4 + ctx.profile().tolerance * 4;
     let taken_at = loop {
         let sent = Instant::now();
-        let attempt = store.try_acquire(&request(&k, long_ttl(&ctx), "bob")).await.unwrap();
+        let attempt = store
+            .try_acquire(&request(&k, long_ttl(&ctx), "bob"))
+            .await
+            .unwrap();
         if matches!(attempt, lockstore_api::AcquireOutcome::Acquired { .. }) {
             break sent;
         }
-        assert!(Instant::now() < give_up, "the partitioned lease never expired");
+        assert!(
+            Instant::now() < give_up,
+            "the partitioned lease never expired"
+        );
         ctx.sleep(short / 40).await;
     };
     let lost_at = timeout(Duration::from_millis(1), lost_at)
@@ -141,10 +147,14 @@ pub async fn with_lock_stops_work_when_lease_is_lost(ctx: Ctx) {
     let cut = Arc::clone(&partitioned);
     let outcome = timeout(
         short * 6 + ctx.profile().tolerance,
-        client.with_lock("with-lock-lost", AcquireOptions::new(short), |_lease| async move {
-            cut.cut();
-            std::future::pending::<()>().await;
-        }),
+        client.with_lock(
+            "with-lock-lost",
+            AcquireOptions::new(short),
+            |_lease| async move {
+                cut.cut();
+                std::future::pending::<()>().await;
+            },
+        ),
     )
     .await
     .expect("with_lock kept waiting on work whose lease was lost");
@@ -158,13 +168,21 @@ pub async fn with_lock_stops_work_when_lease_is_lost(ctx: Ctx) {
 pub async fn with_lock_runs_work_and_releases(ctx: Ctx) {
     let client = ctx.client().await;
     let fence = client
-        .with_lock("with-lock", AcquireOptions::new(long_ttl(&ctx)), |lease| async move {
-            assert!(!lease.cancellation_token().is_cancelled());
-            lease.fence()
-        })
+        .with_lock(
+            "with-lock",
+            AcquireOptions::new(long_ttl(&ctx)),
+            |lease| async move {
+                assert!(!lease.cancellation_token().is_cancelled());
+                lease.fence()
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(client.inspect("with-lock").await.unwrap(), None, "with_lock left the key held");
+    assert_eq!(
+        client.inspect("with-lock").await.unwrap(),
+        None,
+        "with_lock left the key held"
+    );
     let again = client
         .acquire("with-lock", AcquireOptions::new(long_ttl(&ctx)))
         .await

@@ -16,9 +16,15 @@ pub async fn keys_are_independent(ctx: Ctx) {
     let (bob, _) = must_acquire(&*store, &b, lease_ttl, "bob").await;
     // A key that extends another must not collide with it either.
     must_acquire(&*store, &key("a:b"), lease_ttl, "carol").await;
-    assert_eq!(store.release(&a, alice.lease_id).await.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(
+        store.release(&a, alice.lease_id).await.unwrap(),
+        ReleaseOutcome::Released
+    );
     must_be_held(&*store, &b, lease_ttl, "dave").await;
-    assert_eq!(store.release(&b, bob.lease_id).await.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(
+        store.release(&b, bob.lease_id).await.unwrap(),
+        ReleaseOutcome::Released
+    );
 }
 
 /// The same key in two namespaces is two locks.
@@ -31,8 +37,14 @@ pub async fn namespaces_are_independent(ctx: Ctx) {
     let (bob, _) = must_acquire(&*there, &k, lease_ttl, "bob").await;
     assert_eq!(here.inspect(&k).await.unwrap().unwrap().owner(), "alice");
     assert_eq!(there.inspect(&k).await.unwrap().unwrap().owner(), "bob");
-    assert_eq!(there.release(&k, alice.lease_id).await.unwrap(), ReleaseOutcome::NotHeld);
-    assert_eq!(here.release(&k, alice.lease_id).await.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(
+        there.release(&k, alice.lease_id).await.unwrap(),
+        ReleaseOutcome::NotHeld
+    );
+    assert_eq!(
+        here.release(&k, alice.lease_id).await.unwrap(),
+        ReleaseOutcome::Released
+    );
     must_be_held(&*there, &k, lease_ttl, "carol").await;
     // A second store of the same namespace shares the locks.
     let here_again = ctx.store().await;
@@ -61,7 +73,10 @@ pub async fn long_and_unusual_keys_work(ctx: Ctx) {
         let (lease, fence) = must_acquire(&*store, &k, lease_ttl, "alice").await;
         let holder = must_be_held(&*store, &k, lease_ttl, "bob").await;
         assert_eq!(holder.fence(), fence, "key {k:?}");
-        assert_eq!(store.release(&k, lease.lease_id).await.unwrap(), ReleaseOutcome::Released);
+        assert_eq!(
+            store.release(&k, lease.lease_id).await.unwrap(),
+            ReleaseOutcome::Released
+        );
     }
 }
 

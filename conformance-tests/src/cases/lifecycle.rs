@@ -11,13 +11,21 @@ pub async fn lifecycle_acquire_inspect_release(ctx: Ctx) {
     let store = ctx.store().await;
     let k = key("lifecycle");
     let (lease, fence) = must_acquire(&*store, &k, long_ttl(&ctx), "alice").await;
-    let holder = store.inspect(&k).await.unwrap().expect("an acquired key is held");
+    let holder = store
+        .inspect(&k)
+        .await
+        .unwrap()
+        .expect("an acquired key is held");
     assert_eq!(holder.fence(), fence);
     assert_eq!(
         store.release(&k, lease.lease_id).await.unwrap(),
         ReleaseOutcome::Released
     );
-    assert_eq!(store.inspect(&k).await.unwrap(), None, "a released key is free");
+    assert_eq!(
+        store.inspect(&k).await.unwrap(),
+        None,
+        "a released key is free"
+    );
 }
 
 /// `inspect` of a key nobody ever took answers `None`, not an error.
@@ -68,7 +76,11 @@ pub async fn expiry_allows_takeover(ctx: Ctx) {
     must_acquire(&*store, &k, short, "alice").await;
     must_be_held(&*store, &k, short, "bob").await;
     ctx.sleep_past_short_ttl().await;
-    assert_eq!(store.inspect(&k).await.unwrap(), None, "expired lease still reported");
+    assert_eq!(
+        store.inspect(&k).await.unwrap(),
+        None,
+        "expired lease still reported"
+    );
     must_acquire(&*store, &k, short, "bob").await;
 }
 
@@ -119,4 +131,31 @@ pub async fn retried_acquire_with_same_lease_id_keeps_the_lease(ctx: Ctx) {
         store.release(&k, request.lease_id).await.unwrap(),
         ReleaseOutcome::Released
     );
+}
+
+/// Without an explicit owner, a lease is labelled `host/pid-N/task-M`, so a
+/// person can find the process and task that holds a key.
+pub async fn default_owner_label_names_process_and_task(ctx: Ctx) {
+    let client = ctx.client().await;
+    let guard = tokio::spawn(async move {
+        client
+            .acquire(
+                "labelled",
+                lockstore_api::AcquireOptions::new(std::time::Duration::from_secs(30)),
+            )
+            .await
+            .map(|guard| (guard, client))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (guard, client) = guard;
+    let holder = client.inspect("labelled").await.unwrap().expect("held");
+    let expected = format!("/pid-{}/task-", std::process::id());
+    assert!(
+        holder.owner().contains(&expected),
+        "owner label {:?} lacks {expected:?}",
+        holder.owner()
+    );
+    guard.release().await.unwrap();
 }

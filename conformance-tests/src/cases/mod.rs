@@ -22,6 +22,8 @@ mod ownership;
 mod validation;
 mod waiting;
 
+pub use crate::concurrency::concurrent_holders_never_overlap;
+pub use crate::model::model_based_sequences;
 pub use fencing::*;
 pub use guard::*;
 pub use isolation::*;
@@ -29,8 +31,6 @@ pub use lifecycle::*;
 pub use ownership::*;
 pub use validation::*;
 pub use waiting::*;
-pub use crate::concurrency::concurrent_holders_never_overlap;
-pub use crate::model::model_based_sequences;
 
 /// Expands the case list into tests; see [`crate::suite!`].
 #[doc(hidden)]
@@ -41,6 +41,7 @@ macro_rules! __cases {
             (lifecycle_acquire_inspect_release, Default),
             (free_key_has_no_holder, Default),
             (held_key_reports_its_holder, Default),
+            (default_owner_label_names_process_and_task, Default),
             (release_frees_the_key_at_once, Default),
             (expiry_allows_takeover, Default),
             (renew_extends_the_lease, Default),

@@ -20,7 +20,10 @@ pub async fn foreign_lease_cannot_renew(ctx: Ctx) {
     let holder = store.inspect(&k).await.unwrap().expect("still held");
     assert_eq!((holder.owner(), holder.fence()), ("alice", fence));
     assert_eq!(
-        store.renew(&k, alice.lease_id, ttl(lease_ttl)).await.unwrap(),
+        store
+            .renew(&k, alice.lease_id, ttl(lease_ttl))
+            .await
+            .unwrap(),
         RenewOutcome::Renewed
     );
 }
@@ -50,7 +53,11 @@ pub async fn forged_lease_id_changes_nothing(ctx: Ctx) {
     let k = key("forged");
     let lease_ttl = long_ttl(&ctx);
     let (_alice, fence) = must_acquire(&*store, &k, lease_ttl, "alice").await;
-    for forged in [LeaseId::random(), LeaseId::from_u128(0), LeaseId::from_u128(u128::MAX)] {
+    for forged in [
+        LeaseId::random(),
+        LeaseId::from_u128(0),
+        LeaseId::from_u128(u128::MAX),
+    ] {
         assert_eq!(
             store.renew(&k, forged, ttl(lease_ttl)).await.unwrap(),
             RenewOutcome::Lost
@@ -97,13 +104,25 @@ pub async fn double_release_is_harmless(ctx: Ctx) {
     let store = ctx.store().await;
     let k = key("double");
     let (alice, _) = must_acquire(&*store, &k, long_ttl(&ctx), "alice").await;
-    assert_eq!(store.release(&k, alice.lease_id).await.unwrap(), ReleaseOutcome::Released);
-    assert_eq!(store.release(&k, alice.lease_id).await.unwrap(), ReleaseOutcome::NotHeld);
+    assert_eq!(
+        store.release(&k, alice.lease_id).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+    assert_eq!(
+        store.release(&k, alice.lease_id).await.unwrap(),
+        ReleaseOutcome::NotHeld
+    );
     let (bob, _) = must_acquire(&*store, &k, long_ttl(&ctx), "bob").await;
     // Alice's late duplicate must not free Bob's lease.
-    assert_eq!(store.release(&k, alice.lease_id).await.unwrap(), ReleaseOutcome::NotHeld);
+    assert_eq!(
+        store.release(&k, alice.lease_id).await.unwrap(),
+        ReleaseOutcome::NotHeld
+    );
     must_be_held(&*store, &k, long_ttl(&ctx), "carol").await;
-    assert_eq!(store.release(&k, bob.lease_id).await.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(
+        store.release(&k, bob.lease_id).await.unwrap(),
+        ReleaseOutcome::Released
+    );
 }
 
 /// Releasing a lease that already expired is `NotHeld`, not an error.
@@ -112,6 +131,9 @@ pub async fn release_after_expiry_is_harmless(ctx: Ctx) {
     let k = key("release-expired");
     let (alice, _) = must_acquire(&*store, &k, ctx.profile().short_ttl, "alice").await;
     ctx.sleep_past_short_ttl().await;
-    assert_eq!(store.release(&k, alice.lease_id).await.unwrap(), ReleaseOutcome::NotHeld);
+    assert_eq!(
+        store.release(&k, alice.lease_id).await.unwrap(),
+        ReleaseOutcome::NotHeld
+    );
     must_acquire(&*store, &k, long_ttl(&ctx), "bob").await;
 }

@@ -19,9 +19,15 @@ pub async fn invalid_keys_are_rejected_before_any_request(ctx: Ctx) {
     let options = AcquireOptions::new(Duration::from_secs(10));
     for bad in [String::new(), "x".repeat(1025), "nul\0inside".to_string()] {
         let err = client.acquire(bad.as_str(), options).await.unwrap_err();
-        assert!(matches!(err, LockError::InvalidKey { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, LockError::InvalidKey { .. }),
+            "{bad:?}: {err}"
+        );
         let err = client.inspect(bad.as_str()).await.unwrap_err();
-        assert!(matches!(err, LockError::InvalidKey { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, LockError::InvalidKey { .. }),
+            "{bad:?}: {err}"
+        );
         assert!(LockKey::new(&bad).is_err());
     }
     assert_eq!(counting.calls(), 0, "an invalid key reached the backend");
@@ -39,7 +45,10 @@ pub async fn invalid_ttls_are_rejected_before_any_request(ctx: Ctx) {
             .acquire("valid-key", AcquireOptions::new(bad))
             .await
             .unwrap_err();
-        assert!(matches!(err, LockError::InvalidTtl { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, LockError::InvalidTtl { .. }),
+            "{bad:?}: {err}"
+        );
         assert!(!err.to_string().is_empty());
     }
     assert_eq!(counting.calls(), 0, "an invalid TTL reached the backend");
@@ -48,7 +57,13 @@ pub async fn invalid_ttls_are_rejected_before_any_request(ctx: Ctx) {
 /// A lease id that is not 32 hex digits fails to parse with `InvalidLeaseId`.
 pub async fn malformed_lease_ids_are_rejected(ctx: Ctx) {
     let _ = ctx;
-    for bad in ["", "not-a-lease", "0123456789abcdef", &"z".repeat(32), &"f".repeat(33)] {
+    for bad in [
+        "",
+        "not-a-lease",
+        "0123456789abcdef",
+        &"z".repeat(32),
+        &"f".repeat(33),
+    ] {
         let err = bad.parse::<LeaseId>().unwrap_err();
         assert!(matches!(err, LockError::InvalidLeaseId { .. }), "{bad:?}");
         assert!(err.to_string().contains("32 hexadecimal digits"));

@@ -19,14 +19,25 @@ pub async fn no_wait_acquire_fails_fast_naming_the_holder(ctx: Ctx) {
         .acquire("busy", AcquireOptions::new(long_ttl(&ctx)))
         .await
         .unwrap();
-    match bob.acquire("busy", AcquireOptions::new(long_ttl(&ctx))).await {
-        Err(LockError::Timeout { holder: Some(holder), .. }) => {
+    match bob
+        .acquire("busy", AcquireOptions::new(long_ttl(&ctx)))
+        .await
+    {
+        Err(LockError::Timeout {
+            holder: Some(holder),
+            ..
+        }) => {
             assert_eq!(holder.owner(), "alice@etl-1");
             assert_eq!(holder.fence(), guard.fence());
         }
         other => panic!("expected a timeout naming alice, got {other:?}"),
     }
-    assert!(bob.try_acquire("busy", long_ttl(&ctx)).await.unwrap().is_none());
+    assert!(
+        bob.try_acquire("busy", long_ttl(&ctx))
+            .await
+            .unwrap()
+            .is_none()
+    );
     guard.release().await.unwrap();
 }
 
@@ -40,7 +51,10 @@ pub async fn waiting_acquire_times_out_naming_the_holder(ctx: Ctx) {
     let wait = ctx.profile().short_ttl;
     let started = Instant::now();
     let err = client
-        .acquire("held-long", AcquireOptions::new(long_ttl(&ctx)).wait_up_to(wait))
+        .acquire(
+            "held-long",
+            AcquireOptions::new(long_ttl(&ctx)).wait_up_to(wait),
+        )
         .await
         .unwrap_err();
     match err {
@@ -83,7 +97,9 @@ pub async fn waiting_acquire_wakes_promptly_on_release(ctx: Ctx) {
     guard.release().await.unwrap();
     let next = timeout(bound, waiting)
         .await
-        .unwrap_or_else(|_| panic!("the waiter was not handed the key within {bound:?} of the release"))
+        .unwrap_or_else(|_| {
+            panic!("the waiter was not handed the key within {bound:?} of the release")
+        })
         .unwrap()
         .unwrap();
     let handoff = released_at.elapsed();
