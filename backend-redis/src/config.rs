@@ -26,7 +26,7 @@ pub const DEFAULT_IDLE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 ///
 /// let store = RedisStore::builder("rediss://app:secret@redis.internal:6380/2")
 ///     .key_prefix("billing:locks:")
-///     .response_timeout(Duration::from_secs(1))
+///     .response_timeout(Some(Duration::from_secs(1)))
 ///     .connect()
 ///     .await?;
 /// # let _ = store; Ok(()) }
@@ -229,7 +229,11 @@ mod tests {
 
     #[test]
     fn bad_urls_are_config_errors_without_the_password() {
-        for url in ["http://user:hunter2@host", "redis://user:hunter2@host:6379/notadb", "nonsense"] {
+        for url in [
+            "http://user:hunter2@host",
+            "redis://user:hunter2@host:6379/notadb",
+            "nonsense",
+        ] {
             let err = open_client(url).expect_err(url);
             assert!(matches!(err, LockError::Config { .. }), "{url}: {err:?}");
             assert!(!err.to_string().contains("hunter2"), "{err}");
@@ -239,7 +243,11 @@ mod tests {
 
     #[test]
     fn good_urls_parse() {
-        for url in ["redis://127.0.0.1:6379", "redis://u:p@localhost/3", "rediss://host:6380"] {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://u:p@localhost/3",
+            "rediss://host:6380",
+        ] {
             open_client(url).unwrap_or_else(|err| panic!("{url}: {err}"));
         }
     }

@@ -29,8 +29,12 @@ const RETRYABLE_CODES: &[&str] = &[
 /// \"etl\"") for the message.
 pub(crate) fn command_error(doing: &str, err: RedisError) -> LockError {
     match classify(&err) {
-        Class::Retryable => LockError::retryable(BACKEND, format!("{doing}: {}", describe(&err)), err),
-        Class::Permanent => LockError::permanent(BACKEND, format!("{doing}: {}", describe(&err)), err),
+        Class::Retryable => {
+            LockError::retryable(BACKEND, format!("{doing}: {}", describe(&err)), err)
+        }
+        Class::Permanent => {
+            LockError::permanent(BACKEND, format!("{doing}: {}", describe(&err)), err)
+        }
         Class::Config(advice) => LockError::Config {
             backend: BACKEND,
             message: format!("{doing}: {}; {advice}", describe(&err)),
@@ -106,7 +110,10 @@ mod tests {
     #[test]
     fn transient_server_states_are_retryable() {
         for code in ["BUSY", "OOM"] {
-            assert!(command_error("acquire", server_error(code)).is_retryable(), "{code}");
+            assert!(
+                command_error("acquire", server_error(code)).is_retryable(),
+                "{code}"
+            );
         }
         assert!(!command_error("acquire", server_error("WRONGTYPE")).is_retryable());
     }

@@ -186,5 +186,7 @@ impl Listener {
 /// A poisoned mutex only means a thread panicked while holding it; every
 /// update here leaves the map consistent.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

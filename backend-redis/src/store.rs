@@ -223,7 +223,11 @@ fn holder_of(owner: &Value, fence: &Value, left: &Value) -> Option<Holder> {
         _ => return None,
     };
     let left = u64::try_from(int(left)?).ok()?;
-    Some(Holder::new(owner, fence_of(fence)?, Duration::from_micros(left)))
+    Some(Holder::new(
+        owner,
+        fence_of(fence)?,
+        Duration::from_micros(left),
+    ))
 }
 
 fn fence_of(value: &Value) -> Option<FencingToken> {
@@ -251,12 +255,23 @@ mod tests {
         let acquired = Value::Array(vec![Value::Int(1), Value::Int(1_700_000_000_000_000)]);
         assert_eq!(
             parse_acquire(&acquired),
-            Some(AcquireOutcome::Acquired { fence: FencingToken::new(1_700_000_000_000_000) })
+            Some(AcquireOutcome::Acquired {
+                fence: FencingToken::new(1_700_000_000_000_000)
+            })
         );
-        let held = Value::Array(vec![Value::Int(0), bulk("web-1"), Value::Int(7), Value::Int(2_500)]);
+        let held = Value::Array(vec![
+            Value::Int(0),
+            bulk("web-1"),
+            Value::Int(7),
+            Value::Int(2_500),
+        ]);
         assert_eq!(
             parse_acquire(&held),
-            Some(AcquireOutcome::Held(Holder::new("web-1", FencingToken::new(7), Duration::from_micros(2_500))))
+            Some(AcquireOutcome::Held(Holder::new(
+                "web-1",
+                FencingToken::new(7),
+                Duration::from_micros(2_500)
+            )))
         );
         for bad in [
             Value::Nil,
@@ -264,7 +279,12 @@ mod tests {
             Value::Array(vec![Value::Int(1)]),
             Value::Array(vec![Value::Int(2), Value::Int(7)]),
             Value::Array(vec![Value::Int(1), Value::Int(-3)]),
-            Value::Array(vec![Value::Int(0), Value::Nil, Value::Int(7), Value::Int(1)]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Nil,
+                Value::Int(7),
+                Value::Int(1),
+            ]),
         ] {
             assert_eq!(parse_acquire(&bad), None, "{bad:?}");
         }

@@ -8,7 +8,8 @@
 //!
 //! | feature    | backend                        | clock that judges expiry |
 //! |------------|--------------------------------|--------------------------|
-//! | `memory` (default) | [`memory::MemoryStore`], in-process | tokio's |
+//! | `memory` (default) | `memory::MemoryStore`, in-process | tokio's |
+//! | `redis`    | `redis::RedisStore`            | the Redis server's |
 //!
 //! See the README for the backends landing next to it (Redis, PostgreSQL,
 //! SQLite, DynamoDB), each in its own crate and feature.
@@ -46,4 +47,10 @@ pub use lockstore_api::*;
 #[cfg(feature = "memory")]
 pub mod memory {
     pub use lockstore_memory::MemoryStore;
+}
+
+/// The Redis backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use lockstore_redis::*;
 }
