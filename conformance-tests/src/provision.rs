@@ -80,7 +80,7 @@ fn find_server(service: Service) -> String {
     panic!(
         "no {service:?} server for the lockstore conformance tests.\n\
          Provide one of:\n  \
-         - {var}=<url> pointing at a running server (`eval "$(scripts/servers.sh start)"` starts Redis, \
+         - {var}=<url> pointing at a running server (`eval \"$(scripts/servers.sh start)\"` starts Redis, \
          PostgreSQL and a DynamoDB-compatible moto server on 127.0.0.1 and sets all three), or\n  \
          - a reachable Docker engine, and the image {image} (override with {image_var}) is started for you.",
         var = service.url_var(),
@@ -175,7 +175,7 @@ mod docker {
                 "could not start a {service:?} container for the lockstore conformance tests \
                  from the image `{image}` on the Docker engine at {engine}: {error}\n\
                  Use another image with {image_var}=<image>, or set {url_var}=<url> to use a \
-                 running server instead (`eval "$(scripts/servers.sh start)"` starts one without Docker).",
+                 running server instead (`eval \"$(scripts/servers.sh start)\"` starts one without Docker).",
                 image_var = service.image_var(),
                 url_var = service.url_var(),
             ),
