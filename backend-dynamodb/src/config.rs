@@ -234,19 +234,19 @@ impl DynamoDbStoreBuilder {
     /// # Errors
     /// [`LockError::Config`] for an invalid option (empty table or
     /// partition-key name, a prefix over [`MAX_KEY_PREFIX_LEN`], a malformed
-    /// endpoint URL).
+    /// endpoint URL, no region anywhere in the configuration chain).
     pub async fn build(self) -> Result<DynamoDbStore, LockError> {
         self.validate()?;
-        if let Some(url) = &self.endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(LockError::config(
-                    BACKEND,
-                    format!(
-                        "endpoint URL {url:?} must start with http:// or https:// \
-                         (e.g. http://127.0.0.1:8000 for a local emulator)"
-                    ),
-                ));
-            }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(LockError::config(
+                BACKEND,
+                format!(
+                    "endpoint URL {url:?} must start with http:// or https:// \
+                     (e.g. http://127.0.0.1:8000 for a local emulator)"
+                ),
+            ));
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = &self.region {
@@ -276,6 +276,13 @@ impl DynamoDbStoreBuilder {
             );
         }
         let sdk_config = loader.load().await;
+        if sdk_config.region().is_none() {
+            return Err(LockError::config(
+                BACKEND,
+                "no AWS region is configured: set AWS_REGION, a region in the AWS profile, \
+                 or DynamoDbStore::builder(..).region(\"us-east-1\")",
+            ));
+        }
         Ok(DynamoDbStore::new(Client::new(&sdk_config), self.config))
     }
 

@@ -142,7 +142,7 @@ pub(crate) fn missing_table_message(table: &str, partition_key: &str) -> String 
 /// code and message DynamoDB sent.
 fn describe<E>(error: &SdkError<E, HttpResponse>) -> String
 where
-    E: ProvideErrorMetadata + StdError,
+    E: ProvideErrorMetadata + StdError + 'static,
 {
     match error {
         SdkError::ServiceError(service) => format!(
@@ -174,11 +174,22 @@ mod tests {
 
     #[test]
     fn throttling_and_server_errors_are_retryable() {
-        for code in ["ThrottlingException", "ProvisionedThroughputExceededException", "RequestLimitExceeded"] {
-            assert_eq!(classify_service(Some(code), None, 400), Class::Retryable, "{code}");
+        for code in [
+            "ThrottlingException",
+            "ProvisionedThroughputExceededException",
+            "RequestLimitExceeded",
+        ] {
+            assert_eq!(
+                classify_service(Some(code), None, 400),
+                Class::Retryable,
+                "{code}"
+            );
         }
         assert_eq!(classify_service(None, None, 503), Class::Retryable);
-        assert_eq!(classify_service(Some("Whatever"), None, 500), Class::Retryable);
+        assert_eq!(
+            classify_service(Some("Whatever"), None, 500),
+            Class::Retryable
+        );
     }
 
     #[test]

@@ -151,6 +151,9 @@ mod tests {
             placeholders(&["#a = :x AND #b_c > :x", "SET #a = :y"], ':'),
             vec![":x", ":y"]
         );
-        assert_eq!(placeholders(&["#a = :x AND #b_c > :x"], '#'), vec!["#a", "#b_c"]);
+        assert_eq!(
+            placeholders(&["#a = :x AND #b_c > :x"], '#'),
+            vec!["#a", "#b_c"]
+        );
     }
 }

@@ -1,1 +1,158 @@
-//! placeholder
+//! A [`LockStore`](lockstore_api::LockStore) on Amazon DynamoDB: leased locks
+//! with fencing tokens for services on Lambda, Fargate and EC2, where a
+//! DynamoDB table is the one piece of shared state every instance reaches.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lockstore_api::{AcquireOptions, LockClient};
+//! use lockstore_dynamodb::DynamoDbStore;
+//!
+//! # async fn demo() -> Result<(), lockstore_api::LockError> {
+//! // Credentials and region come from the standard AWS chain (environment,
+//! // profile, SSO, container or instance role).
+//! let store = DynamoDbStore::builder("YourTable")
+//!     .partition_key("YourKey")
+//!     .key_prefix("billing:")
+//!     .build()
+//!     .await?;
+//! store.check_table().await?; // says what to fix, in words
+//!
+//! let client = LockClient::new(store);
+//! let guard = client
+//!     .acquire("nightly-invoices", AcquireOptions::new(Duration::from_secs(30)))
+//!     .await?;
+//! // ... write with guard's fencing token so a stale holder is refused ...
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! For a local emulator (DynamoDB Local, moto), add
+//! `.endpoint_url("http://127.0.0.1:8000").region("us-east-1")
+//! .static_credentials("test", "test")`. To bring your own SDK client (own
+//! interceptors, retry policy, HTTP client), use
+//! [`DynamoDbStoreBuilder::build_with_client`].
+//!
+//! # One request per operation
+//!
+//! | operation          | requests | what                                                     |
+//! |--------------------|----------|----------------------------------------------------------|
+//! | acquire (granted)  | 1        | conditional `UpdateItem`, `ReturnValues=UPDATED_NEW`      |
+//! | acquire (refused)  | 1        | the same; the holder comes back in the refusal (`ReturnValuesOnConditionCheckFailure=ALL_OLD`) |
+//! | renew              | 1        | conditional `UpdateItem`                                  |
+//! | release            | 1        | conditional `UpdateItem`, `ReturnValues=ALL_OLD`          |
+//! | inspect            | 1        | `GetItem` with `ConsistentRead`                           |
+//!
+//! Two exceptions, both rare and both a second request: an acquire retried
+//! by the lease that already holds the key (its first reply was lost) finds
+//! its own lease in the refusal and extends it with a second `UpdateItem`,
+//! so it keeps its fencing token; and a server that does not return the item
+//! with a refusal (DynamoDB and moto 5 do) is asked with a
+//! `GetItem`, counted by [`DynamoDbStore::holder_reads`]. An attempt that
+//! finds the lease expired or released between its write and its reading of
+//! the refusal simply tries again.
+//!
+//! # Item layout
+//!
+//! One item per key; see [`layout`] for the attributes, and the names
+//! reserved for the execution ledger of the next release (`exec_status` with
+//! a sparse `exec_status-index`, `exec_attempts`, `exec_result`,
+//! `exec_error`). A release keeps the item, only removing the lease, so the
+//! fencing counter survives; DynamoDB TTL deletes idle items after
+//! [`cleanup_after`](DynamoDbStoreBuilder::cleanup_after) (7 days).
+//!
+//! # Fencing
+//!
+//! `fence` is `if_not_exists(fence, :fence_base) + 1` in every grant, so it
+//! rises by one per acquisition while the item exists. When the item does not
+//! exist — a new key, or one DynamoDB TTL deleted — the count starts from
+//! `:fence_base`, the writer's wall clock in **microseconds** since 1970.
+//! Tokens therefore stay strictly increasing across deletion provided that:
+//!
+//! * a key is acquired at most once per microsecond on average since its item
+//!   was created (a million acquisitions a second, far beyond what one
+//!   DynamoDB item accepts: about 1,000 writes a second), so the old counter
+//!   is below the wall-clock time in microseconds when it was last written;
+//!   and
+//! * the clock of the client that recreates the item is not behind the clock
+//!   of the last writer by more than the time between that last write and
+//!   the deletion, which is at least `cleanup_after` (7 days by default).
+//!
+//! Tokens are large numbers (about 1.7 × 10¹⁵ today), but plain `u64`s.
+//!
+//! # Clocks
+//!
+//! DynamoDB has no server clock, so expiry compares clocks of different
+//! clients. A writer stores `lease_expires_at_ms` = its wall clock + TTL.
+//! In the default [`TakeoverMode::WallClock`]:
+//!
+//! * another client takes the lease over once *its* wall clock is past
+//!   `lease_expires_at_ms + clock_skew_allowance` (default 1 s,
+//!   [`clock_skew_allowance`](DynamoDbStoreBuilder::clock_skew_allowance));
+//! * the holder's renew and release count the lease as live only while its
+//!   own clock is before `lease_expires_at_ms` (no allowance), and the client
+//!   layer stops trusting the lease at `request sent + TTL` on its monotonic
+//!   clock, before either;
+//! * **assumed:** the wall clocks of any two clients differ by less than the
+//!   allowance (NTP or the Amazon Time Sync Service keeps EC2, Lambda and
+//!   Fargate within a few milliseconds), and a wall clock does not jump
+//!   backwards by more than that during a lease. Under that assumption no
+//!   takeover happens before the holder's own deadline.
+//!
+//! [`TakeoverMode::SkewFree`] is the AWS DynamoDB Lock Client's scheme and
+//! assumes nothing about wall clocks: a client takes a lease over only after
+//! it has seen the same `record_version` (rewritten by every acquire and
+//! renew) unchanged for the lease's full TTL on its own monotonic clock, and
+//! the takeover write is conditional on that version. It assumes only that
+//! monotonic clocks of clients run at about the same rate. The cost: a client
+//! that first meets a long-expired lease still waits one TTL (a
+//! [`Holder`](lockstore_api::Holder) report says how long), and it keeps an
+//! in-memory, bounded map of the versions it has seen. All clients of one
+//! table should use the same mode.
+//!
+//! In both modes a refused acquire's [`Holder::expires_in`] is the time until
+//! *this* client could take over (the allowance included), which is what the
+//! client layer's waiting uses.
+//!
+//! [`Holder::expires_in`]: lockstore_api::Holder::expires_in
+//!
+//! # Errors
+//!
+//! Throttling, `ProvisionedThroughputExceededException`,
+//! `RequestLimitExceeded`, server errors, timeouts and connection failures
+//! are retryable [`LockError::Backend`](lockstore_api::LockError::Backend)s;
+//! a missing table or wrong credentials are
+//! [`LockError::Config`](lockstore_api::LockError::Config) with a message
+//! that says what to do; validation errors are permanent. The SDK error is
+//! kept as the source. A write whose reply did not arrive is reported as an
+//! error, never as a held lock; retrying it with the same lease id is safe.
+//!
+//! # The table
+//!
+//! Any table with a string partition key and no sort key works, e.g. an
+//! existing `YourTable` keyed by `YourKey`.
+//! [`create_table`](DynamoDbStore::create_table) makes one (on-demand
+//! billing, DynamoDB TTL on the cleanup attribute);
+//! [`check_table`](DynamoDbStore::check_table) explains what is wrong with
+//! an existing one. The store needs `dynamodb:UpdateItem` and
+//! `dynamodb:GetItem`; the helpers also `DescribeTable`,
+//! `DescribeTimeToLive`, `CreateTable` and `UpdateTimeToLive`.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod expressions;
+pub mod layout;
+mod observe;
+mod store;
+mod table;
+
+pub use config::{
+    DEFAULT_CLEANUP_AFTER, DEFAULT_CLOCK_SKEW_ALLOWANCE, DynamoDbStoreBuilder, MAX_KEY_PREFIX_LEN,
+    SystemClock, TakeoverMode, WallClock,
+};
+pub use store::DynamoDbStore;
+pub use table::TableProblem;
+
+/// The backend name in errors and traces.
+pub(crate) const BACKEND: &str = "dynamodb";

@@ -129,7 +129,10 @@ mod tests {
         assert_eq!(o.saw("k", "v1", ttl, t0), Verdict::Wait(ttl));
         assert_eq!(o.takeover_version("k", t0 + ttl / 2), None);
         let later = t0 + Duration::from_millis(60);
-        assert_eq!(o.saw("k", "v1", ttl, later), Verdict::Wait(Duration::from_millis(40)));
+        assert_eq!(
+            o.saw("k", "v1", ttl, later),
+            Verdict::Wait(Duration::from_millis(40))
+        );
         // A renewal (new version) restarts the wait.
         assert_eq!(o.saw("k", "v2", ttl, later), Verdict::Wait(ttl));
         assert_eq!(o.takeover_version("k", later + ttl), Some("v2".to_owned()));

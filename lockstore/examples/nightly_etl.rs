@@ -122,7 +122,10 @@ mod tests {
     use lockstore::memory::MemoryStore;
 
     fn etl() -> NightlyEtl<MemoryStore> {
-        NightlyEtl::new(LockClient::new(MemoryStore::new()), Arc::new(Warehouse::default()))
+        NightlyEtl::new(
+            LockClient::new(MemoryStore::new()),
+            Arc::new(Warehouse::default()),
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -130,9 +133,14 @@ mod tests {
         let etl = etl();
         let (a, b) = tokio::join!(etl.run("2026-11-23"), etl.run("2026-11-23"));
         let outcomes = [a.unwrap(), b.unwrap()];
-        let loaded = outcomes.iter().filter(|o| matches!(o, RunOutcome::Loaded { .. })).count();
+        let loaded = outcomes
+            .iter()
+            .filter(|o| matches!(o, RunOutcome::Loaded { .. }))
+            .count();
         assert_eq!(loaded, 1, "{outcomes:?}");
-        assert!(outcomes.iter().any(|o| matches!(o, RunOutcome::AlreadyRunning { holder } if holder.contains("/pid-"))));
+        assert!(outcomes.iter().any(
+            |o| matches!(o, RunOutcome::AlreadyRunning { holder } if holder.contains("/pid-"))
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -141,10 +149,17 @@ mod tests {
         let (a, b) = tokio::join!(etl.run("2026-11-22"), etl.run("2026-11-23"));
         assert!(matches!(a.unwrap(), RunOutcome::Loaded { .. }));
         assert!(matches!(b.unwrap(), RunOutcome::Loaded { .. }));
-        let RunOutcome::Loaded { fence: first, .. } = etl.run("2026-11-23").await.unwrap() else { panic!() };
-        let RunOutcome::Loaded { fence: second, .. } = etl.run("2026-11-23").await.unwrap() else { panic!() };
+        let RunOutcome::Loaded { fence: first, .. } = etl.run("2026-11-23").await.unwrap() else {
+            panic!()
+        };
+        let RunOutcome::Loaded { fence: second, .. } = etl.run("2026-11-23").await.unwrap() else {
+            panic!()
+        };
         assert!(second > first);
-        assert_eq!(etl.warehouse.rows("2026-11-23"), Some("2026-11-23".bytes().map(usize::from).sum()));
+        assert_eq!(
+            etl.warehouse.rows("2026-11-23"),
+            Some("2026-11-23".bytes().map(usize::from).sum())
+        );
     }
 
     #[test]

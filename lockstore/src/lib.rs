@@ -10,6 +10,7 @@
 //! |------------|--------------------------------|--------------------------|
 //! | `memory` (default) | `memory::MemoryStore`, in-process | tokio's |
 //! | `redis`    | `redis::RedisStore`            | the Redis server's |
+//! | `dynamodb` | `dynamodb::DynamoDbStore`      | the clients' (a configurable skew allowance, or the skew-free mode) |
 //!
 //! See the README for the backends landing next to it (Redis, PostgreSQL,
 //! SQLite, DynamoDB), each in its own crate and feature.
@@ -47,6 +48,12 @@ pub use lockstore_api::*;
 #[cfg(feature = "memory")]
 pub mod memory {
     pub use lockstore_memory::MemoryStore;
+}
+
+/// The DynamoDB backend (feature `dynamodb`).
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb {
+    pub use lockstore_dynamodb::*;
 }
 
 /// The Redis backend (feature `redis`).

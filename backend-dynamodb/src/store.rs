@@ -1,0 +1,565 @@
+//! The [`LockStore`] implementation: one conditional `UpdateItem` per
+//! acquire, renew and release; one consistent `GetItem` per inspect.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use lockstore_api::{
+    AcquireOutcome, AcquireRequest, FencingToken, Holder, LeaseId, LockError, LockKey, LockStore,
+    ReleaseOutcome, RenewOutcome, Ttl,
+};
+
+use crate::BACKEND;
+use crate::config::{DynamoDbStoreBuilder, StoreConfig, TakeoverMode};
+use crate::error::{bad_item, map_sdk_error};
+use crate::expressions as expr;
+use crate::layout;
+use crate::observe::{Observations, Verdict};
+
+/// A stored item, as the SDK returns it.
+type Item = HashMap<String, AttributeValue>;
+
+/// How often an acquire goes round when the item changes between its write
+/// and its look at the refusal (a lease expiring or released just then).
+/// Each round is a fresh, complete attempt; more than a few in a row means
+/// heavy contention, reported as a retryable error.
+const ACQUIRE_ROUNDS: usize = 4;
+
+/// A [`LockStore`] on a DynamoDB table. Clones share the client and the
+/// skew-free observations.
+///
+/// Made by [`DynamoDbStore::builder`]; see the [crate docs](crate) for the
+/// item layout, fencing and clock assumptions.
+#[derive(Clone)]
+pub struct DynamoDbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    config: StoreConfig,
+    observations: Observations,
+    holder_reads: AtomicU64,
+}
+
+impl fmt::Debug for DynamoDbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.inner.config;
+        f.debug_struct("DynamoDbStore")
+            .field("table", &c.table)
+            .field("partition_key", &c.partition_key)
+            .field("key_prefix", &c.key_prefix)
+            .field("takeover", &c.takeover)
+            .field("clock_skew_allowance", &c.clock_skew_allowance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DynamoDbStore {
+    /// Starts configuring a store on `table`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), lockstore_api::LockError> {
+    /// use std::time::Duration;
+    /// use lockstore_dynamodb::DynamoDbStore;
+    ///
+    /// let store = DynamoDbStore::builder("YourTable")
+    ///     .partition_key("YourKey")
+    ///     .key_prefix("billing:")
+    ///     .clock_skew_allowance(Duration::from_millis(500))
+    ///     .build()
+    ///     .await?;
+    /// store.check_table().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(table: impl Into<String>) -> DynamoDbStoreBuilder {
+        DynamoDbStoreBuilder::new(table)
+    }
+
+    pub(crate) fn new(client: Client, config: StoreConfig) -> Self {
+        let observations = Observations::new(config.max_observations);
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                observations,
+                holder_reads: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The SDK client, for requests of your own against the same table.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The table name.
+    pub fn table_name(&self) -> &str {
+        &self.inner.config.table
+    }
+
+    /// The partition-key attribute name.
+    pub fn partition_key(&self) -> &str {
+        &self.inner.config.partition_key
+    }
+
+    /// The cleanup (DynamoDB TTL) attribute name.
+    pub fn cleanup_attribute(&self) -> &str {
+        &self.inner.config.cleanup_attribute
+    }
+
+    /// The partition-key value stored for `key`: the key prefix and the key.
+    pub fn item_key(&self, key: &LockKey) -> String {
+        format!("{}{}", self.inner.config.key_prefix, key.as_str())
+    }
+
+    /// How many refused acquires needed a second request (a `GetItem`) to
+    /// learn the holder, because the server did not return the item with
+    /// `ConditionalCheckFailedException` as DynamoDB does. Zero on DynamoDB
+    /// and on moto 5 (tested with 5.2).
+    pub fn holder_reads(&self) -> u64 {
+        self.inner.holder_reads.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// An `UpdateItem` on `pk` with exactly the names and values its
+    /// expressions use.
+    fn update(
+        &self,
+        pk: &str,
+        condition: &str,
+        update: &str,
+        values: &Values,
+    ) -> UpdateItemFluentBuilder {
+        let c = &self.inner.config;
+        let names = expr::names_for(&[condition, update], &c.partition_key, &c.cleanup_attribute);
+        let used = expr::placeholders(&[condition, update], ':');
+        let values: HashMap<String, AttributeValue> = values
+            .0
+            .iter()
+            .filter(|(name, _)| used.contains(name))
+            .map(|(name, value)| ((*name).to_owned(), value.clone()))
+            .collect();
+        self.inner
+            .client
+            .update_item()
+            .table_name(&c.table)
+            .key(&c.partition_key, AttributeValue::S(pk.to_owned()))
+            .condition_expression(condition)
+            .update_expression(update)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+    }
+
+    fn map_err<E>(
+        &self,
+        what: &str,
+        key: &LockKey,
+        error: aws_sdk_dynamodb::error::SdkError<
+            E,
+            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+        >,
+    ) -> LockError
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata
+            + std::error::Error
+            + Send
+            + Sync
+            + 'static,
+    {
+        let c = &self.inner.config;
+        map_sdk_error(error, &format!("{what} {key}"), &c.table, &c.partition_key)
+    }
+
+    /// What this client makes of a stored lease: free, or held and for how
+    /// long (until *this* client could take it over).
+    fn judge(&self, pk: &str, lease: &StoredLease, now: Duration, received: Instant) -> Judgement {
+        let Some(live) = &lease.live else {
+            return Judgement::Free;
+        };
+        match self.inner.config.takeover {
+            TakeoverMode::WallClock => {
+                let takeover_at = Duration::from_millis(live.expires_at_ms)
+                    + self.inner.config.clock_skew_allowance;
+                match takeover_at.checked_sub(now) {
+                    Some(left) if !left.is_zero() => {
+                        Judgement::Held(Holder::new(&live.owner, live.fence, left))
+                    }
+                    _ => Judgement::Free,
+                }
+            }
+            TakeoverMode::SkewFree => {
+                let ttl = Duration::from_millis(live.ttl_ms);
+                match self
+                    .inner
+                    .observations
+                    .saw(pk, &live.version, ttl, received)
+                {
+                    Verdict::Wait(left) => {
+                        Judgement::Held(Holder::new(&live.owner, live.fence, left))
+                    }
+                    Verdict::TakeOver(_) => Judgement::Free,
+                }
+            }
+        }
+    }
+
+    /// A refused acquire: the item as it was, from the refusal itself or,
+    /// on servers that do not send it, from a consistent read.
+    async fn refused_item(
+        &self,
+        key: &LockKey,
+        pk: &str,
+        error: &UpdateItemError,
+    ) -> Result<Option<Item>, LockError> {
+        if let UpdateItemError::ConditionalCheckFailedException(refusal) = error
+            && let Some(item) = refusal.item()
+        {
+            return Ok(Some(item.clone()));
+        }
+        self.inner.holder_reads.fetch_add(1, Ordering::Relaxed);
+        self.get(key, pk).await
+    }
+
+    async fn get(&self, key: &LockKey, pk: &str) -> Result<Option<Item>, LockError> {
+        let c = &self.inner.config;
+        let reply = self
+            .inner
+            .client
+            .get_item()
+            .table_name(&c.table)
+            .key(&c.partition_key, AttributeValue::S(pk.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.map_err("inspect", key, e))?;
+        Ok(reply.item)
+    }
+
+    /// Extends our own live lease after a retried acquire found it, keeping
+    /// its token. `None` when the lease went away in between.
+    async fn refresh(
+        &self,
+        request: &AcquireRequest,
+        pk: &str,
+        values: &Values,
+    ) -> Result<Option<FencingToken>, LockError> {
+        let reply = self
+            .update(pk, expr::REFRESH_CONDITION, expr::REFRESH_UPDATE, values)
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match reply {
+            Ok(out) => fence_of(out.attributes(), &format!("acquire {}", request.key)).map(Some),
+            Err(e) if is_condition_failure(&e) => Ok(None),
+            Err(e) => Err(self.map_err("acquire", &request.key, e)),
+        }
+    }
+}
+
+/// The expression values of one request, by placeholder.
+struct Values(Vec<(&'static str, AttributeValue)>);
+
+fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A fresh record version: every write gets one, so a skew-free watcher can
+/// tell "unchanged" from "renewed".
+fn new_version() -> String {
+    format!("{:032x}", LeaseId::random().as_u128())
+}
+
+impl DynamoDbStore {
+    /// The values every lease-writing request may use, computed from one
+    /// reading of the wall clock.
+    fn lease_values(&self, lease_id: LeaseId, owner: &str, ttl: Ttl, now: Duration) -> Values {
+        let c = &self.inner.config;
+        let expires = now + ttl.as_duration();
+        let cutoff = now.saturating_sub(c.clock_skew_allowance);
+        Values(vec![
+            (":lease_id", s(lease_id.to_string())),
+            (":owner", s(owner)),
+            (":expires_at_ms", n(millis(expires))),
+            (":ttl_ms", n(ttl.as_millis())),
+            (":version", s(new_version())),
+            (":cleanup_at", n((expires + c.cleanup_after).as_secs())),
+            (":fence_base", n(micros(now))),
+            (":one", n(1)),
+            (":now_ms", n(millis(now))),
+            (":takeover_cutoff_ms", n(millis(cutoff))),
+        ])
+    }
+}
+
+/// A stored item, read.
+struct StoredLease {
+    /// `None` when the item has no lease (released, or never held).
+    live: Option<LiveLease>,
+}
+
+struct LiveLease {
+    lease_id: String,
+    owner: String,
+    fence: FencingToken,
+    expires_at_ms: u64,
+    ttl_ms: u64,
+    version: String,
+}
+
+enum Judgement {
+    Free,
+    Held(Holder),
+}
+
+fn number(item: &Item, name: &str) -> Result<Option<u64>, String> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::N(text)) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("attribute {name} = {text:?} is not a non-negative integer")),
+        Some(other) => Err(format!(
+            "attribute {name} should be a number, found {other:?}"
+        )),
+    }
+}
+
+fn string<'i>(item: &'i Item, name: &str) -> Result<Option<&'i str>, String> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::S(text)) => Ok(Some(text)),
+        Some(other) => Err(format!(
+            "attribute {name} should be a string, found {other:?}"
+        )),
+    }
+}
+
+fn read_lease(item: &Item) -> Result<StoredLease, String> {
+    let Some(lease_id) = string(item, layout::LEASE_ID)? else {
+        return Ok(StoredLease { live: None });
+    };
+    let missing = |name: &str| format!("a held lock item lacks attribute {name}");
+    Ok(StoredLease {
+        live: Some(LiveLease {
+            lease_id: lease_id.to_owned(),
+            owner: string(item, layout::LEASE_OWNER)?.unwrap_or("").to_owned(),
+            fence: FencingToken::new(
+                number(item, layout::FENCE)?.ok_or_else(|| missing(layout::FENCE))?,
+            ),
+            expires_at_ms: number(item, layout::LEASE_EXPIRES_AT_MS)?
+                .ok_or_else(|| missing(layout::LEASE_EXPIRES_AT_MS))?,
+            ttl_ms: number(item, layout::LEASE_TTL_MS)?
+                .ok_or_else(|| missing(layout::LEASE_TTL_MS))?,
+            version: string(item, layout::RECORD_VERSION)?
+                .ok_or_else(|| missing(layout::RECORD_VERSION))?
+                .to_owned(),
+        }),
+    })
+}
+
+/// The fence in a write's returned attributes. Its absence after a
+/// successful grant is reported as a retryable error: the caller does not
+/// get a lease it cannot fence, and its retry with the same lease id finds
+/// the grant and reads the token.
+fn fence_of(attributes: Option<&Item>, what: &str) -> Result<FencingToken, LockError> {
+    let fence = attributes
+        .map(|a| number(a, layout::FENCE))
+        .transpose()
+        .map_err(|problem| bad_item(what, problem))?
+        .flatten();
+    match fence {
+        Some(fence) => Ok(FencingToken::new(fence)),
+        None => Err(LockError::retryable(
+            BACKEND,
+            format!(
+                "{what}: the grant's reply did not include the fencing token; retry with the same lease id"
+            ),
+            lockstore_api::UnexpectedReply("UpdateItem reply without the fence attribute".into()),
+        )),
+    }
+}
+
+fn is_condition_failure<R>(error: &aws_sdk_dynamodb::error::SdkError<UpdateItemError, R>) -> bool {
+    error
+        .as_service_error()
+        .is_some_and(UpdateItemError::is_conditional_check_failed_exception)
+}
+
+#[async_trait]
+impl LockStore for DynamoDbStore {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
+        let pk = self.item_key(&request.key);
+        let what = format!("acquire {}", request.key);
+        for _ in 0..ACQUIRE_ROUNDS {
+            let now = self.config().wall_now()?;
+            let mut values =
+                self.lease_values(request.lease_id, request.owner.as_str(), request.ttl, now);
+            let condition = match self.config().takeover {
+                TakeoverMode::WallClock => expr::ACQUIRE_CONDITION.to_owned(),
+                TakeoverMode::SkewFree => {
+                    match self
+                        .inner
+                        .observations
+                        .takeover_version(&pk, Instant::now())
+                    {
+                        Some(version) => {
+                            values.0.push((":seen_version", s(version)));
+                            format!(
+                                "{}{}",
+                                expr::ACQUIRE_CONDITION_SKEW_FREE,
+                                expr::ACQUIRE_CONDITION_SEEN_VERSION
+                            )
+                        }
+                        None => expr::ACQUIRE_CONDITION_SKEW_FREE.to_owned(),
+                    }
+                }
+            };
+            let reply = self
+                .update(&pk, &condition, expr::ACQUIRE_UPDATE, &values)
+                .return_values(ReturnValue::UpdatedNew)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            let refusal = match reply {
+                Ok(out) => {
+                    self.inner.observations.forget(&pk);
+                    let fence = fence_of(out.attributes(), &what)?;
+                    return Ok(AcquireOutcome::Acquired { fence });
+                }
+                Err(e) if is_condition_failure(&e) => e.into_service_error(),
+                Err(e) => return Err(self.map_err("acquire", &request.key, e)),
+            };
+            let received = Instant::now();
+            let Some(item) = self.refused_item(&request.key, &pk, &refusal).await? else {
+                // Deleted between the write and the read: go round.
+                continue;
+            };
+            let lease = read_lease(&item).map_err(|problem| bad_item(&what, problem))?;
+            if lease
+                .live
+                .as_ref()
+                .is_some_and(|l| l.lease_id == request.lease_id.to_string())
+            {
+                // Our own earlier grant (this is a retried request).
+                match self.refresh(request, &pk, &values).await? {
+                    Some(fence) => return Ok(AcquireOutcome::Acquired { fence }),
+                    None => continue,
+                }
+            }
+            let now = self.config().wall_now()?;
+            match self.judge(&pk, &lease, now, received) {
+                Judgement::Held(holder) => return Ok(AcquireOutcome::Held(holder)),
+                // It expired or was released just now: a fresh attempt wins.
+                Judgement::Free => continue,
+            }
+        }
+        Err(LockError::retryable(
+            BACKEND,
+            format!("{what}: the lock item changed under {ACQUIRE_ROUNDS} attempts in a row"),
+            lockstore_api::UnexpectedReply("heavy contention on one key".into()),
+        ))
+    }
+
+    async fn renew(
+        &self,
+        key: &LockKey,
+        lease_id: LeaseId,
+        ttl: Ttl,
+    ) -> Result<RenewOutcome, LockError> {
+        let pk = self.item_key(key);
+        let now = self.config().wall_now()?;
+        // The owner is not rewritten by a renewal; its value is unused here.
+        let values = self.lease_values(lease_id, "", ttl, now);
+        let reply = self
+            .update(&pk, expr::RENEW_CONDITION, expr::RENEW_UPDATE, &values)
+            .send()
+            .await;
+        match reply {
+            Ok(_) => Ok(RenewOutcome::Renewed),
+            Err(e) if is_condition_failure(&e) => Ok(RenewOutcome::Lost),
+            Err(e) => Err(self.map_err("renew", key, e)),
+        }
+    }
+
+    async fn release(&self, key: &LockKey, lease_id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+        let pk = self.item_key(key);
+        let now = self.config().wall_now()?;
+        let c = self.config();
+        let values = Values(vec![
+            (":lease_id", s(lease_id.to_string())),
+            (":now_ms", n(millis(now))),
+            (":version", s(new_version())),
+            (":cleanup_at", n((now + c.cleanup_after).as_secs())),
+        ]);
+        let reply = self
+            .update(&pk, expr::RELEASE_CONDITION, expr::RELEASE_UPDATE, &values)
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match reply {
+            Ok(out) => {
+                // The write cleared our lease either way; it was a release of
+                // a *live* lease only if it had not yet expired.
+                let expires_at_ms = out
+                    .attributes()
+                    .map(|a| number(a, layout::LEASE_EXPIRES_AT_MS))
+                    .transpose()
+                    .map_err(|problem| bad_item(&format!("release {key}"), problem))?
+                    .flatten()
+                    .unwrap_or(0);
+                Ok(if expires_at_ms > millis(now) {
+                    ReleaseOutcome::Released
+                } else {
+                    ReleaseOutcome::NotHeld
+                })
+            }
+            Err(e) if is_condition_failure(&e) => Ok(ReleaseOutcome::NotHeld),
+            Err(e) => Err(self.map_err("release", key, e)),
+        }
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
+        let pk = self.item_key(key);
+        let Some(item) = self.get(key, &pk).await? else {
+            return Ok(None);
+        };
+        let received = Instant::now();
+        let lease =
+            read_lease(&item).map_err(|problem| bad_item(&format!("inspect {key}"), problem))?;
+        let now = self.config().wall_now()?;
+        Ok(match self.judge(&pk, &lease, now, received) {
+            Judgement::Held(holder) => Some(holder),
+            Judgement::Free => None,
+        })
+    }
+}

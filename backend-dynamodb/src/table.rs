@@ -1,0 +1,340 @@
+//! Creating and checking the lock table.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+};
+use lockstore_api::{LockError, UnexpectedReply};
+
+use crate::error::{map_sdk_error, missing_table_message};
+use crate::{BACKEND, DynamoDbStore};
+
+/// How long [`DynamoDbStore::create_table`] waits for a new table to become
+/// active.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Something wrong with the lock table, in words a person can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TableProblem {
+    /// The table does not exist in this account and region.
+    Missing {
+        /// The table name.
+        table: String,
+        /// The partition-key attribute the store expects.
+        partition_key: String,
+    },
+    /// The table is being created, updated or deleted.
+    NotActive {
+        /// The table name.
+        table: String,
+        /// Its status as DynamoDB reports it.
+        status: String,
+    },
+    /// The key schema differs from the store's configuration.
+    WrongKeySchema {
+        /// The table name.
+        table: String,
+        /// What the store expects.
+        expected: String,
+        /// What the table has.
+        found: String,
+    },
+    /// DynamoDB TTL is off, so released and abandoned lock items are kept
+    /// forever (harmless for correctness, but they cost storage).
+    TtlDisabled {
+        /// The table name.
+        table: String,
+        /// The attribute TTL should be enabled on.
+        attribute: String,
+    },
+    /// DynamoDB TTL is on, but on another attribute than the store writes.
+    TtlOnOtherAttribute {
+        /// The table name.
+        table: String,
+        /// The attribute the store writes cleanup times to.
+        expected: String,
+        /// The attribute TTL is enabled on.
+        found: String,
+    },
+}
+
+impl fmt::Display for TableProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing {
+                table,
+                partition_key,
+            } => f.write_str(&missing_table_message(table, partition_key)),
+            Self::NotActive { table, status } => write!(
+                f,
+                "table {table:?} is {status}, not ACTIVE; wait until it is active and try again"
+            ),
+            Self::WrongKeySchema {
+                table,
+                expected,
+                found,
+            } => write!(
+                f,
+                "table {table:?} has {found}, but this store expects {expected}; either point \
+                 the store at the table's key with .partition_key(\"<attribute>\") (only a \
+                 string partition key and no sort key work), or use another table"
+            ),
+            Self::TtlDisabled { table, attribute } => write!(
+                f,
+                "table {table:?} has DynamoDB TTL disabled, so idle lock items are never \
+                 deleted; enable it on attribute {attribute:?}: aws dynamodb \
+                 update-time-to-live --table-name {table} --time-to-live-specification \
+                 Enabled=true,AttributeName={attribute}"
+            ),
+            Self::TtlOnOtherAttribute {
+                table,
+                expected,
+                found,
+            } => write!(
+                f,
+                "table {table:?} has DynamoDB TTL on attribute {found:?}, but this store writes \
+                 cleanup times to {expected:?}; set .cleanup_attribute({found:?}) on the \
+                 builder (a table has only one TTL attribute)"
+            ),
+        }
+    }
+}
+
+impl DynamoDbStore {
+    /// Lists what is wrong with the table for this store: missing, not
+    /// active, a wrong key schema, DynamoDB TTL off or on another attribute.
+    /// Empty when all is well.
+    ///
+    /// # Errors
+    /// When DynamoDB cannot be asked (network, credentials, throttling).
+    pub async fn table_problems(&self) -> Result<Vec<TableProblem>, LockError> {
+        let c = self.config();
+        let Some(table) = self.describe().await? else {
+            return Ok(vec![TableProblem::Missing {
+                table: c.table.clone(),
+                partition_key: c.partition_key.clone(),
+            }]);
+        };
+        let mut problems = Vec::new();
+        if let Some(problem) = self.schema_problem(&table) {
+            problems.push(problem);
+        }
+        match table.table_status() {
+            Some(TableStatus::Active) | None => {}
+            Some(status) => problems.push(TableProblem::NotActive {
+                table: c.table.clone(),
+                status: status.as_str().to_owned(),
+            }),
+        }
+        if let Some(problem) = self.ttl_problem().await? {
+            problems.push(problem);
+        }
+        Ok(problems)
+    }
+
+    /// Checks the table at start-up.
+    ///
+    /// # Errors
+    /// [`LockError::Config`] listing every [`TableProblem`], each saying
+    /// what to do; or a backend error when DynamoDB cannot be asked.
+    pub async fn check_table(&self) -> Result<(), LockError> {
+        let problems = self.table_problems().await?;
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let words: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        Err(LockError::config(BACKEND, words.join("; also, ")))
+    }
+
+    /// Creates the table if it does not exist (on-demand billing, a string
+    /// partition key named as configured), waits until it is active, and
+    /// enables DynamoDB TTL on the cleanup attribute if it is off.
+    ///
+    /// Calling it on a table that is already right changes nothing.
+    ///
+    /// # Errors
+    /// [`LockError::Config`] when an existing table has another key schema
+    /// or TTL on another attribute; backend errors as usual.
+    pub async fn create_table(&self) -> Result<(), LockError> {
+        let c = self.config();
+        if self.describe().await?.is_none() {
+            let attribute = AttributeDefinition::builder()
+                .attribute_name(&c.partition_key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| LockError::permanent(BACKEND, "building CreateTable", e))?;
+            let key = KeySchemaElement::builder()
+                .attribute_name(&c.partition_key)
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(|e| LockError::permanent(BACKEND, "building CreateTable", e))?;
+            let created = self
+                .client()
+                .create_table()
+                .table_name(&c.table)
+                .attribute_definitions(attribute)
+                .key_schema(key)
+                .billing_mode(BillingMode::PayPerRequest)
+                .send()
+                .await;
+            match created {
+                Ok(_) => {}
+                // Someone else created it at the same moment: fine.
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+                Err(e) => return Err(map_sdk_error(e, "create table", &c.table, &c.partition_key)),
+            }
+        }
+        let table = self.wait_active().await?;
+        if let Some(problem) = self.schema_problem(&table) {
+            return Err(LockError::config(BACKEND, problem.to_string()));
+        }
+        match self.ttl_problem().await? {
+            None => Ok(()),
+            Some(TableProblem::TtlDisabled { .. }) => self.enable_ttl().await,
+            Some(problem) => Err(LockError::config(BACKEND, problem.to_string())),
+        }
+    }
+
+    async fn describe(&self) -> Result<Option<TableDescription>, LockError> {
+        let c = self.config();
+        match self
+            .client()
+            .describe_table()
+            .table_name(&c.table)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.table),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(map_sdk_error(
+                e,
+                "describe table",
+                &c.table,
+                &c.partition_key,
+            )),
+        }
+    }
+
+    async fn wait_active(&self) -> Result<TableDescription, LockError> {
+        let c = self.config();
+        let started = Instant::now();
+        loop {
+            if let Some(table) = self.describe().await?
+                && matches!(table.table_status(), Some(TableStatus::Active) | None)
+            {
+                return Ok(table);
+            }
+            if started.elapsed() > CREATE_TIMEOUT {
+                return Err(LockError::retryable(
+                    BACKEND,
+                    format!(
+                        "table {:?} did not become active within {CREATE_TIMEOUT:?}",
+                        c.table
+                    ),
+                    UnexpectedReply("table still not ACTIVE".into()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn schema_problem(&self, table: &TableDescription) -> Option<TableProblem> {
+        let c = self.config();
+        let type_of = |name: &str| {
+            table
+                .attribute_definitions()
+                .iter()
+                .find(|a| a.attribute_name() == name)
+                .map_or("?", |a| a.attribute_type().as_str())
+                .to_owned()
+        };
+        let keys: Vec<String> = table
+            .key_schema()
+            .iter()
+            .map(|k| {
+                let role = if *k.key_type() == KeyType::Hash {
+                    "partition key"
+                } else {
+                    "sort key"
+                };
+                format!(
+                    "{role} {:?} ({})",
+                    k.attribute_name(),
+                    type_of(k.attribute_name())
+                )
+            })
+            .collect();
+        let expected = format!("partition key {:?} (S) and no sort key", c.partition_key);
+        let right = table.key_schema().len() == 1
+            && table.key_schema()[0].attribute_name() == c.partition_key
+            && *table.key_schema()[0].key_type() == KeyType::Hash
+            && type_of(&c.partition_key) == "S";
+        (!right).then(|| TableProblem::WrongKeySchema {
+            table: c.table.clone(),
+            expected,
+            found: if keys.is_empty() {
+                "no key schema".to_owned()
+            } else {
+                keys.join(" and ")
+            },
+        })
+    }
+
+    async fn ttl_problem(&self) -> Result<Option<TableProblem>, LockError> {
+        let c = self.config();
+        let out = self
+            .client()
+            .describe_time_to_live()
+            .table_name(&c.table)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(e, "describe time to live", &c.table, &c.partition_key))?;
+        let description = out.time_to_live_description();
+        let status = description.and_then(|d| d.time_to_live_status());
+        let attribute = description.and_then(|d| d.attribute_name());
+        Ok(match status {
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling) => match attribute {
+                Some(found) if found != c.cleanup_attribute => {
+                    Some(TableProblem::TtlOnOtherAttribute {
+                        table: c.table.clone(),
+                        expected: c.cleanup_attribute.clone(),
+                        found: found.to_owned(),
+                    })
+                }
+                _ => None,
+            },
+            _ => Some(TableProblem::TtlDisabled {
+                table: c.table.clone(),
+                attribute: c.cleanup_attribute.clone(),
+            }),
+        })
+    }
+
+    async fn enable_ttl(&self) -> Result<(), LockError> {
+        let c = self.config();
+        let spec = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(&c.cleanup_attribute)
+            .build()
+            .map_err(|e| LockError::permanent(BACKEND, "building UpdateTimeToLive", e))?;
+        self.client()
+            .update_time_to_live()
+            .table_name(&c.table)
+            .time_to_live_specification(spec)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(e, "enable time to live", &c.table, &c.partition_key))?;
+        Ok(())
+    }
+}
