@@ -69,9 +69,11 @@ impl fmt::Debug for Ident {
 
 /// Fills the `{name}` placeholders of a statement template.
 pub(crate) fn render(template: &str, values: &[(&str, &str)]) -> String {
-    values.iter().fold(template.to_owned(), |sql, (name, value)| {
-        sql.replace(&format!("{{{name}}}"), value)
-    })
+    values
+        .iter()
+        .fold(template.to_owned(), |sql, (name, value)| {
+            sql.replace(&format!("{{{name}}}"), value)
+        })
 }
 
 #[cfg(test)]
@@ -87,7 +89,16 @@ mod tests {
 
     #[test]
     fn rejects_anything_that_would_need_escaping() {
-        for bad in ["", "1abc", "a-b", "a b", "a\"b", "a;drop", "é", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a b",
+            "a\"b",
+            "a;drop",
+            "é",
+            &"x".repeat(64),
+        ] {
             let err = Ident::new("postgres", "table", bad, 63).unwrap_err();
             assert!(matches!(err, LockError::Config { .. }), "{bad}");
         }
@@ -95,7 +106,10 @@ mod tests {
 
     #[test]
     fn renders_placeholders() {
-        let sql = render("SELECT {a} FROM {b} WHERE {a}", &[("a", "1"), ("b", "\"t\"")]);
+        let sql = render(
+            "SELECT {a} FROM {b} WHERE {a}",
+            &[("a", "1"), ("b", "\"t\"")],
+        );
         assert_eq!(sql, "SELECT 1 FROM \"t\" WHERE 1");
     }
 }

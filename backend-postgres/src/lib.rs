@@ -1,2 +1,125 @@
-//! PostgreSQL and SQLite lockstore backends (work in progress).
+//! Leased locks with fencing tokens in **PostgreSQL** (shared by every host
+//! that can reach the database) or **SQLite** (one file, every process on one
+//! host), built on `sqlx`: the `lockstore` backends for teams that already
+//! run PostgreSQL, and the embedded default for single-host tools.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lockstore_api::{AcquireOptions, LockClient};
+//! use lockstore_postgres::PostgresStore;
+//!
+//! # async fn demo() -> Result<(), lockstore_api::LockError> {
+//! let store = PostgresStore::connect("postgres://app@localhost/app").await?;
+//! store.ensure_schema().await?; // once; idempotent
+//! let client = LockClient::new(store);
+//!
+//! let options = AcquireOptions::new(Duration::from_secs(30)).wait_up_to(Duration::from_secs(10));
+//! let guard = client.acquire("nightly-report", options).await?;
+//! // ... write with guard.fence() so a stale holder is refused ...
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The same with SQLite: `SqliteStore::open("/var/lib/app/locks.db")`.
+//!
+//! # The model
+//!
+//! One row per key: `key`, `lease_id` (NULL once released), `owner`,
+//! `fence`, `acquired_at`, `expires_at`, `updated_at`. Each operation of
+//! [`LockStore`](lockstore_api::LockStore) is **one SQL statement**, in
+//! `src/sql/<dialect>/*.sql`:
+//!
+//! * **acquire** — `INSERT … ON CONFLICT (key) DO UPDATE SET <each column =
+//!   CASE WHEN the row is free, expired or ours THEN new ELSE old END>
+//!   RETURNING …`. Exactly one row comes back: ours, or the holder that
+//!   refused us, with its owner, fence and time left — from the same
+//!   statement, so a refused acquire costs one round trip. The same lease id
+//!   asking again refreshes its lease and keeps its fence (a retried request
+//!   is idempotent).
+//! * **renew** / **release** — an `UPDATE … WHERE key AND lease_id AND not
+//!   expired`; no row changed means `Lost` / `NotHeld`. Release keeps the row
+//!   with `lease_id = NULL`, so per-key state survives;
+//!   `purge_idle(older_than)` deletes rows idle for long enough.
+//! * **inspect** — a `SELECT` of the live row.
+//!
+//! # Clocks
+//!
+//! Expiry is judged by the database's clock, inside the statement, never by
+//! comparing the client's clock with the server's:
+//!
+//! * PostgreSQL: `now()`, the start of the statement's (single-statement)
+//!   transaction. It is one instant for every comparison in the statement;
+//!   `clock_timestamp()` would move while the statement runs. When a
+//!   statement waits for a row lock, `now()` is earlier than the decision,
+//!   which errs on the safe side: leases look less expired, and new leases
+//!   end earlier (never later than the holder's own `sent + TTL`).
+//! * SQLite: the host clock, `unixepoch('subsec')`, which SQLite holds fixed
+//!   for one statement. All processes on the host read the same clock; a
+//!   clock stepped forward expires leases early (keep it slewed by NTP).
+//!
+//! # Fencing
+//!
+//! * PostgreSQL: a sequence per table, `<table>_fence`. Sequences only move
+//!   forward — not back on rollback, row deletion, or restart (they are
+//!   WAL-logged; after a crash they skip ahead). A takeover draws its token
+//!   in the `SET` list, after the row lock is held, so it is larger than
+//!   every earlier holder's. Assumption: no acquire statement runs longer
+//!   than `purge_idle`'s `older_than` (a brand-new row draws its token when
+//!   its statement starts).
+//! * SQLite: no sequences, so a token is `max(row's fence, high-water
+//!   mark) + 1`, and a new row's is `mark + 1`. Acquire never writes the
+//!   mark; a `BEFORE DELETE` trigger raises it to each deleted row's fence
+//!   within the deleting statement, so no purge (nor a `DELETE` by hand) can
+//!   lower a key's next token.
+//!
+//! # Wake-ups
+//!
+//! * PostgreSQL: release runs `pg_notify(channel, key)` in the same statement
+//!   (delivered on commit). One listener connection per store `LISTEN`s and
+//!   wakes local waiters of that key; if it drops, everyone is woken and it
+//!   reconnects with backoff, waiters polling meanwhile. Session advisory
+//!   locks are never used (they are not leases and leak through pools).
+//! * SQLite: no cross-process notifications. A release wakes waiters in the
+//!   same process at once; other processes poll with jittered backoff.
+//!
+//! # Errors
+//!
+//! Connection loss, pool timeouts, serialization failures (`40001`),
+//! deadlocks (`40P01`), statement timeouts (`57014`) and `SQLITE_BUSY` /
+//! `SQLITE_LOCKED` are retryable [`LockError::Backend`](lockstore_api::LockError)s;
+//! a missing table (`42P01`, "no such table") is a
+//! [`LockError::Config`](lockstore_api::LockError) naming the table and
+//! `ensure_schema()`; a malformed URL or table name is a `Config` error too.
+//!
+//! # Migrations
+//!
+//! `ensure_schema()` only ever adds: `CREATE … IF NOT EXISTS`, and later
+//! `ALTER TABLE … ADD COLUMN` of nullable or defaulted columns (the
+//! execution ledger: status, attempts, result, error). Every statement names
+//! its columns, so older code keeps working on a newer table.
+//!
+//! # Features
+//!
+//! `postgres` and `sqlite`, both on by default.
+
 #![forbid(unsafe_code)]
+
+mod ident;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod shared;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, PostgresStoreBuilder};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStore, SqliteStoreBuilder};
+
+/// Default names, for migrations written by hand.
+pub mod defaults {
+    #[cfg(feature = "postgres")]
+    pub use crate::postgres::{DEFAULT_SCHEMA as POSTGRES_SCHEMA, DEFAULT_TABLE as POSTGRES_TABLE};
+    #[cfg(feature = "sqlite")]
+    pub use crate::sqlite::DEFAULT_TABLE as SQLITE_TABLE;
+}

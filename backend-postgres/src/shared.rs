@@ -108,6 +108,7 @@ impl Waiters {
     }
 
     /// Wakes every waiter (a notification may have been missed).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn wake_all(&self) {
         for (_, tx) in self.lock().keys.drain() {
             tx.send_replace(());

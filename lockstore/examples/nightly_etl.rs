@@ -2,11 +2,14 @@
 //! scheduler fires it on two hosts at once.
 //!
 //! The service, [`NightlyEtl`], is generic over [`LockStore`]: `main` runs it
-//! on the embedded default backend, and its unit tests (at the bottom) run it
-//! on the in-process memory backend with a paused clock.
+//! on the embedded default backend, SQLite (one lock file shared by every
+//! process on the host — start two copies at once to see one wait out the
+//! other), and its unit tests (at the bottom) run it on the in-process memory
+//! backend with a paused clock. Swapping in `PostgresStore`, `RedisStore` or
+//! `DynamoDbStore` changes only `main`.
 //!
 //! ```text
-//! cargo run -p lockstore --example nightly_etl
+//! cargo run -p lockstore --example nightly_etl --features sqlite [lock-file]
 //! ```
 
 use std::collections::HashMap;
@@ -52,6 +55,8 @@ pub enum RunOutcome {
     Loaded { rows: usize, fence: u64 },
     /// Another instance holds the date; this one did nothing.
     AlreadyRunning { holder: String },
+    /// The warehouse refused the write: a newer run got there first.
+    Refused { reason: String },
 }
 
 /// The job: one lock per date, held while extracting and loading.
@@ -84,11 +89,12 @@ impl<S: ?Sized + LockStore> NightlyEtl<S> {
             () = guard.lost() => return Err(LockError::LeaseLost { key: guard.key().clone(), fence: guard.fence() }),
             rows = extract(date) => rows,
         };
-        if let Err(stale) = self.warehouse.write(date, fence, rows) {
-            tracing_free_log(&stale);
-        }
+        let written = self.warehouse.write(date, fence, rows);
         guard.release().await?;
-        Ok(RunOutcome::Loaded { rows, fence })
+        Ok(match written {
+            Ok(()) => RunOutcome::Loaded { rows, fence },
+            Err(reason) => RunOutcome::Refused { reason },
+        })
     }
 }
 
@@ -98,21 +104,23 @@ async fn extract(date: &str) -> usize {
     date.bytes().map(usize::from).sum()
 }
 
-fn tracing_free_log(message: &str) {
-    eprintln!("warehouse refused a write: {message}");
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let store = lockstore::memory::MemoryStore::new();
-    let etl = Arc::new(NightlyEtl::new(
-        LockClient::new(store),
-        Arc::new(Warehouse::default()),
-    ));
+    let path = std::env::args()
+        .nth(1)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("lockstore-nightly-etl.db"));
+    let store = lockstore::sqlite::SqliteStore::open(&path.to_string_lossy()).await?;
+    store.ensure_schema().await?;
+    println!("locks in {}", path.display());
+    let etl = NightlyEtl::new(LockClient::new(store), Arc::new(Warehouse::default()));
     // Two schedulers fire the same date at once: exactly one loads it.
     let (first, second) = tokio::join!(etl.run("2026-11-23"), etl.run("2026-11-23"));
     println!("first run:  {:?}", first?);
     println!("second run: {:?}", second?);
+    // The next night's run gets a newer fence, so a late straggler from
+    // tonight could never overwrite it.
+    println!("rerun:      {:?}", etl.run("2026-11-23").await?);
     Ok(())
 }
 

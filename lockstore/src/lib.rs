@@ -9,11 +9,10 @@
 //! | feature    | backend                        | clock that judges expiry |
 //! |------------|--------------------------------|--------------------------|
 //! | `memory` (default) | `memory::MemoryStore`, in-process | tokio's |
+//! | `sqlite`   | `sqlite::SqliteStore`, one file per host | the host's |
+//! | `postgres` | `postgres::PostgresStore`      | the PostgreSQL server's |
 //! | `redis`    | `redis::RedisStore`            | the Redis server's |
 //! | `dynamodb` | `dynamodb::DynamoDbStore`      | the clients' (a configurable skew allowance, or the skew-free mode) |
-//!
-//! See the README for the backends landing next to it (Redis, PostgreSQL,
-//! SQLite, DynamoDB), each in its own crate and feature.
 //!
 //! # Example
 //!
@@ -54,6 +53,18 @@ pub mod memory {
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb {
     pub use lockstore_dynamodb::*;
+}
+
+/// The PostgreSQL backend (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use lockstore_postgres::{PostgresStore, PostgresStoreBuilder, defaults};
+}
+
+/// The SQLite backend (feature `sqlite`), the embedded default.
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use lockstore_postgres::{SqliteStore, SqliteStoreBuilder};
 }
 
 /// The Redis backend (feature `redis`).

@@ -1,10 +1,13 @@
 -- The lockstore schema for PostgreSQL. Idempotent: `ensure_schema()` runs it
--- on every call, inside one transaction serialised by a transaction-scoped
--- advisory lock (so two processes starting at once do not race on the catalog).
+-- on every call, as one simple-protocol query, i.e. one implicit transaction,
+-- serialised per schema by a transaction-scoped advisory lock (two processes
+-- starting at once would otherwise race on the catalog). That lock ends with
+-- the transaction: it cannot leak through the pool, and it is never used as
+-- a lock for users.
+SELECT pg_advisory_xact_lock(hashtext({schema_lock_key}));
 --
--- {schema_ddl} is `CREATE SCHEMA IF NOT EXISTS "<schema>";`, or nothing for
--- `public` (CREATE SCHEMA checks the database's CREATE privilege even when the
--- schema exists).
+-- The next line creates the schema, except for `public` (CREATE SCHEMA checks
+-- the database's CREATE privilege even when the schema exists).
 {schema_ddl}
 
 -- Fencing tokens for every key of the table. A sequence only moves forward:

@@ -9,7 +9,7 @@
 --
 -- Fences: a live row keeps its fence; a takeover gets one more than the
 -- larger of the row's fence and the high-water mark; a new row gets one
--- more than the high-water mark, which `purge_idle` raised past every fence
+-- more than the high-water mark, which every DELETE raised past the fence
 -- it deleted. So a key's fence never repeats or goes back.
 INSERT INTO {table} AS held (key, lease_id, owner, fence, acquired_at, expires_at, updated_at)
 VALUES (?1, ?2, ?3, (SELECT high + 1 FROM {fence_table} WHERE id = 0), {now}, {now} + ?4, {now})

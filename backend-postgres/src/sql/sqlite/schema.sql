@@ -17,12 +17,17 @@ CREATE TABLE IF NOT EXISTS {table} (
     updated_at  INTEGER NOT NULL
 );
 
--- The fence high-water mark: at least the fence of every row ever purged.
+-- The fence high-water mark: at least the fence of every row ever deleted.
 -- SQLite has no sequences. Acquire never writes this row (so it is not a
--- hot spot); `purge_idle` raises it, in the same transaction as the delete,
--- before any row disappears. A new row's first fence is `high + 1`.
+-- hot spot); the trigger below raises it inside every DELETE of a lock row,
+-- whoever runs it (`purge_idle` or an operator by hand), in the same
+-- statement, before the row is gone. A new row's first fence is `high + 1`.
 CREATE TABLE IF NOT EXISTS {fence_table} (
     id   INTEGER PRIMARY KEY CHECK (id = 0),
     high INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO {fence_table} (id, high) VALUES (0, 0);
+CREATE TRIGGER IF NOT EXISTS {fence_trigger} BEFORE DELETE ON {table}
+BEGIN
+    UPDATE {fence_table} SET high = max(high, OLD.fence) WHERE id = 0;
+END;

@@ -1,0 +1,651 @@
+//! The PostgreSQL store: a pool, one statement per operation, and one
+//! `LISTEN` connection per store for wake-ups.
+//!
+//! Read top to bottom: configuration and connection ([`PostgresStoreBuilder`]),
+//! the statements (`sql/postgres/*.sql`), schema management, the
+//! [`LockStore`] impl, the listener task, and the error mapping.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lockstore_api::{
+    AcquireOutcome, AcquireRequest, Holder, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome,
+    ReleaseSignal, RenewOutcome, Ttl,
+};
+use sqlx::Row;
+use sqlx::error::DatabaseError;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, warn};
+
+use crate::ident::{Ident, render};
+use crate::shared::{AcquireRow, DbErrorKind, ErrorContext, Waiters, fence_from_db, millis_left};
+
+const BACKEND: &str = "postgres";
+
+/// The statements, as reviewed in `sql/postgres/`; `{table}` and friends are
+/// filled in with validated, quoted identifiers when a store is built.
+mod sql {
+    pub(super) const SCHEMA: &str = include_str!("sql/postgres/schema.sql");
+    pub(super) const ACQUIRE: &str = include_str!("sql/postgres/acquire.sql");
+    pub(super) const RENEW: &str = include_str!("sql/postgres/renew.sql");
+    pub(super) const RELEASE: &str = include_str!("sql/postgres/release.sql");
+    pub(super) const INSPECT: &str = include_str!("sql/postgres/inspect.sql");
+    pub(super) const PURGE: &str = include_str!("sql/postgres/purge.sql");
+}
+
+/// The default schema of the lock table.
+pub const DEFAULT_SCHEMA: &str = "public";
+/// The default name of the lock table.
+pub const DEFAULT_TABLE: &str = "lockstore_locks";
+
+/// Room left in a table name for the `_fence` sequence suffix.
+const MAX_TABLE_LEN: usize = Ident::MAX_LEN - "_fence".len();
+
+/// Leased locks in a PostgreSQL table.
+///
+/// Built with [`PostgresStore::connect`] or [`PostgresStore::builder`].
+/// Clones share the pool and the listener. See the [crate docs](crate) for
+/// the model; in short:
+///
+/// * `try_acquire`, `renew`, `release` and `inspect` are each one SQL
+///   statement and one round trip; a refused acquire reports the holder from
+///   the same statement.
+/// * Expiry is judged by the server's `now()`; the client's clock is never
+///   compared with the server's.
+/// * Fencing tokens come from a sequence of the table's own (`<table>_fence`).
+/// * Releases `NOTIFY` a channel that one listener connection per store
+///   `LISTEN`s to, so waiters in any process wake at once.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    qualified_table: String,
+    channel: String,
+    sql: Statements,
+    errors: ErrorContext,
+    /// `None` when notifications are off: waiters poll.
+    waiters: Option<Arc<Waiters>>,
+    /// Stops the listener task when the last clone of the store goes.
+    _listener: Option<DropGuard>,
+}
+
+struct Statements {
+    schema: String,
+    acquire: String,
+    renew: String,
+    release: String,
+    inspect: String,
+    purge: String,
+}
+
+/// Options for a [`PostgresStore`]: where to connect, which table, whether
+/// to listen for releases.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), lockstore_api::LockError> {
+/// use lockstore_postgres::PostgresStore;
+///
+/// let store = PostgresStore::builder("postgres://app@db.internal/app?sslmode=require")
+///     .schema("locking")
+///     .table("leases")
+///     .max_connections(20)
+///     .build()
+///     .await?;
+/// store.ensure_schema().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct PostgresStoreBuilder {
+    source: Source,
+    schema: String,
+    table: String,
+    notifications: bool,
+    max_connections: u32,
+    acquire_timeout: Duration,
+}
+
+enum Source {
+    Url(String),
+    Pool(PgPool),
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A URL may carry a password: never print it.
+        match self {
+            Source::Url(_) => f.write_str("Url(..)"),
+            Source::Pool(_) => f.write_str("Pool(..)"),
+        }
+    }
+}
+
+impl PostgresStoreBuilder {
+    fn new(source: Source) -> Self {
+        Self {
+            source,
+            schema: DEFAULT_SCHEMA.to_owned(),
+            table: DEFAULT_TABLE.to_owned(),
+            notifications: true,
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The schema holding the lock table (default `public`). 1 to 63 ASCII
+    /// letters, digits or underscores; used quoted, so case matters.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The lock table (default `lockstore_locks`). 1 to 57 ASCII letters,
+    /// digits or underscores (the fence sequence is `<table>_fence`); used
+    /// quoted, so case matters. Different tables are independent namespaces.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Whether releases wake waiters through `LISTEN/NOTIFY` (default on).
+    ///
+    /// Off, the store opens no listener connection and waiters poll with
+    /// backoff. Releases still `NOTIFY`, for other stores on the table.
+    pub fn notifications(mut self, on: bool) -> Self {
+        self.notifications = on;
+        self
+    }
+
+    /// The pool size when connecting from a URL (default 10). The listener
+    /// has a connection of its own on top.
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// How long an operation may wait for a free pooled connection before
+    /// failing with a retryable error (default 5 s), when connecting from a
+    /// URL.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Validates the names, connects, and starts the listener.
+    ///
+    /// Does not create anything: call [`PostgresStore::ensure_schema`] (or run
+    /// the same DDL as a migration) once.
+    ///
+    /// # Errors
+    /// [`LockError::Config`] for a malformed URL or an invalid schema or table
+    /// name; a retryable [`LockError::Backend`] when the server cannot be
+    /// reached.
+    pub async fn build(self) -> Result<PostgresStore, LockError> {
+        let schema = Ident::new(BACKEND, "schema", &self.schema, Ident::MAX_LEN)?;
+        let table = Ident::new(BACKEND, "table", &self.table, MAX_TABLE_LEN)?;
+        let qualified_table = format!("{}.{}", schema.quoted(), table.quoted());
+        let errors = ErrorContext {
+            backend: BACKEND,
+            table: qualified_table.clone(),
+            ensure_call: "PostgresStore::ensure_schema()",
+        };
+        let pool = match self.source {
+            Source::Pool(pool) => pool,
+            Source::Url(url) => {
+                let options = PgConnectOptions::from_str(&url).map_err(|err| LockError::Config {
+                    backend: BACKEND,
+                    message: "invalid PostgreSQL URL: expected postgres://user[:password]@host[:port]/database[?sslmode=...]".into(),
+                    source: Some(Box::new(err)),
+                })?;
+                pool_options(self.max_connections, self.acquire_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(|err| errors.map("connecting", err, classify))?
+            }
+        };
+        let channel = channel_name(&schema, &table);
+        let sql = Statements::render(&schema, &table);
+        let (waiters, listener) = if self.notifications {
+            let waiters = Arc::new(Waiters::default());
+            let guard = start_listener(&pool, &channel, &waiters)
+                .await
+                .map_err(|err| errors.map("starting the LISTEN connection", err, classify))?;
+            (Some(waiters), Some(guard))
+        } else {
+            (None, None)
+        };
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                qualified_table,
+                channel,
+                sql,
+                errors,
+                waiters,
+                _listener: listener,
+            }),
+        })
+    }
+}
+
+/// One round trip per operation: no ping before handing out a pooled
+/// connection. A connection that died while idle fails its next statement
+/// with a retryable error and is dropped from the pool.
+fn pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .test_before_acquire(false)
+}
+
+/// The NOTIFY channel of a table: readable when it fits PostgreSQL's 63-byte
+/// limit, else a stable hash. A collision would only cause spurious wake-ups.
+fn channel_name(schema: &Ident, table: &Ident) -> String {
+    let readable = format!("lockstore.{}.{}", schema.as_str(), table.as_str());
+    if readable.len() <= Ident::MAX_LEN {
+        return readable;
+    }
+    // FNV-1a: stable across processes and versions, unlike std's hasher.
+    let hash = readable.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("lockstore.{hash:016x}")
+}
+
+impl Statements {
+    fn render(schema: &Ident, table: &Ident) -> Self {
+        let qualified_table = format!("{}.{}", schema.quoted(), table.quoted());
+        let fence_seq = format!(
+            "{}.{}",
+            schema.quoted(),
+            table.with_suffix("_fence").quoted()
+        );
+        let schema_ddl = if schema.as_str() == DEFAULT_SCHEMA {
+            String::new()
+        } else {
+            format!("CREATE SCHEMA IF NOT EXISTS {};", schema.quoted())
+        };
+        // A literal, not a parameter: the DDL runs as one simple-protocol
+        // query. Safe to paste: a validated identifier has no quotes.
+        let schema_lock_key = format!("'lockstore:schema:{}'", schema.as_str());
+        let values = [
+            ("table", qualified_table.as_str()),
+            ("fence_seq", fence_seq.as_str()),
+            ("schema_ddl", schema_ddl.as_str()),
+            ("schema_lock_key", schema_lock_key.as_str()),
+        ];
+        Self {
+            schema: render(sql::SCHEMA, &values),
+            acquire: render(sql::ACQUIRE, &values),
+            renew: render(sql::RENEW, &values),
+            release: render(sql::RELEASE, &values),
+            inspect: render(sql::INSPECT, &values),
+            purge: render(sql::PURGE, &values),
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` with the default table (`public.lockstore_locks`),
+    /// a pool of 10 and notifications on.
+    ///
+    /// TLS follows the URL's `sslmode` (`disable`, `prefer` (the default),
+    /// `require`, `verify-ca`, `verify-full`), with rustls and the webpki
+    /// roots; `sslrootcert` names a CA file.
+    ///
+    /// # Errors
+    /// As [`PostgresStoreBuilder::build`].
+    pub async fn connect(url: &str) -> Result<Self, LockError> {
+        Self::builder(url).build().await
+    }
+
+    /// Options for a store connecting to `url`.
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder::new(Source::Url(url.into()))
+    }
+
+    /// Options for a store on an existing pool (shared with the application).
+    ///
+    /// Set `test_before_acquire(false)` on that pool to keep one round trip
+    /// per operation. The listener opens its own connection with the pool's
+    /// connect options.
+    pub fn builder_with_pool(pool: PgPool) -> PostgresStoreBuilder {
+        PostgresStoreBuilder::new(Source::Pool(pool))
+    }
+
+    /// Creates the schema, the fence sequence and the lock table if they do
+    /// not exist. Idempotent and safe to call from several processes at once:
+    /// the DDL is one simple-protocol query (one implicit transaction) behind
+    /// a transaction-scoped advisory lock, which ends with the transaction
+    /// and so cannot leak.
+    ///
+    /// To manage the schema with migrations instead, run the DDL from
+    /// `src/sql/postgres/schema.sql` with the names filled in.
+    ///
+    /// # Errors
+    /// A [`LockError::Backend`] when the DDL fails (no privilege, connection
+    /// loss).
+    pub async fn ensure_schema(&self) -> Result<(), LockError> {
+        sqlx::raw_sql(&self.inner.sql.schema)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|err| {
+                self.inner
+                    .errors
+                    .map("creating the lock table", err, classify)
+            })?;
+        Ok(())
+    }
+
+    /// Deletes the rows of keys whose last lease ended more than `older_than`
+    /// ago (by the server's clock), and returns how many went.
+    ///
+    /// Released and expired rows are kept otherwise, so a table of ever-new
+    /// keys grows until purged. Purging cannot lower a fence: tokens come
+    /// from the table's sequence, which deletion does not touch. Choose
+    /// `older_than` longer than any statement may run (say, minutes): a
+    /// brand-new row's token is drawn when its statement starts.
+    ///
+    /// # Errors
+    /// A [`LockError::Backend`] when the statement fails.
+    pub async fn purge_idle(&self, older_than: Duration) -> Result<u64, LockError> {
+        let result = sqlx::query(&self.inner.sql.purge)
+            .bind(duration_millis(older_than))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|err| self.inner.errors.map("purging idle locks", err, classify))?;
+        Ok(result.rows_affected())
+    }
+
+    /// The pool, to share with the application or to close.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The lock table as SQL: `"schema"."table"`.
+    pub fn table_name(&self) -> &str {
+        &self.inner.qualified_table
+    }
+
+    /// The `NOTIFY` channel releases are announced on (the payload is the key).
+    pub fn notify_channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    fn map_err(&self, what: &str, key: &LockKey) -> impl FnOnce(sqlx::Error) -> LockError + '_ {
+        let what = format!("{what} {key}");
+        move |err| self.inner.errors.map(&what, err, classify)
+    }
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("table", &self.inner.qualified_table)
+            .field("channel", &self.inner.channel)
+            .field("notifications", &self.inner.waiters.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn duration_millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn ttl_millis(ttl: Ttl) -> i64 {
+    // Ttl::MAX is 24 h, far below i64::MAX.
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn acquire_row(row: &PgRow) -> Result<AcquireRow, sqlx::Error> {
+    Ok(AcquireRow {
+        acquired: row.try_get("acquired")?,
+        fence: row.try_get("fence")?,
+        owner: row.try_get("owner")?,
+        ms_left: row.try_get("ms_left")?,
+    })
+}
+
+#[async_trait]
+impl LockStore for PostgresStore {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
+        let map = self.map_err("acquiring", &request.key);
+        let row = sqlx::query(&self.inner.sql.acquire)
+            .bind(request.key.as_str())
+            .bind(request.lease_id.to_string())
+            .bind(request.owner.as_str())
+            .bind(ttl_millis(request.ttl))
+            .fetch_one(&self.inner.pool)
+            .await
+            .and_then(|row| acquire_row(&row))
+            .map_err(map)?;
+        row.into_outcome(BACKEND)
+    }
+
+    async fn renew(
+        &self,
+        key: &LockKey,
+        lease_id: LeaseId,
+        ttl: Ttl,
+    ) -> Result<RenewOutcome, LockError> {
+        let result = sqlx::query(&self.inner.sql.renew)
+            .bind(key.as_str())
+            .bind(lease_id.to_string())
+            .bind(ttl_millis(ttl))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(self.map_err("renewing", key))?;
+        Ok(match result.rows_affected() {
+            0 => RenewOutcome::Lost,
+            _ => RenewOutcome::Renewed,
+        })
+    }
+
+    async fn release(&self, key: &LockKey, lease_id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+        let released = sqlx::query(&self.inner.sql.release)
+            .bind(key.as_str())
+            .bind(lease_id.to_string())
+            .bind(&self.inner.channel)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(self.map_err("releasing", key))?;
+        Ok(match released {
+            Some(_) => ReleaseOutcome::Released,
+            None => ReleaseOutcome::NotHeld,
+        })
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
+        let map = self.map_err("inspecting", key);
+        let row = sqlx::query(&self.inner.sql.inspect)
+            .bind(key.as_str())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .and_then(|row| {
+                row.map(|row| {
+                    Ok::<_, sqlx::Error>((
+                        row.try_get::<String, _>("owner")?,
+                        row.try_get::<i64, _>("fence")?,
+                        row.try_get::<i64, _>("ms_left")?,
+                    ))
+                })
+                .transpose()
+            })
+            .map_err(map)?;
+        row.map(|(owner, fence, ms_left)| {
+            Ok(Holder::new(
+                owner,
+                fence_from_db(BACKEND, fence)?,
+                millis_left(ms_left),
+            ))
+        })
+        .transpose()
+    }
+
+    fn release_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
+        self.inner
+            .waiters
+            .as_ref()
+            .map(|w| w.subscribe(key.as_str()))
+    }
+}
+
+// ---------------------------------------------------------------- listener
+
+/// Opens the listener connection and starts the task that turns
+/// notifications into local wake-ups. `LISTEN` has taken effect when this
+/// returns, so no release after `build()` is missed.
+///
+/// The listener has a pool of its own (one connection, same connect
+/// options): it holds its connection for the store's lifetime, and must not
+/// take a slot from the operations' pool.
+async fn start_listener(
+    pool: &PgPool,
+    channel: &str,
+    waiters: &Arc<Waiters>,
+) -> Result<DropGuard, sqlx::Error> {
+    let listener_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let listener = connect_listener(&listener_pool, channel).await?;
+    let stop = CancellationToken::new();
+    tokio::spawn(listen(
+        listener_pool,
+        channel.to_owned(),
+        listener,
+        Arc::clone(waiters),
+        stop.clone(),
+    ));
+    Ok(stop.drop_guard())
+}
+
+async fn connect_listener(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
+/// The listener task: one notification wakes the waiters of its key. When
+/// the connection drops, notifications may have been missed, so everyone is
+/// woken (they retry, and fall back to polling until the listener is back).
+async fn listen(
+    pool: PgPool,
+    channel: String,
+    mut listener: PgListener,
+    waiters: Arc<Waiters>,
+    stop: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let received = tokio::select! {
+            () = stop.cancelled() => break,
+            received = listener.try_recv() => received,
+        };
+        match received {
+            Ok(Some(notification)) => {
+                failures = 0;
+                waiters.wake(notification.payload());
+            }
+            Ok(None) => {
+                debug!(%channel, "LISTEN connection lost and re-established");
+                waiters.wake_all();
+            }
+            Err(err) => {
+                warn!(%channel, error = %err, "LISTEN connection failed; waiters poll until it is back");
+                waiters.wake_all();
+                // Rebuild from scratch: a listener whose connection failed in
+                // an unexpected way may keep failing.
+                loop {
+                    let delay = lockstore_api::Backoff::new(
+                        Duration::from_millis(50),
+                        Duration::from_secs(5),
+                    )
+                    .delay(failures);
+                    failures = failures.saturating_add(1);
+                    tokio::select! {
+                        () = stop.cancelled() => return pool.close().await,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    match connect_listener(&pool, &channel).await {
+                        Ok(fresh) => {
+                            listener = fresh;
+                            // Releases between the failure and now were missed.
+                            waiters.wake_all();
+                            break;
+                        }
+                        Err(err) => warn!(%channel, error = %err, "reconnecting LISTEN failed"),
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    pool.close().await;
+}
+
+// ---------------------------------------------------------------- errors
+
+/// Sorts PostgreSQL errors by SQLSTATE.
+fn classify(err: &dyn DatabaseError) -> DbErrorKind {
+    let code = err.code().unwrap_or_default();
+    match code.as_ref() {
+        // undefined_table (the table or the fence sequence), invalid_schema_name
+        "42P01" | "3F000" => DbErrorKind::MissingTable,
+        // serialization_failure, deadlock_detected, lock_not_available,
+        // query_canceled (statement_timeout), admin/crash shutdown,
+        // cannot_connect_now, read_only_sql_transaction (a standby during failover)
+        "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "25006" => {
+            DbErrorKind::Retryable
+        }
+        // connection_exception, insufficient_resources (too many connections)
+        c if c.starts_with("08") || c.starts_with("53") => DbErrorKind::Retryable,
+        _ => DbErrorKind::Permanent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_fit_postgres_limits() {
+        let short = channel_name(
+            &Ident::new(BACKEND, "schema", "public", 63).unwrap(),
+            &Ident::new(BACKEND, "table", "locks", 57).unwrap(),
+        );
+        assert_eq!(short, "lockstore.public.locks");
+        let long = channel_name(
+            &Ident::new(BACKEND, "schema", &"s".repeat(63), 63).unwrap(),
+            &Ident::new(BACKEND, "table", &"t".repeat(57), 57).unwrap(),
+        );
+        assert!(long.len() <= 63 && long.starts_with("lockstore."), "{long}");
+    }
+
+    #[test]
+    fn statements_have_no_placeholders_left() {
+        let s = Statements::render(
+            &Ident::new(BACKEND, "schema", "app", 63).unwrap(),
+            &Ident::new(BACKEND, "table", "Locks", 57).unwrap(),
+        );
+        for sql in [
+            &s.schema, &s.acquire, &s.renew, &s.release, &s.inspect, &s.purge,
+        ] {
+            assert!(!sql.contains('{'), "{sql}");
+        }
+        assert!(s.acquire.contains("\"app\".\"Locks\""));
+        assert!(s.acquire.contains("nextval('\"app\".\"Locks_fence\"')"));
+        assert!(s.schema.contains("CREATE SCHEMA IF NOT EXISTS \"app\";"));
+    }
+}

@@ -1,0 +1,455 @@
+//! The SQLite store: one database file on one host, shared by any number of
+//! processes, one statement per operation.
+//!
+//! Read top to bottom: configuration and connection ([`SqliteStoreBuilder`]),
+//! the statements (`sql/sqlite/*.sql`), schema management, the [`LockStore`]
+//! impl, the in-process wake-ups, and the error mapping.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lockstore_api::{
+    AcquireOutcome, AcquireRequest, Holder, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome,
+    ReleaseSignal, RenewOutcome, Ttl,
+};
+use sqlx::Row;
+use sqlx::error::DatabaseError;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use crate::ident::{Ident, render};
+use crate::shared::{AcquireRow, DbErrorKind, ErrorContext, Waiters, fence_from_db, millis_left};
+
+const BACKEND: &str = "sqlite";
+
+/// The statements, as reviewed in `sql/sqlite/`.
+mod sql {
+    pub(super) const SCHEMA: &str = include_str!("sql/sqlite/schema.sql");
+    pub(super) const ACQUIRE: &str = include_str!("sql/sqlite/acquire.sql");
+    pub(super) const RENEW: &str = include_str!("sql/sqlite/renew.sql");
+    pub(super) const RELEASE: &str = include_str!("sql/sqlite/release.sql");
+    pub(super) const INSPECT: &str = include_str!("sql/sqlite/inspect.sql");
+    pub(super) const PURGE: &str = include_str!("sql/sqlite/purge.sql");
+
+    /// The host clock in integer milliseconds since the Unix epoch. SQLite
+    /// returns one 'now' for every call within one statement step.
+    pub(super) const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+}
+
+/// The default name of the lock table.
+pub const DEFAULT_TABLE: &str = "lockstore_locks";
+
+/// Room left in a table name for the `_fence` suffix of its high-water table.
+const MAX_TABLE_LEN: usize = Ident::MAX_LEN - "_fence".len();
+
+/// Leased locks in a SQLite database file, for one host.
+///
+/// Any number of processes on the host may open the same file: SQLite's
+/// file lock serialises writers, WAL mode lets readers run alongside, and a
+/// busy timeout makes contenders wait for the lock instead of failing.
+///
+/// * Each operation is one SQL statement (the same shapes as PostgreSQL's).
+/// * Expiry is judged by the **host clock** (`unixepoch('subsec')` inside the
+///   statement): every process on the host reads the same clock. If it is
+///   stepped backwards, leases live longer; stepped forwards, they expire
+///   early, and the holder's guard (which trusts only its own monotonic
+///   clock, `sent + TTL`) may still believe it holds the lock: keep the
+///   host clock slewed, not stepped (NTP does this by default).
+/// * Fencing tokens strictly increase per key, also across
+///   [`purge_idle`](SqliteStore::purge_idle) (see `sql/sqlite/schema.sql`).
+/// * Releases wake waiters in this process at once (every store of this
+///   process on the same file and table shares the wake-ups); waiters in
+///   other processes poll with backoff, since SQLite has no notifications.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    path: PathBuf,
+    table: String,
+    sql: Statements,
+    errors: ErrorContext,
+    waiters: Arc<Waiters>,
+}
+
+struct Statements {
+    schema: String,
+    acquire: String,
+    renew: String,
+    release: String,
+    inspect: String,
+    purge: String,
+}
+
+/// Options for a [`SqliteStore`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), lockstore_api::LockError> {
+/// use std::time::Duration;
+/// use lockstore_postgres::SqliteStore;
+///
+/// let store = SqliteStore::builder("/var/lib/myapp/locks.db")
+///     .table("leases")
+///     .busy_timeout(Duration::from_secs(10))
+///     .build()
+///     .await?;
+/// store.ensure_schema().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct SqliteStoreBuilder {
+    location: String,
+    table: String,
+    busy_timeout: Duration,
+    max_connections: u32,
+    durable: bool,
+}
+
+impl SqliteStoreBuilder {
+    /// The lock table (default `lockstore_locks`): 1 to 57 ASCII letters,
+    /// digits or underscores. Different tables are independent namespaces.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How long a statement waits for another process's write lock before
+    /// failing with a retryable error (default 5 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// The pool size (default 4). SQLite runs one writer at a time anyway;
+    /// more connections only help concurrent `inspect`s.
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// Whether every commit is synced to disk (`synchronous = FULL`, the
+    /// default). With `false` (`NORMAL`), a power loss may forget the last
+    /// grants, and a forgotten grant's fencing token may be handed out again:
+    /// only turn it off when the fenced resource does not outlive a reboot.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Opens (creating if needed) the database file in WAL mode.
+    ///
+    /// # Errors
+    /// [`LockError::Config`] for an invalid table name or URL; a
+    /// [`LockError::Backend`] when the file cannot be opened.
+    pub async fn build(self) -> Result<SqliteStore, LockError> {
+        let table = Ident::new(BACKEND, "table", &self.table, MAX_TABLE_LEN)?;
+        let errors = ErrorContext {
+            backend: BACKEND,
+            table: table.quoted(),
+            ensure_call: "SqliteStore::ensure_schema()",
+        };
+        let options = if self.location.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(&self.location).map_err(|err| LockError::Config {
+                backend: BACKEND,
+                message: "invalid SQLite URL: expected sqlite://path/to/file.db or a plain path"
+                    .into(),
+                source: Some(Box::new(err)),
+            })?
+        } else {
+            SqliteConnectOptions::new().filename(&self.location)
+        };
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(self.busy_timeout)
+            .synchronous(if self.durable {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            });
+        let path = options.get_filename().to_owned();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.busy_timeout + Duration::from_secs(1))
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(|err| errors.map("opening the database", err, classify))?;
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        let waiters = shared_waiters(&path, table.as_str());
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                pool,
+                path,
+                table: table.quoted(),
+                sql: Statements::render(&table),
+                errors,
+                waiters,
+            }),
+        })
+    }
+}
+
+/// The in-process wake-ups of a (file, table): shared by every store of this
+/// process on it, so a release through one store wakes waiters of another.
+fn shared_waiters(path: &Path, table: &str) -> Arc<Waiters> {
+    type Registry = Mutex<HashMap<(PathBuf, String), Weak<Waiters>>>;
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    let mut registry = REGISTRY
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    registry.retain(|_, waiters| waiters.strong_count() > 0);
+    let slot = registry
+        .entry((path.to_owned(), table.to_owned()))
+        .or_default();
+    if let Some(waiters) = slot.upgrade() {
+        return waiters;
+    }
+    let waiters = Arc::new(Waiters::default());
+    *slot = Arc::downgrade(&waiters);
+    waiters
+}
+
+impl Statements {
+    fn render(table: &Ident) -> Self {
+        let quoted = table.quoted();
+        let fence_table = table.with_suffix("_fence").quoted();
+        let fence_trigger = table.with_suffix("_fence_mark").quoted();
+        let values = [
+            ("table", quoted.as_str()),
+            ("fence_table", fence_table.as_str()),
+            ("fence_trigger", fence_trigger.as_str()),
+            ("now", sql::NOW_MS),
+        ];
+        Self {
+            schema: render(sql::SCHEMA, &values),
+            acquire: render(sql::ACQUIRE, &values),
+            renew: render(sql::RENEW, &values),
+            release: render(sql::RELEASE, &values),
+            inspect: render(sql::INSPECT, &values),
+            purge: render(sql::PURGE, &values),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens `location` — a file path or a `sqlite://` URL — with the
+    /// default table, creating the file if needed.
+    ///
+    /// # Errors
+    /// As [`SqliteStoreBuilder::build`].
+    pub async fn open(location: &str) -> Result<Self, LockError> {
+        Self::builder(location).build().await
+    }
+
+    /// Options for a store on `location` (a file path or a `sqlite://` URL).
+    pub fn builder(location: impl Into<String>) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            location: location.into(),
+            table: DEFAULT_TABLE.to_owned(),
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 4,
+            durable: true,
+        }
+    }
+
+    /// Creates the lock table, its fence high-water table and the trigger
+    /// that keeps the mark if they do not exist. Idempotent; safe from
+    /// several processes at once (each statement is `IF NOT EXISTS` or
+    /// `OR IGNORE`).
+    ///
+    /// # Errors
+    /// A [`LockError::Backend`] when the DDL fails.
+    pub async fn ensure_schema(&self) -> Result<(), LockError> {
+        sqlx::raw_sql(&self.inner.sql.schema)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|err| {
+                self.inner
+                    .errors
+                    .map("creating the lock table", err, classify)
+            })?;
+        Ok(())
+    }
+
+    /// Deletes the rows of keys whose last lease ended more than `older_than`
+    /// ago (by the host clock), and returns how many went.
+    ///
+    /// Purging cannot reset fencing: a trigger raises the fence high-water
+    /// mark past each deleted row's fence within the same statement, and a
+    /// key's next token is at least `mark + 1`.
+    ///
+    /// # Errors
+    /// A [`LockError::Backend`] when the statement fails.
+    pub async fn purge_idle(&self, older_than: Duration) -> Result<u64, LockError> {
+        let result = sqlx::query(&self.inner.sql.purge)
+            .bind(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|err| self.inner.errors.map("purging idle locks", err, classify))?;
+        Ok(result.rows_affected())
+    }
+
+    /// The pool, to close it or run other statements on the same file.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The lock table as SQL: `"table"`.
+    pub fn table_name(&self) -> &str {
+        &self.inner.table
+    }
+
+    fn map_err(&self, what: &str, key: &LockKey) -> impl FnOnce(sqlx::Error) -> LockError + '_ {
+        let what = format!("{what} {key}");
+        move |err| self.inner.errors.map(&what, err, classify)
+    }
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .field("table", &self.inner.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ttl_millis(ttl: Ttl) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn acquire_row(row: &SqliteRow) -> Result<AcquireRow, sqlx::Error> {
+    Ok(AcquireRow {
+        acquired: row.try_get("acquired")?,
+        fence: row.try_get("fence")?,
+        owner: row.try_get("owner")?,
+        ms_left: row.try_get("ms_left")?,
+    })
+}
+
+#[async_trait]
+impl LockStore for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
+        let map = self.map_err("acquiring", &request.key);
+        let row = sqlx::query(&self.inner.sql.acquire)
+            .bind(request.key.as_str())
+            .bind(request.lease_id.to_string())
+            .bind(request.owner.as_str())
+            .bind(ttl_millis(request.ttl))
+            .fetch_one(&self.inner.pool)
+            .await
+            .and_then(|row| acquire_row(&row))
+            .map_err(map)?;
+        row.into_outcome(BACKEND)
+    }
+
+    async fn renew(
+        &self,
+        key: &LockKey,
+        lease_id: LeaseId,
+        ttl: Ttl,
+    ) -> Result<RenewOutcome, LockError> {
+        let result = sqlx::query(&self.inner.sql.renew)
+            .bind(key.as_str())
+            .bind(lease_id.to_string())
+            .bind(ttl_millis(ttl))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(self.map_err("renewing", key))?;
+        Ok(match result.rows_affected() {
+            0 => RenewOutcome::Lost,
+            _ => RenewOutcome::Renewed,
+        })
+    }
+
+    async fn release(&self, key: &LockKey, lease_id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+        let result = sqlx::query(&self.inner.sql.release)
+            .bind(key.as_str())
+            .bind(lease_id.to_string())
+            .execute(&self.inner.pool)
+            .await
+            .map_err(self.map_err("releasing", key))?;
+        if result.rows_affected() == 0 {
+            return Ok(ReleaseOutcome::NotHeld);
+        }
+        // After the commit: a woken waiter's retry sees the key free.
+        self.inner.waiters.wake(key.as_str());
+        Ok(ReleaseOutcome::Released)
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
+        let map = self.map_err("inspecting", key);
+        let row = sqlx::query(&self.inner.sql.inspect)
+            .bind(key.as_str())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .and_then(|row| {
+                row.map(|row| {
+                    Ok::<_, sqlx::Error>((
+                        row.try_get::<String, _>("owner")?,
+                        row.try_get::<i64, _>("fence")?,
+                        row.try_get::<i64, _>("ms_left")?,
+                    ))
+                })
+                .transpose()
+            })
+            .map_err(map)?;
+        row.map(|(owner, fence, ms_left)| {
+            Ok(Holder::new(
+                owner,
+                fence_from_db(BACKEND, fence)?,
+                millis_left(ms_left),
+            ))
+        })
+        .transpose()
+    }
+
+    fn release_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
+        Some(self.inner.waiters.subscribe(key.as_str()))
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+/// Sorts SQLite errors by result code (sqlx reports the extended code; the
+/// primary code is its low byte).
+fn classify(err: &dyn DatabaseError) -> DbErrorKind {
+    const SQLITE_BUSY: i64 = 5;
+    const SQLITE_LOCKED: i64 = 6;
+    const SQLITE_IOERR: i64 = 10;
+    const SQLITE_PROTOCOL: i64 = 15;
+    if err.message().starts_with("no such table") {
+        return DbErrorKind::MissingTable;
+    }
+    let primary = err
+        .code()
+        .and_then(|code| code.parse::<i64>().ok())
+        .map(|code| code & 0xff);
+    match primary {
+        Some(SQLITE_BUSY | SQLITE_LOCKED | SQLITE_IOERR | SQLITE_PROTOCOL) => {
+            DbErrorKind::Retryable
+        }
+        _ => DbErrorKind::Permanent,
+    }
+}

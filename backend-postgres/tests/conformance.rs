@@ -1,0 +1,9 @@
+//! The shared conformance suite, against a real PostgreSQL server and a real
+//! SQLite file.
+
+mod support;
+
+use support::{PostgresHarness, SqliteHarness};
+
+lockstore_conformance::suite!(postgres, PostgresHarness::default());
+lockstore_conformance::suite!(sqlite, SqliteHarness);

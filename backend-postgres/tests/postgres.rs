@@ -1,0 +1,410 @@
+//! PostgreSQL-specific promises: one statement per operation (counted on the
+//! wire), fencing across purges, wake-ups through NOTIFY (also after the
+//! listener connection is killed), and error mapping.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockstore_api::{
+    AcquireOutcome, AcquireRequest, FencingToken, LeaseId, LockError, LockKey, LockStore,
+    OwnerLabel, ReleaseOutcome, RenewOutcome, Ttl,
+};
+use lockstore_postgres::PostgresStore;
+use support::{PostgresHarness, TEST_SCHEMA, postgres_url};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn request(key: &str, ttl_ms: u64) -> AcquireRequest {
+    AcquireRequest {
+        key: LockKey::new(key).unwrap(),
+        lease_id: LeaseId::random(),
+        ttl: Ttl::from_millis(ttl_ms).unwrap(),
+        owner: OwnerLabel::new("test").unwrap(),
+    }
+}
+
+fn fresh_table() -> String {
+    format!("t{:016x}", rand::random::<u64>())
+}
+
+async fn acquired(store: &dyn LockStore, req: &AcquireRequest) -> FencingToken {
+    match store.try_acquire(req).await.unwrap() {
+        AcquireOutcome::Acquired { fence } => fence,
+        AcquireOutcome::Held(h) => panic!("{} refused, held by {h:?}", req.key),
+    }
+}
+
+// ------------------------------------------------------------ statement count
+
+/// Messages the client sent, by protocol tag ('Q' simple query, 'P' parse,
+/// 'E' execute, 'S' sync), across every connection through the proxy.
+#[derive(Clone, Default)]
+struct Counts(Arc<Mutex<HashMap<u8, u64>>>);
+
+impl Counts {
+    fn get(&self, tag: u8) -> u64 {
+        self.0.lock().unwrap().get(&tag).copied().unwrap_or(0)
+    }
+    fn snapshot(&self) -> HashMap<u8, u64> {
+        self.0.lock().unwrap().clone()
+    }
+    fn add(&self, tag: u8) {
+        *self.0.lock().unwrap().entry(tag).or_default() += 1;
+    }
+}
+
+/// A TCP proxy in front of the test server that parses the client's side of
+/// the PostgreSQL protocol and counts messages by tag. Returns its port.
+async fn counting_proxy(upstream: String, counts: Counts) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(&upstream).await.unwrap();
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                });
+                let mut pending = Vec::new();
+                let mut started = false;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match client_rx.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if server_tx.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    // The startup message has no tag; every later one does.
+                    loop {
+                        let header = if started { 5 } else { 4 };
+                        if pending.len() < header {
+                            break;
+                        }
+                        let at = header - 4;
+                        let len =
+                            u32::from_be_bytes(pending[at..at + 4].try_into().unwrap()) as usize;
+                        if pending.len() < at + len {
+                            break;
+                        }
+                        if started {
+                            counts.add(pending[0]);
+                        }
+                        pending.drain(..at + len);
+                        started = true;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// One statement, in one round trip, reaches the server per acquire, failed
+/// acquire, renew, release and inspect — counted on the wire, once the
+/// statements are prepared on the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_operation_is_one_statement_in_one_round_trip() {
+    let url = postgres_url();
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    let counts = Counts::default();
+    let port = counting_proxy(upstream, counts.clone()).await;
+    let proxied = options
+        .host("127.0.0.1")
+        .port(port)
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_with(proxied)
+        .await
+        .unwrap();
+    let store = PostgresStore::builder_with_pool(pool)
+        .schema(TEST_SCHEMA)
+        .table(fresh_table())
+        .build()
+        .await
+        .unwrap();
+    store.ensure_schema().await.unwrap();
+
+    let mine = request("counted", 60_000);
+    let theirs = request("counted", 60_000);
+    let ttl = mine.ttl;
+    // Warm up: prepare each statement on the pooled connection.
+    acquired(&store, &mine).await;
+    assert!(matches!(
+        store.try_acquire(&theirs).await.unwrap(),
+        AcquireOutcome::Held(_)
+    ));
+    store.renew(&mine.key, mine.lease_id, ttl).await.unwrap();
+    store.inspect(&mine.key).await.unwrap();
+    store.release(&mine.key, mine.lease_id).await.unwrap();
+
+    // sqlx's pool checks a connection with an empty Sync as it goes back to
+    // the pool, in the background: wait for that before each measurement so
+    // it is counted with the operation that caused it.
+    let pool = store.pool().clone();
+    let settle = || async {
+        while pool.num_idle() < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    settle().await;
+    let mut report = Vec::new();
+    let mut measure = async |name: &'static str, before: HashMap<u8, u64>| {
+        settle().await;
+        let after = counts.snapshot();
+        let delta = |tag: u8| after.get(&tag).unwrap_or(&0) - before.get(&tag).unwrap_or(&0);
+        report.push((name, delta(b'E'), delta(b'Q'), delta(b'P'), delta(b'S')));
+    };
+    let before = counts.snapshot();
+    acquired(&store, &mine).await;
+    measure("acquire", before).await;
+    let before = counts.snapshot();
+    let AcquireOutcome::Held(holder) = store.try_acquire(&theirs).await.unwrap() else {
+        panic!("foreign lease acquired a held key");
+    };
+    measure("failed acquire", before).await;
+    assert_eq!(holder.owner(), "test");
+    let before = counts.snapshot();
+    assert_eq!(
+        store.renew(&mine.key, mine.lease_id, ttl).await.unwrap(),
+        RenewOutcome::Renewed
+    );
+    measure("renew", before).await;
+    let before = counts.snapshot();
+    assert!(store.inspect(&mine.key).await.unwrap().is_some());
+    measure("inspect", before).await;
+    let before = counts.snapshot();
+    assert_eq!(
+        store.release(&mine.key, mine.lease_id).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+    measure("release", before).await;
+
+    for (name, execute, simple, parse, sync) in &report {
+        println!("{name}: Execute {execute}, Query {simple}, Parse {parse}, Sync {sync}");
+    }
+    for (name, execute, simple, parse, sync) in &report {
+        assert_eq!(
+            (*execute, *simple, *parse),
+            (1, 0, 0),
+            "{name}: expected exactly one statement (one Execute, no Query, no Parse)"
+        );
+        // One Sync ends the statement's single round trip; the other is the
+        // pool's empty Sync on return (no statement, after the caller
+        // already has its answer).
+        assert_eq!(*sync, 2, "{name}: {sync} Syncs");
+    }
+    assert!(counts.get(b'E') > 0);
+}
+
+// ------------------------------------------------------------ fencing
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_survives_purge_of_idle_rows() {
+    let harness = PostgresHarness::default();
+    let store = harness.postgres_store(&fresh_table()).await;
+    let first = request("purged", 60_000);
+    let fence1 = acquired(&store, &first).await;
+    store.release(&first.key, first.lease_id).await.unwrap();
+    // An expired, never released lease too.
+    let short = request("expired", 1);
+    acquired(&store, &short).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let purged = store.purge_idle(Duration::ZERO).await.unwrap();
+    assert_eq!(purged, 2, "both idle rows are deleted");
+
+    let again = request("purged", 60_000);
+    let fence2 = acquired(&store, &again).await;
+    assert!(
+        fence2 > fence1,
+        "fence went from {fence1} to {fence2} across a purge"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_keeps_live_leases() {
+    let harness = PostgresHarness::default();
+    let store = harness.postgres_store(&fresh_table()).await;
+    let live = request("live", 60_000);
+    acquired(&store, &live).await;
+    assert_eq!(store.purge_idle(Duration::ZERO).await.unwrap(), 0);
+    assert!(store.inspect(&live.key).await.unwrap().is_some());
+}
+
+// ------------------------------------------------------------ notifications
+
+/// A release through one store wakes a waiter of another store (another
+/// listener connection) at once, and still does after the listener's
+/// connection was killed by the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_other_stores_and_survives_listener_loss() {
+    let harness = PostgresHarness::default();
+    let table = fresh_table();
+    let releaser = harness.postgres_store(&table).await;
+    let waiter = harness.postgres_store(&table).await;
+
+    let held = request("k", 60_000);
+    acquired(&releaser, &held).await;
+    let signal = waiter
+        .release_signal(&held.key)
+        .expect("notifications are on");
+    releaser.release(&held.key, held.lease_id).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), signal)
+        .await
+        .expect("the release woke the other store's waiter");
+
+    // Kill every LISTEN connection on this channel; waiters are woken (the
+    // listener cannot promise to tell any more), then it reconnects.
+    let held = request("k", 60_000);
+    acquired(&releaser, &held).await;
+    let signal = waiter.release_signal(&held.key).unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN %' AND datname = current_database()",
+    )
+    .fetch_one(&harness.pool().await)
+    .await
+    .unwrap();
+    assert!(killed >= 2, "killed {killed} listener connections");
+    tokio::time::timeout(Duration::from_secs(5), signal)
+        .await
+        .expect("losing the listener woke the waiter");
+
+    // Once reconnected, releases wake waiters again. (The releasing store's
+    // pool may hold a killed connection too: its errors are retryable.)
+    while releaser.release(&held.key, held.lease_id).await.is_err() {}
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let signal = waiter.release_signal(&held.key).unwrap();
+        let fresh = request("k", 60_000);
+        acquired(&releaser, &fresh).await;
+        releaser.release(&fresh.key, fresh.lease_id).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(500), signal)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener never came back"
+        );
+    }
+}
+
+// ------------------------------------------------------------ errors
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_table_is_a_config_error_naming_table_and_fix() {
+    let store = PostgresStore::builder(postgres_url())
+        .schema(TEST_SCHEMA)
+        .table("never_created")
+        .notifications(false)
+        .build()
+        .await
+        .unwrap();
+    let err = store.try_acquire(&request("k", 1000)).await.unwrap_err();
+    let LockError::Config {
+        message, source, ..
+    } = &err
+    else {
+        panic!("expected a Config error, got {err:?}");
+    };
+    assert!(
+        message.contains("\"lockstore_conformance\".\"never_created\""),
+        "{message}"
+    );
+    assert!(message.contains("ensure_schema()"), "{message}");
+    assert!(source.is_some(), "the sqlx error is kept as source");
+    assert!(!err.is_retryable());
+    let err = store
+        .inspect(&LockKey::new("k").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Config { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn bad_url_and_names_are_config_errors() {
+    let err = PostgresStore::connect("postgres://host:notaport/db")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Config { .. }), "{err:?}");
+    let err = PostgresStore::builder(postgres_url())
+        .table("locks; DROP TABLE x")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Config { .. }), "{err:?}");
+    let err = PostgresStore::builder(postgres_url())
+        .schema("")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Config { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_retryable() {
+    // A port nothing listens on: bind one, then close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = PostgresStore::connect(&format!("postgres://postgres@127.0.0.1:{port}/x"))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_is_retryable() {
+    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options.options([("statement_timeout", "50")]))
+        .await
+        .unwrap();
+    let harness = PostgresHarness::default();
+    let table = fresh_table();
+    let plain = harness.postgres_store(&table).await;
+    let timed = PostgresStore::builder_with_pool(pool)
+        .schema(TEST_SCHEMA)
+        .table(format!("locks_{table}"))
+        .notifications(false)
+        .build()
+        .await
+        .unwrap();
+    let req = request("blocked", 60_000);
+    acquired(&plain, &req).await;
+    // Hold the row lock in an open transaction so the acquire must wait.
+    let mut blocker = harness.pool().await.begin().await.unwrap();
+    sqlx::query(&format!(
+        "SELECT 1 FROM {} WHERE key = $1 FOR UPDATE",
+        plain.table_name()
+    ))
+    .bind("blocked")
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let err = timed
+        .try_acquire(&request("blocked", 1000))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("acquiring blocked"), "{err}");
+    blocker.rollback().await.unwrap();
+}

@@ -1,0 +1,217 @@
+//! SQLite-specific promises: several OS processes contending through one
+//! database file never overlap and see strictly increasing fences; fences
+//! survive purges and deletes by hand; a missing table names the fix.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockstore_api::{
+    AcquireOptions, AcquireOutcome, AcquireRequest, Backoff, FencingToken, LeaseId, LockClient,
+    LockError, LockKey, LockStore, OwnerLabel,
+};
+use lockstore_postgres::SqliteStore;
+use support::{sqlite_path, sqlite_store};
+
+/// Set in a child process: the database file to hammer.
+const CHILD_DB: &str = "LOCKSTORE_SQLITE_CHILD_DB";
+/// Set in a child process: where to write its critical-section records.
+const CHILD_LOG: &str = "LOCKSTORE_SQLITE_CHILD_LOG";
+const PROCESSES: usize = 4;
+const KEYS: usize = 2;
+const CYCLES_PER_PROCESS: usize = 300;
+
+fn request(key: &str, ttl_ms: u64) -> AcquireRequest {
+    AcquireRequest {
+        key: LockKey::new(key).unwrap(),
+        lease_id: LeaseId::random(),
+        ttl: lockstore_api::Ttl::from_millis(ttl_ms).unwrap(),
+        owner: OwnerLabel::new("test").unwrap(),
+    }
+}
+
+async fn acquired(store: &dyn LockStore, req: &AcquireRequest) -> FencingToken {
+    match store.try_acquire(req).await.unwrap() {
+        AcquireOutcome::Acquired { fence } => fence,
+        AcquireOutcome::Held(h) => panic!("{} refused, held by {h:?}", req.key),
+    }
+}
+
+fn fresh_namespace() -> String {
+    format!("s{:016x}", rand::random::<u64>())
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The child role of [`processes_sharing_a_file_never_overlap`]: does nothing
+/// unless started by it (with `CHILD_DB` set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_process_child_role() {
+    let (Ok(db), Ok(log)) = (std::env::var(CHILD_DB), std::env::var(CHILD_LOG)) else {
+        return;
+    };
+    let store = sqlite_store(Path::new(&db)).await;
+    let client = LockClient::new(store).with_backoff(Backoff::new(
+        Duration::from_micros(500),
+        Duration::from_millis(10),
+    ));
+    let options = AcquireOptions::new(Duration::from_secs(60)).wait_forever();
+    let mut records = String::new();
+    for cycle in 0..CYCLES_PER_PROCESS {
+        let key = format!("shared-{}", cycle % KEYS);
+        let lease = client
+            .acquire_lease(key.as_str(), options)
+            .await
+            .expect("acquire");
+        let enter = now_nanos();
+        // Hold it long enough for the others to collide with us.
+        std::thread::sleep(Duration::from_micros(200));
+        let exit = now_nanos();
+        client.release(&lease).await.expect("release");
+        records.push_str(&format!("{key} {} {enter} {exit}\n", lease.fence()));
+    }
+    std::fs::File::create(log)
+        .and_then(|mut f| f.write_all(records.as_bytes()))
+        .expect("write the records");
+}
+
+/// Four OS processes (this test binary, re-run in its child role) contend
+/// for the same keys through one file. Every critical section is recorded
+/// with wall-clock enter and exit times (one host, one clock); per key,
+/// sorted by entry, no section starts before the previous one ended, and
+/// fences strictly increase.
+#[test]
+fn processes_sharing_a_file_never_overlap() {
+    let db = sqlite_path(&fresh_namespace());
+    // Create the schema once up front, as an application would.
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(sqlite_store(&db));
+    let exe = std::env::current_exe().unwrap();
+    let logs: Vec<PathBuf> = (0..PROCESSES)
+        .map(|i| db.with_extension(format!("child{i}.log")))
+        .collect();
+    let children: Vec<_> = logs
+        .iter()
+        .map(|log| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "multi_process_child_role",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(CHILD_DB, &db)
+                .env(CHILD_LOG, log)
+                .spawn()
+                .expect("start a child process")
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success(), "a child process failed");
+    }
+
+    let mut per_key: BTreeMap<String, Vec<(u64, u128, u128)>> = BTreeMap::new();
+    for log in &logs {
+        let text = std::fs::read_to_string(log).expect("a child wrote its records");
+        for line in text.lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            per_key.entry(parts[0].to_owned()).or_default().push((
+                parts[1].parse().unwrap(),
+                parts[2].parse().unwrap(),
+                parts[3].parse().unwrap(),
+            ));
+        }
+    }
+    let total: usize = per_key.values().map(Vec::len).sum();
+    assert_eq!(total, PROCESSES * CYCLES_PER_PROCESS);
+    for (key, sections) in &mut per_key {
+        sections.sort_by_key(|&(_, enter, _)| enter);
+        for pair in sections.windows(2) {
+            let ((fence_a, _, exit_a), (fence_b, enter_b, _)) = (pair[0], pair[1]);
+            assert!(
+                exit_a <= enter_b,
+                "{key}: fence {fence_a} still held when fence {fence_b} entered"
+            );
+            assert!(
+                fence_b > fence_a,
+                "{key}: fence went from {fence_a} to {fence_b}"
+            );
+        }
+    }
+    println!("{total} critical sections across {PROCESSES} processes, no overlap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_survives_purge_and_delete_by_hand() {
+    let store = sqlite_store(&sqlite_path(&fresh_namespace())).await;
+    let first = request("purged", 60_000);
+    let fence1 = acquired(&store, &first).await;
+    store.release(&first.key, first.lease_id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.purge_idle(Duration::ZERO).await.unwrap(), 1);
+    let second = request("purged", 60_000);
+    let fence2 = acquired(&store, &second).await;
+    assert!(
+        fence2 > fence1,
+        "fence went from {fence1} to {fence2} across a purge"
+    );
+
+    // An operator's DELETE cannot reset it either.
+    sqlx::query(&format!("DELETE FROM {}", store.table_name()))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let third = request("purged", 60_000);
+    let fence3 = acquired(&store, &third).await;
+    assert!(
+        fence3 > fence2,
+        "fence went from {fence2} to {fence3} across a DELETE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_keeps_live_leases() {
+    let store = sqlite_store(&sqlite_path(&fresh_namespace())).await;
+    let live = request("live", 60_000);
+    acquired(&store, &live).await;
+    assert_eq!(store.purge_idle(Duration::ZERO).await.unwrap(), 0);
+    assert!(store.inspect(&live.key).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_table_is_a_config_error_naming_table_and_fix() {
+    let path = sqlite_path(&fresh_namespace());
+    let store = SqliteStore::builder(format!("sqlite://{}", path.display()))
+        .table("never_created")
+        .build()
+        .await
+        .unwrap();
+    let err = store.try_acquire(&request("k", 1000)).await.unwrap_err();
+    let LockError::Config { message, .. } = &err else {
+        panic!("expected a Config error, got {err:?}");
+    };
+    assert!(message.contains("\"never_created\""), "{message}");
+    assert!(message.contains("ensure_schema()"), "{message}");
+}
+
+#[tokio::test]
+async fn bad_names_and_urls_are_config_errors() {
+    let err = SqliteStore::builder("/tmp/x.db")
+        .table("a-b")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Config { .. }), "{err:?}");
+    let err = SqliteStore::open("sqlite://?mode=bogus").await.unwrap_err();
+    assert!(matches!(err, LockError::Config { .. }), "{err:?}");
+}

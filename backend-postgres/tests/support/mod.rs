@@ -1,0 +1,102 @@
+//! Harnesses shared by the test files: a PostgreSQL store per namespace (its
+//! own table in the `lockstore_conformance` schema) and a SQLite store per
+//! namespace (its own database file under the target directory).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstore_api::LockStore;
+use lockstore_conformance::provision::{Service, server_url};
+use lockstore_conformance::{Harness, Profile};
+use lockstore_postgres::{PostgresStore, SqliteStore};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::sync::OnceCell;
+
+/// The schema every PostgreSQL test table lives in.
+pub const TEST_SCHEMA: &str = "lockstore_conformance";
+
+/// The test server's URL (`LOCKSTORE_TEST_POSTGRES_URL`).
+pub fn postgres_url() -> String {
+    server_url(Service::Postgres)
+}
+
+/// Stores on one pool per test (the harness is made once per test, inside
+/// its runtime), each namespace its own table.
+#[derive(Default)]
+pub struct PostgresHarness {
+    pool: OnceCell<PgPool>,
+}
+
+impl PostgresHarness {
+    pub async fn pool(&self) -> PgPool {
+        self.pool
+            .get_or_init(|| async {
+                PgPoolOptions::new()
+                    .max_connections(12)
+                    .test_before_acquire(false)
+                    .connect(&postgres_url())
+                    .await
+                    .expect("connect to the test PostgreSQL server")
+            })
+            .await
+            .clone()
+    }
+
+    pub async fn postgres_store(&self, namespace: &str) -> PostgresStore {
+        let store = PostgresStore::builder_with_pool(self.pool().await)
+            .schema(TEST_SCHEMA)
+            .table(format!("locks_{namespace}"))
+            .build()
+            .await
+            .expect("build a PostgreSQL store");
+        store.ensure_schema().await.expect("ensure_schema");
+        store
+    }
+}
+
+#[lockstore_api::async_trait]
+impl Harness for PostgresHarness {
+    fn profile(&self) -> Profile {
+        Profile::real_server()
+    }
+
+    async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
+        Arc::new(self.postgres_store(namespace).await)
+    }
+}
+
+/// A database file per namespace.
+pub struct SqliteHarness;
+
+pub fn sqlite_path(namespace: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lockstore-sqlite-tests");
+    std::fs::create_dir_all(&dir).expect("create the test database directory");
+    dir.join(format!("{namespace}.db"))
+}
+
+pub async fn sqlite_store(path: &std::path::Path) -> SqliteStore {
+    let store = SqliteStore::builder(path.to_str().expect("a UTF-8 temp path"))
+        // Test files need not survive a power loss; this keeps the
+        // 100,000-acquisition run from waiting on fsync.
+        .durable(false)
+        .busy_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .expect("open a SQLite store");
+    store.ensure_schema().await.expect("ensure_schema");
+    store
+}
+
+#[lockstore_api::async_trait]
+impl Harness for SqliteHarness {
+    fn profile(&self) -> Profile {
+        Profile::real_server()
+    }
+
+    async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
+        Arc::new(sqlite_store(&sqlite_path(namespace)).await)
+    }
+}
