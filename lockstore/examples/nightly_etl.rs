@@ -52,11 +52,22 @@ impl Warehouse {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RunOutcome {
     /// This instance loaded the partition.
-    Loaded { rows: usize, fence: u64 },
+    Loaded {
+        /// Rows written.
+        rows: usize,
+        /// The fencing token the rows were written with.
+        fence: u64,
+    },
     /// Another instance holds the date; this one did nothing.
-    AlreadyRunning { holder: String },
+    AlreadyRunning {
+        /// The holder's owner label.
+        holder: String,
+    },
     /// The warehouse refused the write: a newer run got there first.
-    Refused { reason: String },
+    Refused {
+        /// Why the warehouse refused.
+        reason: String,
+    },
 }
 
 /// The job: one lock per date, held while extracting and loading.
@@ -66,6 +77,7 @@ pub struct NightlyEtl<S: ?Sized + LockStore> {
 }
 
 impl<S: ?Sized + LockStore> NightlyEtl<S> {
+    /// A job taking its locks from `locks` and writing to `warehouse`.
     pub fn new(locks: LockClient<S>, warehouse: Arc<Warehouse>) -> Self {
         Self { locks, warehouse }
     }
