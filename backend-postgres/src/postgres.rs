@@ -17,12 +17,14 @@ use lockstore_api::{
 };
 use sqlx::Row;
 use sqlx::error::DatabaseError;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
 use crate::ident::{Ident, render};
-use crate::shared::{AcquireRow, DbErrorKind, ErrorContext, Waiters, fence_from_db, millis_left};
+use crate::shared::{
+    AcquireRow, DbErrorKind, ErrorContext, Waiters, fence_from_db, millis_left, ttl_millis,
+};
 
 const BACKEND: &str = "postgres";
 
@@ -399,20 +401,6 @@ fn duration_millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn ttl_millis(ttl: Ttl) -> i64 {
-    // Ttl::MAX is 24 h, far below i64::MAX.
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn acquire_row(row: &PgRow) -> Result<AcquireRow, sqlx::Error> {
-    Ok(AcquireRow {
-        acquired: row.try_get("acquired")?,
-        fence: row.try_get("fence")?,
-        owner: row.try_get("owner")?,
-        ms_left: row.try_get("ms_left")?,
-    })
-}
-
 #[async_trait]
 impl LockStore for PostgresStore {
     fn backend_name(&self) -> &'static str {
@@ -428,7 +416,7 @@ impl LockStore for PostgresStore {
             .bind(ttl_millis(request.ttl))
             .fetch_one(&self.inner.pool)
             .await
-            .and_then(|row| acquire_row(&row))
+            .and_then(|row| AcquireRow::from_row(&row))
             .map_err(map)?;
         row.into_outcome(BACKEND)
     }

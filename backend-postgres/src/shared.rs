@@ -25,6 +25,23 @@ pub(crate) struct AcquireRow {
 }
 
 impl AcquireRow {
+    /// Reads the row the acquire statement returns, in either dialect.
+    pub(crate) fn from_row<'r, R>(row: &'r R) -> Result<Self, sqlx::Error>
+    where
+        R: sqlx::Row,
+        &'r str: sqlx::ColumnIndex<R>,
+        bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(Self {
+            acquired: row.try_get("acquired")?,
+            fence: row.try_get("fence")?,
+            owner: row.try_get("owner")?,
+            ms_left: row.try_get("ms_left")?,
+        })
+    }
+
     /// The outcome this row means. A reply that makes no sense is an error,
     /// never a lock reported as held.
     pub(crate) fn into_outcome(self, backend: &'static str) -> Result<AcquireOutcome, LockError> {
@@ -182,6 +199,12 @@ impl ErrorContext {
             DbErrorKind::Permanent => LockError::permanent(backend, what, err),
         }
     }
+}
+
+/// A TTL as the milliseconds both dialects bind (`Ttl::MAX` is 24 h, far
+/// below `i64::MAX`).
+pub(crate) fn ttl_millis(ttl: lockstore_api::Ttl) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

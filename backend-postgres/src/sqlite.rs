@@ -20,12 +20,13 @@ use lockstore_api::{
 use sqlx::Row;
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use crate::ident::{Ident, render};
-use crate::shared::{AcquireRow, DbErrorKind, ErrorContext, Waiters, fence_from_db, millis_left};
+use crate::shared::{
+    AcquireRow, DbErrorKind, ErrorContext, Waiters, fence_from_db, millis_left, ttl_millis,
+};
 
 const BACKEND: &str = "sqlite";
 
@@ -331,19 +332,6 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
-fn ttl_millis(ttl: Ttl) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn acquire_row(row: &SqliteRow) -> Result<AcquireRow, sqlx::Error> {
-    Ok(AcquireRow {
-        acquired: row.try_get("acquired")?,
-        fence: row.try_get("fence")?,
-        owner: row.try_get("owner")?,
-        ms_left: row.try_get("ms_left")?,
-    })
-}
-
 #[async_trait]
 impl LockStore for SqliteStore {
     fn backend_name(&self) -> &'static str {
@@ -359,7 +347,7 @@ impl LockStore for SqliteStore {
             .bind(ttl_millis(request.ttl))
             .fetch_one(&self.inner.pool)
             .await
-            .and_then(|row| acquire_row(&row))
+            .and_then(|row| AcquireRow::from_row(&row))
             .map_err(map)?;
         row.into_outcome(BACKEND)
     }

@@ -6,7 +6,7 @@
 //! [`Profile`] that states its capabilities and timing explicitly — and one
 //! macro line that expands every case into a named `#[test]`:
 //!
-//! ```ignore
+//! ```text
 //! // backend-redis/tests/conformance.rs
 //! lockstore_conformance::suite!(redis, RedisHarness::from_env());
 //! ```
