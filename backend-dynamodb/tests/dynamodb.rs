@@ -53,6 +53,32 @@ fn fresh_table(name: &str) -> String {
     format!("lockstore_{name}_{:08x}", rand::random::<u32>())
 }
 
+/// A table made behind the store's back, with only a partition key and
+/// without TTL: what a user might bring, right or wrong.
+async fn create_bare_table(table: &str, partition_key: &str, key_type: ScalarAttributeType) {
+    raw_client()
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(partition_key)
+                .attribute_type(key_type)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(partition_key)
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+}
+
 /// A wall clock off by a fixed amount, to play a client with a skewed clock.
 #[derive(Debug)]
 struct SkewedClock {
@@ -276,27 +302,7 @@ async fn check_table_names_a_missing_table_and_how_to_create_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_table_reports_a_wrong_key_schema() {
     let table = fresh_table("schema");
-    raw_client()
-        .create_table()
-        .table_name(&table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("id")
-                .attribute_type(ScalarAttributeType::N)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("id")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
+    create_bare_table(&table, "id", ScalarAttributeType::N).await;
     let store = common::builder(&table)
         .partition_key("YourKey")
         .build()
@@ -332,27 +338,7 @@ async fn check_table_reports_a_wrong_key_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_table_reports_ttl_off_and_create_table_fixes_it() {
     let table = fresh_table("ttl");
-    raw_client()
-        .create_table()
-        .table_name(&table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("YourKey")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("YourKey")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
+    create_bare_table(&table, "YourKey", ScalarAttributeType::S).await;
     let store = common::builder(&table)
         .partition_key("YourKey")
         .build()
