@@ -25,8 +25,15 @@
 //! * Memory is bounded by the live keys: a released key is forgotten at once,
 //!   an expired one at the next sweep (every few thousand operations).
 //! * Waiting acquires are woken by the release itself, not by a timer.
+//! * The store is also an execution ledger
+//!   ([`LedgerStore`](lockstore_api::ledger::LedgerStore)): run records live
+//!   beside the locks, share the fence counter, and wake waiters when a run
+//!   ends. Record times follow tokio's clock, mapped onto the wall clock
+//!   when the namespace was created.
 
 #![forbid(unsafe_code)]
+
+mod ledger;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,9 +67,12 @@ struct Shard {
 #[derive(Debug, Default)]
 struct State {
     slots: HashMap<LockKey, Slot>,
-    /// The last fencing token handed out in this namespace. One counter for
-    /// all keys is what lets a key be forgotten without its next token
-    /// going backwards.
+    /// The execution ledger's records, apart from the locks.
+    runs: ledger::Runs,
+    /// The last fencing token handed out in this namespace, to locks and
+    /// runs alike. One counter for all keys is what lets a key be forgotten
+    /// (released, or purged from the ledger) without its next token going
+    /// backwards.
     last_fence: u64,
     ops_since_sweep: u32,
 }

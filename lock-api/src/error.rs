@@ -89,6 +89,41 @@ pub enum LockError {
         source: Option<BoxError>,
     },
 
+    /// An argument other than a key, TTL, lease id or owner is unusable: a
+    /// request hash, an attempt limit, a query limit, a status name.
+    #[error("invalid {name}: {reason}")]
+    InvalidArgument {
+        /// What was rejected.
+        name: &'static str,
+        /// Why, and what to give instead.
+        reason: String,
+    },
+
+    /// A run's key was begun again for a different request: the same
+    /// idempotency key reused for another payload. Nothing was run.
+    #[error(
+        "run {key} was recorded for request hash {stored:?}, not {given:?}: use a new key for a different request"
+    )]
+    RequestMismatch {
+        /// The run's key.
+        key: LockKey,
+        /// The hash stored with the record.
+        stored: String,
+        /// The hash of this call.
+        given: String,
+    },
+
+    /// A run's result is larger than a record may hold.
+    #[error(
+        "run result of {size} bytes is over the {limit}-byte limit: store the output elsewhere and record a pointer to it"
+    )]
+    ResultTooLarge {
+        /// The result's size in bytes.
+        size: usize,
+        /// The largest result accepted.
+        limit: usize,
+    },
+
     /// The backend is not set up right: a malformed URL, a missing table, a
     /// wrong key schema. Retrying will not help; the message says what to do.
     #[error("{backend} configuration error: {message}")]

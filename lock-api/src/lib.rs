@@ -24,6 +24,8 @@
 //!   `renew`, `release`, `inspect` (plus an optional release notification).
 //! * [`LockClient`] — waiting with jittered backoff, guards that renew in the
 //!   background, [`LockClient::with_lock`], and bare leases.
+//! * [`ledger`] — the execution ledger ("run once") on the same backends:
+//!   [`ledger::LedgerStore`] for backends, [`ledger::Ledger`] for callers.
 //!
 //! ```
 //! # use lockstore_api::*;
@@ -51,6 +53,7 @@ mod error;
 mod guard;
 mod key;
 mod lease;
+pub mod ledger;
 mod store;
 
 pub use async_trait::async_trait;
