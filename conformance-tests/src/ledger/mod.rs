@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use lockstore_api::ledger::{
     Begin, BeginOutcome, BeginRequest, EnqueueOutcome, Finish, FinishOutcome, FinishRequest,
-    Ledger, LedgerStore, Order, RequestHash, RetryOutcome, RunError, RunFailure, RunOnce,
-    RunOptions, RunQuery, RunRecord, RunStatus, StatusFilter, unix_millis,
+    IdempotentConsumer, Ledger, LedgerStore, Message, Order, Processed, RequestHash, RetryOutcome,
+    RunError, RunFailure, RunOnce, RunOptions, RunQuery, RunRecord, RunStatus, StatusFilter,
+    unix_millis,
 };
 use lockstore_api::{
     AcquireOptions, Backoff, FencingToken, LeaseId, LockClient, LockError, LockKey, OwnerLabel,
@@ -58,6 +59,7 @@ macro_rules! __ledger_cases {
             (ledger_run_once_reports_every_outcome, Default),
             (ledger_run_once_waits_for_a_run_elsewhere, Default),
             (ledger_dropped_run_records_an_abandoned_attempt, Default),
+            (ledger_consumer_runs_a_redelivered_batch_once, Default),
             (ledger_invalid_input_is_rejected_before_any_request, Default),
             (ledger_namespaces_are_independent, Default),
             (ledger_records_are_apart_from_locks, Default),
@@ -1072,6 +1074,117 @@ pub async fn ledger_dropped_run_records_an_abandoned_attempt(ctx: Ctx) {
         ledger.begin("dropped", &options).await.unwrap(),
         Begin::Started(_)
     ));
+}
+
+/// The idempotent consumer over an at-least-once batch: the first delivery
+/// runs each message, reports the failed one for redelivery; the
+/// redelivered batch replays the success, runs the failed message again,
+/// leaves the fatal one alone, and a copy in progress elsewhere comes back.
+pub async fn ledger_consumer_runs_a_redelivered_batch_once(ctx: Ctx) {
+    let ledger = ctx.ledger_client().await;
+    let consumer = IdempotentConsumer::new(ledger.clone(), long_ttl(&ctx));
+    let runs = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let handler = |body: &'static str, _lease| {
+        let runs = Arc::clone(&runs);
+        async move {
+            runs.lock().unwrap().push(body.to_owned());
+            match body {
+                "flaky"
+                    if runs
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|b| *b == "flaky")
+                        .count()
+                        == 1 =>
+                {
+                    Err(RunFailure::retryable("throttled"))
+                }
+                "poison" => Err(RunFailure::fatal("cannot parse")),
+                _ => Ok(format!("done {body}")),
+            }
+        }
+    };
+    let batch = || {
+        vec![
+            Message::new("m-1", "ok"),
+            Message::new("m-2", "flaky"),
+            Message::new("m-3", "poison"),
+            Message::new("m-4", "order")
+                .with_key("order/77")
+                .with_request_hash(RequestHash::new("h1").unwrap()),
+        ]
+    };
+    let first = consumer.process(batch(), handler).await;
+    assert_eq!(first.batch_item_failures(), vec!["m-2"], "{first:?}");
+    assert_eq!(
+        first.sqs_response(),
+        serde_json::json!({"batchItemFailures": [{"itemIdentifier": "m-2"}]})
+    );
+    assert!(matches!(&first.items[2].1, Processed::GaveUp(f) if !f.is_retryable()));
+
+    let again = consumer.process(batch(), handler).await;
+    assert!(again.batch_item_failures().is_empty(), "{again:?}");
+    assert!(
+        matches!(&again.items[0].1, Processed::Replayed(v) if v == "done ok"),
+        "{again:?}"
+    );
+    assert!(
+        matches!(&again.items[1].1, Processed::Ran(v) if v == "done flaky"),
+        "{again:?}"
+    );
+    assert!(
+        matches!(&again.items[2].1, Processed::Ignored(_)),
+        "{again:?}"
+    );
+    assert!(
+        matches!(&again.items[3].1, Processed::Replayed(_)),
+        "{again:?}"
+    );
+    assert_eq!(
+        runs.lock().unwrap().clone(),
+        vec!["ok", "flaky", "poison", "order", "flaky"],
+        "a message ran more often than it had to"
+    );
+
+    // The same payload key with another hash is refused, not replayed.
+    let other = Message::new("m-5", "order")
+        .with_key("order/77")
+        .with_request_hash(RequestHash::new("h2").unwrap());
+    let rejected = consumer.process(vec![other], handler).await;
+    assert!(
+        matches!(
+            &rejected.items[0].1,
+            Processed::Rejected(LockError::RequestMismatch { .. })
+        ),
+        "{rejected:?}"
+    );
+    assert!(rejected.batch_item_failures().is_empty());
+
+    // A duplicate of a message running elsewhere comes back later.
+    let Begin::Started(first_copy) = ledger
+        .begin("msg/m-6", &RunOptions::new(long_ttl(&ctx)))
+        .await
+        .unwrap()
+    else {
+        panic!("a new key did not start")
+    };
+    let dup = consumer
+        .process(vec![Message::new("m-6", "ok")], handler)
+        .await;
+    assert!(
+        matches!(&dup.items[0].1, Processed::InProgress(_)),
+        "{dup:?}"
+    );
+    assert_eq!(dup.batch_item_failures(), vec!["m-6"]);
+    first_copy.succeed_json(&"first copy").await.unwrap();
+    let replayed = consumer
+        .process(vec![Message::new("m-6", "ok")], handler)
+        .await;
+    assert!(
+        matches!(&replayed.items[0].1, Processed::Replayed(v) if v == "first copy"),
+        "{replayed:?}"
+    );
 }
 
 /// Bad input is a typed error before any request is sent.
