@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockstore_api::LockStore;
+use lockstore_api::ledger::LedgerStore;
 use lockstore_conformance::{Clock, Harness, Profile};
 use lockstore_memory::MemoryStore;
 
@@ -30,6 +31,11 @@ impl Harness for MemoryHarness {
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
         Arc::new(self.root.namespace(namespace))
     }
+
+    async fn ledger(&self, namespace: &str) -> Option<Arc<dyn LedgerStore>> {
+        Some(Arc::new(self.root.namespace(namespace)))
+    }
 }
 
 lockstore_conformance::suite!(memory, MemoryHarness::default());
+lockstore_conformance::ledger_suite!(memory_ledger, MemoryHarness::default());

@@ -105,6 +105,7 @@
 #![forbid(unsafe_code)]
 
 mod ident;
+mod ledger;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod shared;

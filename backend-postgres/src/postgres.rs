@@ -22,6 +22,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
 use crate::ident::{Ident, render};
+use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::shared::{
     AcquireRow, DbErrorKind, ErrorContext, Waiters, fence_from_db, millis_left, ttl_millis,
 };
@@ -71,6 +72,8 @@ struct Inner {
     qualified_table: String,
     channel: String,
     sql: Statements,
+    /// The execution ledger's statements (`<table>_runs`).
+    ledger: LedgerStatements,
     errors: ErrorContext,
     /// `None` when notifications are off: waiters poll.
     waiters: Option<Arc<Waiters>>,
@@ -214,6 +217,12 @@ impl PostgresStoreBuilder {
         };
         let channel = channel_name(&schema, &table);
         let sql = Statements::render(&schema, &table);
+        let fence_seq = format!(
+            "{}.{}",
+            schema.quoted(),
+            table.with_suffix("_fence").quoted()
+        );
+        let ledger = LedgerStatements::postgres(&schema, &table, &fence_seq, &channel);
         let (waiters, listener) = if self.notifications {
             let waiters = Arc::new(Waiters::default());
             let guard = start_listener(&pool, &channel, &waiters)
@@ -229,6 +238,7 @@ impl PostgresStoreBuilder {
                 qualified_table,
                 channel,
                 sql,
+                ledger,
                 errors,
                 waiters,
                 _listener: listener,
@@ -335,7 +345,10 @@ impl PostgresStore {
     /// A [`LockError::Backend`] when the DDL fails (no privilege, connection
     /// loss).
     pub async fn ensure_schema(&self) -> Result<(), LockError> {
-        sqlx::raw_sql(&self.inner.sql.schema)
+        // One simple-protocol query: the ledger's table is created in the
+        // same transaction, under the same advisory lock, as the locks'.
+        let schema = format!("{}\n{}", self.inner.sql.schema, self.inner.ledger.schema);
+        sqlx::raw_sql(&schema)
             .execute(&self.inner.pool)
             .await
             .map_err(|err| {
@@ -488,6 +501,40 @@ impl LockStore for PostgresStore {
             .map(|w| w.subscribe(key.as_str()))
     }
 }
+
+// ---------------------------------------------------------------- ledger
+
+impl PostgresStore {
+    fn ledger_waiters(&self) -> Option<&Waiters> {
+        self.inner.waiters.as_deref()
+    }
+
+    /// `enqueue.postgres.sql`: one statement answers created-or-not and the status.
+    async fn ledger_enqueue(
+        &self,
+        key: &str,
+        hash: Option<&str>,
+    ) -> Result<(bool, String), sqlx::Error> {
+        let (status, created): (String, i32) = sqlx::query_as(&self.inner.ledger.enqueue)
+            .bind(key)
+            .bind(hash)
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok((created == 1, status))
+    }
+
+    /// `retry.postgres.sql`: one statement answers the old status and
+    /// whether the record was requeued.
+    async fn ledger_retry(&self, key: &str) -> Result<Option<(String, bool)>, sqlx::Error> {
+        let row: Option<(String, i32)> = sqlx::query_as(&self.inner.ledger.retry)
+            .bind(key)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        Ok(row.map(|(status, requeued)| (status, requeued == 1)))
+    }
+}
+
+impl_ledger_store!(PostgresStore, BACKEND, classify);
 
 // ---------------------------------------------------------------- listener
 

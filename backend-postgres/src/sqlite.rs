@@ -24,6 +24,7 @@ use sqlx::sqlite::{
 };
 
 use crate::ident::{Ident, render};
+use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::shared::{
     AcquireRow, DbErrorKind, ErrorContext, Waiters, fence_from_db, millis_left, ttl_millis,
 };
@@ -78,6 +79,8 @@ struct Inner {
     path: PathBuf,
     table: String,
     sql: Statements,
+    /// The execution ledger's statements (`<table>_runs`).
+    ledger: LedgerStatements,
     errors: ErrorContext,
     waiters: Arc<Waiters>,
 }
@@ -194,6 +197,11 @@ impl SqliteStoreBuilder {
                 path,
                 table: table.quoted(),
                 sql: Statements::render(&table),
+                ledger: LedgerStatements::sqlite(
+                    &table,
+                    &table.with_suffix("_fence").quoted(),
+                    sql::NOW_MS,
+                ),
                 errors,
                 waiters,
             }),
@@ -273,7 +281,8 @@ impl SqliteStore {
     /// # Errors
     /// A [`LockError::Backend`] when the DDL fails.
     pub async fn ensure_schema(&self) -> Result<(), LockError> {
-        sqlx::raw_sql(&self.inner.sql.schema)
+        let schema = format!("{}\n{}", self.inner.sql.schema, self.inner.ledger.schema);
+        sqlx::raw_sql(&schema)
             .execute(&self.inner.pool)
             .await
             .map_err(|err| {
@@ -417,6 +426,66 @@ impl LockStore for SqliteStore {
         Some(self.inner.waiters.subscribe(key.as_str()))
     }
 }
+
+// ---------------------------------------------------------------- ledger
+
+impl SqliteStore {
+    /// Runs in this process are woken by the finishing store itself; other
+    /// processes sharing the file poll (SQLite has no notifications).
+    fn ledger_waiters(&self) -> Option<&Waiters> {
+        Some(&self.inner.waiters)
+    }
+
+    /// `enqueue.sqlite.sql`, then the status if the key had a record, in
+    /// one transaction (SQLite's RETURNING cannot tell insert from no-op).
+    async fn ledger_enqueue(
+        &self,
+        key: &str,
+        hash: Option<&str>,
+    ) -> Result<(bool, String), sqlx::Error> {
+        let mut tx = self.inner.pool.begin().await?;
+        let inserted = sqlx::query(&self.inner.ledger.enqueue)
+            .bind(key)
+            .bind(hash)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let status = if inserted == 1 {
+            "pending".to_owned()
+        } else {
+            sqlx::query_scalar(&self.inner.ledger.status)
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?
+        };
+        tx.commit().await?;
+        Ok((inserted == 1, status))
+    }
+
+    /// `retry.sqlite.sql`, then the status if nothing was requeued, in one
+    /// transaction.
+    async fn ledger_retry(&self, key: &str) -> Result<Option<(String, bool)>, sqlx::Error> {
+        let mut tx = self.inner.pool.begin().await?;
+        let requeued = sqlx::query(&self.inner.ledger.retry)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let row = if requeued == 1 {
+            Some(("pending".to_owned(), true))
+        } else {
+            sqlx::query_scalar::<_, String>(&self.inner.ledger.status)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|status| (status, false))
+        };
+        tx.commit().await?;
+        Ok(row)
+    }
+}
+
+impl_ledger_store!(SqliteStore, BACKEND, classify);
 
 // ---------------------------------------------------------------- errors
 

@@ -7,3 +7,5 @@ use support::{PostgresHarness, SqliteHarness};
 
 lockstore_conformance::suite!(postgres, PostgresHarness::default());
 lockstore_conformance::suite!(sqlite, SqliteHarness);
+lockstore_conformance::ledger_suite!(postgres_ledger, PostgresHarness::default());
+lockstore_conformance::ledger_suite!(sqlite_ledger, SqliteHarness);

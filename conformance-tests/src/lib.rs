@@ -23,11 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lockstore_api::ledger::{Ledger, LedgerStore};
 use lockstore_api::{LockClient, LockStore};
 
 pub mod cases;
 pub mod concurrency;
 pub mod fault;
+pub mod ledger;
 pub mod model;
 pub mod provision;
 
@@ -44,6 +46,15 @@ pub trait Harness: Send + Sync + 'static {
     ///
     /// Called inside the test's own tokio runtime.
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore>;
+
+    /// The execution ledger of `namespace`, for backends that implement
+    /// [`LedgerStore`]; same isolation rules as [`Harness::store`]. The
+    /// default, `None`, is for backends without a ledger: they must not use
+    /// [`ledger_suite!`], whose cases fail loudly on `None`.
+    async fn ledger(&self, namespace: &str) -> Option<Arc<dyn LedgerStore>> {
+        let _ = namespace;
+        None
+    }
 }
 
 /// Which clock a backend's expiry follows, which decides the test runtime.
@@ -114,6 +125,30 @@ impl Ctx {
         self.harness.store(&fresh_namespace()).await
     }
 
+    /// The ledger of this case's namespace.
+    ///
+    /// # Panics
+    /// When the harness has no ledger ([`Harness::ledger`] returned `None`):
+    /// a backend wired into [`ledger_suite!`] must provide one.
+    pub async fn ledger(&self) -> Arc<dyn LedgerStore> {
+        self.harness.ledger(&self.namespace).await.expect(
+            "this backend is in ledger_suite! but its Harness::ledger returns None: implement it",
+        )
+    }
+
+    /// The ledger of another fresh namespace.
+    pub async fn other_ledger(&self) -> Arc<dyn LedgerStore> {
+        self.harness
+            .ledger(&fresh_namespace())
+            .await
+            .expect("this backend is in ledger_suite! but its Harness::ledger returns None")
+    }
+
+    /// A ledger client over this case's namespace.
+    pub async fn ledger_client(&self) -> Ledger {
+        Ledger::from_arc(self.ledger().await)
+    }
+
     /// A client over a store in this case's namespace.
     pub async fn client(&self) -> LockClient {
         LockClient::from_arc(self.store().await)
@@ -182,6 +217,20 @@ fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+/// Expands every ledger conformance case (the run-once contract) into a
+/// `#[test]` in a module named `$backend`, like [`suite!`] does for locks.
+/// A backend that implements `LedgerStore` adds this line beside `suite!`:
+///
+/// ```text
+/// lockstore_conformance::ledger_suite!(redis_ledger, RedisHarness::from_env());
+/// ```
+#[macro_export]
+macro_rules! ledger_suite {
+    ($backend:ident, $harness:expr) => {
+        $crate::__ledger_cases!($backend, $harness);
+    };
 }
 
 /// Expands every conformance case into a `#[test]` in a module named

@@ -1,26 +1,27 @@
-//! A nightly ETL job that must not run twice for the same date, even when a
-//! scheduler fires it on two hosts at once.
+//! A nightly ETL job that must run once per date: not twice at once when a
+//! scheduler fires it on two hosts, and not again after it succeeded.
 //!
-//! The service, [`NightlyEtl`], is generic over [`LockStore`]: `main` runs it
-//! on the embedded default backend, SQLite (one lock file shared by every
-//! process on the host — start two copies at once to see one wait out the
-//! other), and its unit tests (at the bottom) run it on the in-process memory
-//! backend with a paused clock. Swapping in `PostgresStore`, `RedisStore` or
+//! The service, [`NightlyEtl`], is generic over [`LedgerStore`]: `main` runs
+//! it on the embedded default backend, SQLite (one file shared by every
+//! process on the host — start two copies at once to see one skip), and its
+//! unit tests (at the bottom) run it on the in-process memory backend with a
+//! paused clock. Swapping in `PostgresStore`, `RedisStore` or
 //! `DynamoDbStore` changes only `main`.
 //!
 //! ```text
-//! cargo run -p lockstore --example nightly_etl --features sqlite [lock-file]
+//! cargo run -p lockstore --example nightly_etl --features sqlite [database-file]
 //! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lockstore::{AcquireOptions, LockClient, LockError, LockStore};
+use lockstore::LockError;
+use lockstore::ledger::{Ledger, LedgerStore, RunFailure, RunOnce, RunOptions};
 
 /// Where the job writes: like a real warehouse guarded by fencing tokens, it
 /// refuses a write carrying a token lower than the last one it accepted for
-/// the same partition, so a paused, expired holder cannot clobber newer data.
+/// the same partition, so a paused, expired run cannot clobber newer data.
 #[derive(Default)]
 pub struct Warehouse {
     partitions: Mutex<HashMap<String, (u64, usize)>>,
@@ -48,7 +49,7 @@ impl Warehouse {
     }
 }
 
-/// What a run did.
+/// What a call did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RunOutcome {
     /// This instance loaded the partition.
@@ -58,54 +59,88 @@ pub enum RunOutcome {
         /// The fencing token the rows were written with.
         fence: u64,
     },
-    /// Another instance holds the date; this one did nothing.
+    /// An earlier run loaded the date; nothing was done.
+    AlreadyLoaded {
+        /// Rows that run wrote, as it recorded them.
+        rows: usize,
+        /// When it finished, in ms since the Unix epoch.
+        finished_ms: u64,
+    },
+    /// Another instance is loading the date right now; this one did nothing.
     AlreadyRunning {
         /// The holder's owner label.
         holder: String,
     },
-    /// The warehouse refused the write: a newer run got there first.
-    Refused {
-        /// Why the warehouse refused.
+    /// This run failed (the warehouse refused the write, say); the ledger
+    /// records it and the next call tries again while attempts are left.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// The date failed too often and is left for an operator.
+    GivenUp {
+        /// The last error.
         reason: String,
     },
 }
 
-/// The job: one lock per date, held while extracting and loading.
-pub struct NightlyEtl<S: ?Sized + LockStore> {
-    locks: LockClient<S>,
+/// The job: one ledger record per date, a run leased while extracting and
+/// loading, the result recorded when done.
+pub struct NightlyEtl<L: ?Sized + LedgerStore> {
+    ledger: Ledger<L>,
     warehouse: Arc<Warehouse>,
 }
 
-impl<S: ?Sized + LockStore> NightlyEtl<S> {
-    /// A job taking its locks from `locks` and writing to `warehouse`.
-    pub fn new(locks: LockClient<S>, warehouse: Arc<Warehouse>) -> Self {
-        Self { locks, warehouse }
+impl<L: ?Sized + LedgerStore> NightlyEtl<L> {
+    /// A job recording its runs in `ledger` and writing to `warehouse`.
+    pub fn new(ledger: Ledger<L>, warehouse: Arc<Warehouse>) -> Self {
+        Self { ledger, warehouse }
     }
 
-    /// Loads `date` unless another instance is already on it.
+    /// Loads `date` unless it was loaded already or is being loaded.
     pub async fn run(&self, date: &str) -> Result<RunOutcome, LockError> {
-        let key = format!("etl/{date}");
-        // A short lease, renewed in the background: a crashed run frees the
-        // date within 15 s, a healthy one keeps it as long as it needs.
-        let options = AcquireOptions::new(Duration::from_secs(15));
-        let guard = match self.locks.acquire(key.as_str(), options).await {
-            Ok(guard) => guard,
-            Err(LockError::Timeout { holder, .. }) => {
-                let holder = holder.map(|h| h.owner().to_owned()).unwrap_or_default();
-                return Ok(RunOutcome::AlreadyRunning { holder });
-            }
-            Err(err) => return Err(err),
-        };
-        let fence = guard.fence().get();
-        let rows = tokio::select! {
-            () = guard.lost() => return Err(LockError::LeaseLost { key: guard.key().clone(), fence: guard.fence() }),
-            rows = extract(date) => rows,
-        };
-        let written = self.warehouse.write(date, fence, rows);
-        guard.release().await?;
-        Ok(match written {
-            Ok(()) => RunOutcome::Loaded { rows, fence },
-            Err(reason) => RunOutcome::Refused { reason },
+        // A short lease, renewed in the background: a crashed run is taken
+        // over within 15 s, a healthy one keeps the date as long as it needs.
+        let options = RunOptions::new(Duration::from_secs(15)).max_attempts(3);
+        let warehouse = Arc::clone(&self.warehouse);
+        let outcome = self
+            .ledger
+            .run_once(format!("etl/{date}").as_str(), options, |run| async move {
+                let rows = extract(date).await;
+                let fence = run.fence().get();
+                warehouse
+                    .write(date, fence, rows)
+                    .map_err(RunFailure::retryable)?;
+                Ok::<_, RunFailure>((rows, fence))
+            })
+            .await?;
+        Ok(match outcome {
+            RunOnce::Ran {
+                value: (rows, fence),
+                ..
+            } => RunOutcome::Loaded { rows, fence },
+            RunOnce::AlreadySucceeded {
+                value: (rows, _fence),
+                record,
+            } => RunOutcome::AlreadyLoaded {
+                rows,
+                finished_ms: record
+                    .finished_at
+                    .map(lockstore::ledger::unix_millis)
+                    .unwrap_or_default(),
+            },
+            RunOnce::Running { record } => RunOutcome::AlreadyRunning {
+                holder: record.owner.unwrap_or_default(),
+            },
+            RunOnce::Failed { failure, .. } => RunOutcome::Failed {
+                reason: failure.to_string(),
+            },
+            RunOnce::Ignored { record } => RunOutcome::GivenUp {
+                reason: record
+                    .last_error()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
+            },
         })
     }
 }
@@ -124,15 +159,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| std::env::temp_dir().join("lockstore-nightly-etl.db"));
     let store = lockstore::sqlite::SqliteStore::open(&path.to_string_lossy()).await?;
     store.ensure_schema().await?;
-    println!("locks in {}", path.display());
-    let etl = NightlyEtl::new(LockClient::new(store), Arc::new(Warehouse::default()));
+    println!("ledger in {}", path.display());
+    // The date is recorded in the file: start the example again and every
+    // call is skipped, naming what the first successful run recorded.
+    let date = "2026-11-23";
+    let etl = NightlyEtl::new(Ledger::new(store), Arc::new(Warehouse::default()));
     // Two schedulers fire the same date at once: exactly one loads it.
-    let (first, second) = tokio::join!(etl.run("2026-11-23"), etl.run("2026-11-23"));
+    let (first, second) = tokio::join!(etl.run(date), etl.run(date));
     println!("first run:  {:?}", first?);
     println!("second run: {:?}", second?);
-    // The next night's run gets a newer fence, so a late straggler from
-    // tonight could never overwrite it.
-    println!("rerun:      {:?}", etl.run("2026-11-23").await?);
+    // The date is done: a rerun (tomorrow's retry, a redeployed cron) is
+    // skipped, and says what the successful run recorded.
+    println!("rerun:      {:?}", etl.run(date).await?);
     Ok(())
 }
 
@@ -143,7 +181,7 @@ mod tests {
 
     fn etl() -> NightlyEtl<MemoryStore> {
         NightlyEtl::new(
-            LockClient::new(MemoryStore::new()),
+            Ledger::new(MemoryStore::new()),
             Arc::new(Warehouse::default()),
         )
     }
@@ -164,21 +202,39 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn different_dates_run_side_by_side_and_reruns_get_newer_fences() {
+    async fn a_loaded_date_is_skipped_and_says_why() {
         let etl = etl();
-        let (a, b) = tokio::join!(etl.run("2026-11-22"), etl.run("2026-11-23"));
-        assert!(matches!(a.unwrap(), RunOutcome::Loaded { .. }));
-        assert!(matches!(b.unwrap(), RunOutcome::Loaded { .. }));
-        let RunOutcome::Loaded { fence: first, .. } = etl.run("2026-11-23").await.unwrap() else {
-            panic!()
+        let RunOutcome::Loaded { rows, .. } = etl.run("2026-11-23").await.unwrap() else {
+            panic!("the first run did not load")
         };
-        let RunOutcome::Loaded { fence: second, .. } = etl.run("2026-11-23").await.unwrap() else {
-            panic!()
-        };
-        assert!(second > first);
-        assert_eq!(
-            etl.warehouse.rows("2026-11-23"),
-            Some("2026-11-23".bytes().map(usize::from).sum())
+        let rerun = etl.run("2026-11-23").await.unwrap();
+        assert!(
+            matches!(rerun, RunOutcome::AlreadyLoaded { rows: r, finished_ms } if r == rows && finished_ms > 0),
+            "{rerun:?}"
+        );
+        assert!(matches!(
+            etl.run("2026-11-22").await.unwrap(),
+            RunOutcome::Loaded { .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_write_is_retried_then_given_up() {
+        let etl = etl();
+        // A newer writer already holds the partition: every write is refused.
+        etl.warehouse.write("2026-11-23", u64::MAX, 1).unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                etl.run("2026-11-23").await.unwrap(),
+                RunOutcome::Failed { .. }
+            ));
+        }
+        let third = etl.run("2026-11-23").await.unwrap();
+        assert!(matches!(third, RunOutcome::Failed { .. }), "{third:?}");
+        let after = etl.run("2026-11-23").await.unwrap();
+        assert!(
+            matches!(&after, RunOutcome::GivenUp { reason } if reason.contains("stale writer")),
+            "{after:?}"
         );
     }
 

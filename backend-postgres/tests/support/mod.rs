@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockstore_api::LockStore;
+use lockstore_api::ledger::LedgerStore;
 use lockstore_conformance::provision::{Service, server_url};
 use lockstore_conformance::{Harness, Profile};
 use lockstore_postgres::{PostgresStore, SqliteStore};
@@ -66,6 +67,10 @@ impl Harness for PostgresHarness {
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
         Arc::new(self.postgres_store(namespace).await)
     }
+
+    async fn ledger(&self, namespace: &str) -> Option<Arc<dyn LedgerStore>> {
+        Some(Arc::new(self.postgres_store(namespace).await))
+    }
 }
 
 /// A database file per namespace.
@@ -98,5 +103,9 @@ impl Harness for SqliteHarness {
 
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
         Arc::new(sqlite_store(&sqlite_path(namespace)).await)
+    }
+
+    async fn ledger(&self, namespace: &str) -> Option<Arc<dyn LedgerStore>> {
+        Some(Arc::new(sqlite_store(&sqlite_path(namespace)).await))
     }
 }

@@ -734,8 +734,9 @@ impl RunGuard {
     /// [`MAX_RESULT_BYTES`]) in one request conditioned on the run's lease.
     ///
     /// # Errors
-    /// [`LockError::ResultTooLarge`] (nothing is sent; the run stays
-    /// running: fail it or retry with a smaller result);
+    /// [`LockError::ResultTooLarge`] (the result is not sent, and the
+    /// consumed guard records the attempt as abandoned: check the size
+    /// first, as [`Ledger::run_once`] does, to fail it your own way);
     /// [`LockError::LeaseLost`] when another run took the key over (nothing
     /// was changed); backend errors (the run then ends by its lease).
     pub async fn succeed(mut self, result: Option<Vec<u8>>) -> Result<(), LockError> {

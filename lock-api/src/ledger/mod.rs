@@ -45,6 +45,9 @@
 //!   `query`, `purge` (plus an optional finish notification).
 //! * [`Ledger`] — `run_once`, `begin` with a renewing [`RunGuard`], `wait`,
 //!   results as JSON, built once for every backend.
+//! * [`IdempotentConsumer`] — at-least-once queue batches (SQS and the like)
+//!   processed at most once successfully per message, with a partial-batch
+//!   failure report.
 //!
 //! ```
 //! use std::time::Duration;
@@ -65,10 +68,12 @@
 //! ```
 
 mod client;
+mod consumer;
 mod record;
 mod store;
 
 pub use client::{Begin, Ledger, RunFailure, RunGuard, RunOnce, RunOptions};
+pub use consumer::{BatchReport, IdempotentConsumer, Message, Processed};
 pub use record::{
     ERROR_HISTORY, MAX_ATTEMPTS, MAX_ERROR_BYTES, MAX_RESULT_BYTES, RequestHash, RunError,
     RunRecord, RunStatus, time_from_unix_millis, unix_millis,
