@@ -301,12 +301,24 @@ async fn a_finish_wakes_a_waiter() {
     let key = LockKey::new("awaited").unwrap();
     let request = begin(&key, 30_000, 1, None);
     started(store.begin(&request).await.unwrap());
+    // The first signal starts the listener; wait until it is subscribed (a
+    // signal taken now can only fire for a published message or a change of
+    // the subscription), so a missing PUBLISH makes this test time out.
+    let _starter = store.finish_signal(&key).expect("notifications are on");
+    let mut raw = common::raw_connection(&common::url()).await;
+    loop {
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(store.release_channel())
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if counts.first().is_some_and(|(_, n)| *n > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let signal = store.finish_signal(&key).expect("notifications are on");
-    // Let the listener subscribe before the finish is published: wait for a
-    // lock release round trip through the same listener is not available,
-    // so give the subscription a generous head start; the promise tested is
-    // only that the signal fires at all (bounded below by 30 s).
-    tokio::time::sleep(Duration::from_millis(200)).await;
     store
         .finish(&FinishRequest {
             key: key.clone(),
