@@ -475,3 +475,59 @@ fn int(value: &Value) -> Option<i64> {
 fn uint(value: &Value) -> Option<u64> {
     u64::try_from(int(value)?).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Value {
+        Value::Array(pairs.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]).collect())
+    }
+
+    #[test]
+    fn records_parse_strictly() {
+        let key = LockKey::new("k").unwrap();
+        let now = Value::Int(5_000_000);
+        let good = [
+            ("status", "running"),
+            ("attempts", "1"),
+            ("max_attempts", "3"),
+            ("fence", "42"),
+            ("owner", "w"),
+            ("expires_at_us", "6000000"),
+            ("created_ms", "1"),
+            ("updated_ms", "2"),
+        ];
+        let record = parse_record(&key, &now, &fields(&good)).unwrap().unwrap();
+        assert_eq!(record.lease_expires_in, Some(Duration::from_secs(1)));
+        assert_eq!(record.fence, Some(FencingToken::new(42)));
+        assert_eq!(parse_record(&key, &now, &Value::Array(vec![])), Ok(None));
+        for (name, bad) in [
+            ("status", "done"),
+            ("attempts", "-1"),
+            ("attempts", "x"),
+            ("max_attempts", "99999999999"),
+            ("created_ms", ""),
+        ] {
+            let mut pairs = good.to_vec();
+            pairs.retain(|(k, _)| *k != name);
+            pairs.push((name, bad));
+            assert!(
+                parse_record(&key, &now, &fields(&pairs)).is_err(),
+                "{name}={bad}"
+            );
+        }
+        let mut missing = good.to_vec();
+        missing.retain(|(k, _)| *k != "updated_ms");
+        assert!(parse_record(&key, &now, &fields(&missing)).is_err());
+        let mut bad_error = good.to_vec();
+        bad_error.push(("err1", "not json"));
+        assert!(parse_record(&key, &now, &fields(&bad_error)).is_err());
+        assert!(parse_record(&key, &Value::Nil, &fields(&good)).is_err());
+        assert!(parse_record(&key, &now, &Value::Array(vec![bulk("status")])).is_err());
+    }
+}

@@ -14,10 +14,20 @@ elseif filter == 'all' then sets = {'pending', 'running', 'succeeded', 'failed',
 elseif IDX[filter] then sets = {filter}
 else return redis.error_reply('unknown ledger filter ' .. filter) end
 
+-- Byte order, as the sorted sets and the Rust side order keys (Lua's `<`
+-- on strings follows the server's locale).
+local function less(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 local function after_cursor(s, m)
   if not cms then return true end
-  if desc then return s < cms or (s == cms and m < ckey) end
-  return s > cms or (s == cms and m > ckey)
+  if desc then return s < cms or (s == cms and less(m, ckey)) end
+  return s > cms or (s == cms and less(ckey, m))
 end
 local function keep(m)
   if filter ~= 'stuck' then return true end
@@ -54,8 +64,8 @@ table.sort(got, function(a, b)
     if desc then return a[1] > b[1] end
     return a[1] < b[1]
   end
-  if desc then return a[2] > b[2] end
-  return a[2] < b[2]
+  if desc then return less(b[2], a[2]) end
+  return less(a[2], b[2])
 end)
 local out = {now, #got > limit and 1 or 0}
 for i = 1, math.min(#got, limit) do
