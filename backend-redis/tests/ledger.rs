@@ -390,3 +390,28 @@ async fn every_transition_is_one_evalsha() {
     assert_eq!(store.retry(&key).await.unwrap(), RetryOutcome::Requeued);
     assert_eq!(proxy.take(), ["EVALSHA"], "retry");
 }
+
+/// Begins a run, retrying while a just-restarted server is not back yet.
+async fn begin_retrying(store: &RedisStore, request: &BeginRequest) -> (u64, u32) {
+    loop {
+        match store.begin(request).await {
+            Ok(outcome) => return started(outcome),
+            Err(err) if err.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(err) => panic!("begin: {err}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_fences_increase_across_a_restart_that_lost_all_data() {
+    let mut server = common::PrivateServer::start().await;
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let key = LockKey::new("survives-restart").unwrap();
+    let (before, _) = begin_retrying(&store, &begin(&key, 30_000, 1, None)).await;
+    server.restart().await;
+    // The record is gone with the data; the next run must still fence the
+    // old one out, and the scripts are reloaded transparently.
+    let (after, attempt) = begin_retrying(&store, &begin(&key, 30_000, 1, None)).await;
+    assert!(after > before, "fence went from {before} to {after}");
+    assert_eq!(attempt, 1);
+}
