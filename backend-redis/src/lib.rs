@@ -97,6 +97,7 @@
 
 mod config;
 mod error;
+mod ledger;
 mod notify;
 mod scripts;
 mod store;

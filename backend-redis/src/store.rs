@@ -97,6 +97,23 @@ impl RedisStore {
         self.inner.manager.clone()
     }
 
+    /// The namespace's key prefix (for the ledger's keys).
+    pub(crate) fn key_prefix(&self) -> &str {
+        &self.inner.key_prefix
+    }
+
+    /// A signal for the next message `message` on the release channel (the
+    /// ledger's finish notifications share the listener).
+    pub(crate) fn message_signal(&self, message: &str) -> Option<ReleaseSignal> {
+        if !self.inner.notifications {
+            return None;
+        }
+        let mut changed = self.inner.listener.register(message)?;
+        Some(ReleaseSignal::new(async move {
+            let _ = changed.changed().await;
+        }))
+    }
+
     async fn invoke(
         &self,
         doing: impl Fn() -> String,

@@ -1,0 +1,533 @@
+//! The execution ledger ("run once") on Redis: [`LedgerStore`] for
+//! [`RedisStore`]. Every transition is one `EVALSHA` of a script in
+//! `src/lua/ledger_*.lua`.
+//!
+//! # Keys and cluster slots
+//!
+//! A namespace (key prefix) keeps its ledger under one hash tag,
+//! `<prefix>{ledger}`:
+//!
+//! | key                                  | holds                                        |
+//! |--------------------------------------|----------------------------------------------|
+//! | `<prefix>{ledger}:run:<key>`         | the record of `<key>`, a hash                |
+//! | `<prefix>{ledger}:status:<status>`   | sorted set of keys, score = `updated_at` ms  |
+//! | `<prefix>{ledger}:fence-hw`          | the largest fence of a purged record         |
+//!
+//! The status sets are what make "unfinished, oldest first" a range read
+//! instead of a scan, and they are written by the same script as the
+//! record, so they never drift. A script may only touch keys of one
+//! cluster slot, so the namespace-wide hash tag puts a namespace's whole
+//! ledger in one slot: that is the price of one-script transitions (the
+//! alternative, per-key slots with sharded indexes, would need a second,
+//! non-atomic write per transition, and indexes could drift). A ledger
+//! holds one record per unit of *work*, not per request, so one slot per
+//! namespace is acceptable; spread big ledgers over several prefixes.
+//! (A key prefix must not contain `{`, or its first brace pair becomes
+//! the tag.)
+//!
+//! # Fences and times
+//!
+//! All times come from the server's `TIME`. A run's fence is
+//! `max(last fence of the key + 1, server time in µs, high-water + 1)`:
+//! the scheme locks use, plus the high-water that purge raises to the
+//! fences it deletes. Fences therefore increase per key across takeover,
+//! retry, purge and a restart without persistence (given a server clock
+//! that does not go backwards); and since the lock's tokens follow the
+//! same clock, a run's token is above the lock tokens issued before it.
+//!
+//! # Records expire only by purge
+//!
+//! Records are deleted by [`LedgerStore::purge`] only; no `PEXPIRE` is set,
+//! so a record and its index entry always disappear together.
+//!
+//! # Waking waiters
+//!
+//! `finish` (and `retry` of a stuck run) publishes `\u{1}run:<key>` on the
+//! store's release channel; the existing listener wakes the waiters
+//! registered for that text. The `\u{1}` prefix cannot start a lock key
+//! (keys have no control characters), so lock and run waiters never wake
+//! each other.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lockstore_api::ledger::{
+    BeginOutcome, BeginRequest, EnqueueOutcome, Finish, FinishOutcome, FinishRequest, LedgerStore,
+    Order, PageCursor, RequestHash, RetryOutcome, RunError, RunPage, RunQuery, RunRecord,
+    RunStatus, StatusFilter, time_from_unix_millis,
+};
+use lockstore_api::{FencingToken, LeaseId, LockError, LockKey, ReleaseSignal, RenewOutcome, Ttl};
+use redis::{Script, Value};
+
+use crate::error::{BACKEND, command_error, unexpected_reply};
+use crate::store::RedisStore;
+
+macro_rules! ledger_script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/ledger_common.lua"),
+                include_str!($file)
+            ))
+        })
+    };
+}
+
+static BEGIN: LazyLock<Script> = ledger_script!("lua/ledger_begin.lua");
+static RENEW: LazyLock<Script> = ledger_script!("lua/ledger_renew.lua");
+static FINISH: LazyLock<Script> = ledger_script!("lua/ledger_finish.lua");
+static GET: LazyLock<Script> = ledger_script!("lua/ledger_get.lua");
+static ENQUEUE: LazyLock<Script> = ledger_script!("lua/ledger_enqueue.lua");
+static RETRY: LazyLock<Script> = ledger_script!("lua/ledger_retry.lua");
+static QUERY: LazyLock<Script> = ledger_script!("lua/ledger_query.lua");
+static PURGE: LazyLock<Script> = ledger_script!("lua/ledger_purge.lua");
+
+/// The message published when a run of `key` ends.
+fn finish_message(key: &LockKey) -> String {
+    format!("\u{1}run:{}", key.as_str())
+}
+
+impl RedisStore {
+    fn ledger_base(&self) -> String {
+        format!("{}{{ledger}}", self.key_prefix())
+    }
+
+    /// The Redis key of `key`'s ledger record:
+    /// `<prefix>{ledger}:run:<key>`.
+    pub fn run_record_key(&self, key: &LockKey) -> String {
+        format!("{}{}", self.run_record_prefix(), key.as_str())
+    }
+
+    fn run_record_prefix(&self) -> String {
+        format!("{}:run:", self.ledger_base())
+    }
+
+    /// The scripts' KEYS: five status sets, the high-water, and optionally
+    /// the record.
+    fn ledger_invocation<'a>(
+        &self,
+        script: &'a Script,
+        record: Option<&LockKey>,
+    ) -> redis::ScriptInvocation<'a> {
+        let base = self.ledger_base();
+        let mut invocation = script.prepare_invoke();
+        for status in RunStatus::ALL {
+            invocation.key(format!("{base}:status:{}", status.as_str()));
+        }
+        invocation.key(format!("{base}:fence-hw"));
+        if let Some(key) = record {
+            invocation.key(self.run_record_key(key));
+        }
+        invocation
+    }
+
+    async fn run_script(
+        &self,
+        doing: impl Fn() -> String,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<Value, LockError> {
+        let mut connection = self.connection_manager();
+        invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|err| command_error(&doing(), err))
+    }
+}
+
+#[async_trait]
+impl LedgerStore for RedisStore {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn begin(&self, request: &BeginRequest) -> Result<BeginOutcome, LockError> {
+        let doing = || format!("begin a run of {:?}", request.key.as_str());
+        let mut invocation = self.ledger_invocation(&BEGIN, Some(&request.key));
+        invocation
+            .arg(request.key.as_str())
+            .arg(request.lease_id.to_string())
+            .arg(request.owner.as_str())
+            .arg(request.ttl.as_millis())
+            .arg(request.max_attempts)
+            .arg(
+                request
+                    .request_hash
+                    .as_ref()
+                    .map_or("", RequestHash::as_str),
+            );
+        let reply = self.run_script(doing, invocation).await?;
+        let bad = || unexpected_reply(&doing(), &reply);
+        let Value::Array(items) = &reply else {
+            return Err(bad());
+        };
+        match items.as_slice() {
+            [status, fence, attempt] if int(status) == Some(1) => Ok(BeginOutcome::Started {
+                fence: FencingToken::new(uint(fence).ok_or_else(bad)?),
+                attempt: u32::try_from(uint(attempt).ok_or_else(bad)?).map_err(|_| bad())?,
+            }),
+            [status, now, fields] if int(status) == Some(0) => {
+                let record = parse_record(&request.key, now, fields)
+                    .and_then(|r| r.ok_or_else(|| "no record".to_owned()))
+                    .map_err(|why| record_error(&doing(), &why))?;
+                Ok(BeginOutcome::Existing(record))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    async fn renew_run(
+        &self,
+        key: &LockKey,
+        lease_id: LeaseId,
+        ttl: Ttl,
+    ) -> Result<RenewOutcome, LockError> {
+        let doing = || format!("renew the run of {:?}", key.as_str());
+        let mut invocation = self.ledger_invocation(&RENEW, Some(key));
+        invocation.arg(lease_id.to_string()).arg(ttl.as_millis());
+        let reply = self.run_script(doing, invocation).await?;
+        match int(&reply) {
+            Some(1) => Ok(RenewOutcome::Renewed),
+            Some(0) => Ok(RenewOutcome::Lost),
+            _ => Err(unexpected_reply(&doing(), &reply)),
+        }
+    }
+
+    async fn finish(&self, request: &FinishRequest) -> Result<FinishOutcome, LockError> {
+        let doing = || format!("finish the run of {:?}", request.key.as_str());
+        let mut invocation = self.ledger_invocation(&FINISH, Some(&request.key));
+        invocation
+            .arg(request.key.as_str())
+            .arg(request.lease_id.to_string());
+        match &request.finish {
+            Finish::Succeeded { result } => {
+                invocation
+                    .arg("s")
+                    .arg(if result.is_some() { "1" } else { "0" })
+                    .arg(result.as_deref().unwrap_or_default())
+                    .arg("")
+                    .arg(0)
+                    .arg("0");
+            }
+            Finish::Failed { error } => {
+                invocation
+                    .arg("f")
+                    .arg("0")
+                    .arg("")
+                    .arg(error.to_json())
+                    .arg(error.slot())
+                    .arg(if error.retryable { "1" } else { "0" });
+            }
+        }
+        invocation
+            .arg(self.release_channel())
+            .arg(finish_message(&request.key));
+        let reply = self.run_script(doing, invocation).await?;
+        let bad = || unexpected_reply(&doing(), &reply);
+        let Value::Array(items) = &reply else {
+            return Err(bad());
+        };
+        match items.as_slice() {
+            [flag] if int(flag) == Some(0) => Ok(FinishOutcome::NotHeld),
+            [flag, status] if int(flag) == Some(1) => {
+                Ok(FinishOutcome::Finished(status_of(status).ok_or_else(bad)?))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    async fn get(&self, key: &LockKey) -> Result<Option<RunRecord>, LockError> {
+        let doing = || format!("read the run record of {:?}", key.as_str());
+        let invocation = self.ledger_invocation(&GET, Some(key));
+        let reply = self.run_script(doing, invocation).await?;
+        match &reply {
+            Value::Array(items) if items.len() == 2 => {
+                parse_record(key, &items[0], &items[1]).map_err(|why| record_error(&doing(), &why))
+            }
+            _ => Err(unexpected_reply(&doing(), &reply)),
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        key: &LockKey,
+        request_hash: Option<&RequestHash>,
+    ) -> Result<EnqueueOutcome, LockError> {
+        let doing = || format!("enqueue {:?}", key.as_str());
+        let mut invocation = self.ledger_invocation(&ENQUEUE, Some(key));
+        invocation
+            .arg(key.as_str())
+            .arg(request_hash.map_or("", RequestHash::as_str));
+        let reply = self.run_script(doing, invocation).await?;
+        let bad = || unexpected_reply(&doing(), &reply);
+        let Value::Array(items) = &reply else {
+            return Err(bad());
+        };
+        match items.as_slice() {
+            [flag] if int(flag) == Some(1) => Ok(EnqueueOutcome::Created),
+            [flag, status] if int(flag) == Some(0) => {
+                Ok(EnqueueOutcome::Exists(status_of(status).ok_or_else(bad)?))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    async fn retry(&self, key: &LockKey) -> Result<RetryOutcome, LockError> {
+        let doing = || format!("retry {:?}", key.as_str());
+        let mut invocation = self.ledger_invocation(&RETRY, Some(key));
+        invocation
+            .arg(key.as_str())
+            .arg(self.release_channel())
+            .arg(finish_message(key));
+        let reply = self.run_script(doing, invocation).await?;
+        let bad = || unexpected_reply(&doing(), &reply);
+        let Value::Array(items) = &reply else {
+            return Err(bad());
+        };
+        match items.as_slice() {
+            [flag] if int(flag) == Some(1) => Ok(RetryOutcome::Requeued),
+            [flag] if int(flag) == Some(2) => Ok(RetryOutcome::NotFound),
+            [flag, status] if int(flag) == Some(0) => {
+                Ok(RetryOutcome::Unchanged(status_of(status).ok_or_else(bad)?))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    async fn query(&self, query: &RunQuery) -> Result<RunPage, LockError> {
+        query.validate()?;
+        let doing = || format!("query runs ({:?})", query.filter);
+        let filter = match query.filter {
+            StatusFilter::Is(status) => status.as_str(),
+            StatusFilter::Unfinished => "unfinished",
+            StatusFilter::Stuck => "stuck",
+            StatusFilter::All => "all",
+        };
+        let mut invocation = self.ledger_invocation(&QUERY, None);
+        invocation
+            .arg(filter)
+            .arg(match query.order {
+                Order::OldestFirst => "asc",
+                Order::NewestFirst => "desc",
+            })
+            .arg(query.limit);
+        match &query.after {
+            Some(cursor) => invocation.arg(cursor.updated_ms).arg(cursor.key.as_str()),
+            None => invocation.arg("").arg(""),
+        };
+        invocation.arg(self.run_record_prefix());
+        let reply = self.run_script(doing, invocation).await?;
+        let bad = || unexpected_reply(&doing(), &reply);
+        let Value::Array(items) = &reply else {
+            return Err(bad());
+        };
+        let [now, more, rest @ ..] = items.as_slice() else {
+            return Err(bad());
+        };
+        if rest.len() % 2 != 0 {
+            return Err(bad());
+        }
+        let mut records = Vec::with_capacity(rest.len() / 2);
+        for pair in rest.chunks_exact(2) {
+            let key = text(&pair[0])
+                .and_then(|k| LockKey::new(k).ok())
+                .ok_or_else(bad)?;
+            // A record deleted under its index entry cannot happen (one
+            // script writes both), so a missing one is an error.
+            let record = parse_record(&key, now, &pair[1])
+                .and_then(|r| r.ok_or_else(|| "an indexed record is missing".to_owned()))
+                .map_err(|why| record_error(&doing(), &why))?;
+            records.push(record);
+        }
+        let next = match int(more) {
+            Some(1) => records.last().map(PageCursor::after),
+            Some(0) => None,
+            _ => return Err(bad()),
+        };
+        Ok(RunPage { records, next })
+    }
+
+    async fn purge(&self, older_than: Duration) -> Result<u64, LockError> {
+        let doing = || "purge finished runs".to_owned();
+        let mut invocation = self.ledger_invocation(&PURGE, None);
+        invocation
+            .arg(
+                u64::try_from(older_than.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .min(1 << 53),
+            )
+            .arg(self.run_record_prefix());
+        let reply = self.run_script(doing, invocation).await?;
+        uint(&reply).ok_or_else(|| unexpected_reply(&doing(), &reply))
+    }
+
+    fn finish_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
+        self.message_signal(&finish_message(key))
+    }
+}
+
+fn record_error(doing: &str, why: &str) -> LockError {
+    LockError::permanent(
+        BACKEND,
+        format!("{doing}: the stored run record is malformed ({why})"),
+        lockstore_api::UnexpectedReply(why.to_owned()),
+    )
+}
+
+/// Builds a record from `HGETALL`'s flat field/value list; `Ok(None)` for an
+/// empty list (no record).
+fn parse_record(key: &LockKey, now: &Value, fields: &Value) -> Result<Option<RunRecord>, String> {
+    let now = uint(now).ok_or("the server time is not a number")?;
+    let Value::Array(flat) = fields else {
+        return Err("the record is not a list".into());
+    };
+    if flat.is_empty() {
+        return Ok(None);
+    }
+    if flat.len() % 2 != 0 {
+        return Err("the record has an odd field list".into());
+    }
+    let mut map: HashMap<String, &Value> = HashMap::new();
+    for pair in flat.chunks_exact(2) {
+        let name = text(&pair[0]).ok_or("a field name is not text")?;
+        map.insert(name, &pair[1]);
+    }
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        match map.get(name) {
+            None => Ok(None),
+            Some(v) => uint(v)
+                .map(Some)
+                .ok_or_else(|| format!("field {name} is not a number")),
+        }
+    };
+    let required = |name: &str| -> Result<u64, String> {
+        number(name)?.ok_or_else(|| format!("field {name} is missing"))
+    };
+    let small = |n: u64, name: &str| u32::try_from(n).map_err(|_| format!("{name} is too large"));
+    let status = map
+        .get("status")
+        .and_then(|v| status_of(v))
+        .ok_or("the status is missing or unknown")?;
+    let lease_expires_in = match (status, number("expires_at_us")?) {
+        (RunStatus::Running, Some(at)) if at > now => Some(Duration::from_micros(at - now)),
+        _ => None,
+    };
+    let mut errors = Vec::new();
+    for slot in 0..lockstore_api::ledger::ERROR_HISTORY {
+        if let Some(v) = map.get(format!("err{slot}").as_str()) {
+            let json = text(v).ok_or("a stored error is not text")?;
+            errors.push(RunError::from_json(BACKEND, &json).map_err(|e| e.to_string())?);
+        }
+    }
+    let request_hash = match map.get("hash") {
+        Some(v) => Some(
+            text(v)
+                .and_then(|h| RequestHash::new(h).ok())
+                .ok_or("the request hash is not valid")?,
+        ),
+        None => None,
+    };
+    Ok(Some(RunRecord {
+        key: key.clone(),
+        status,
+        attempts: small(required("attempts")?, "attempts")?,
+        max_attempts: small(required("max_attempts")?, "max_attempts")?,
+        fence: number("fence")?.map(FencingToken::new),
+        owner: map
+            .get("owner")
+            .map(|v| text(v).ok_or("owner is not text"))
+            .transpose()?,
+        lease_expires_in,
+        result: match map.get("result") {
+            Some(Value::BulkString(bytes)) => Some(bytes.clone()),
+            Some(_) => return Err("the result is not a string".into()),
+            None => None,
+        },
+        errors: RunError::history(errors),
+        request_hash,
+        created_at: time_from_unix_millis(required("created_ms")?),
+        updated_at: time_from_unix_millis(required("updated_ms")?),
+        finished_at: number("finished_ms")?.map(time_from_unix_millis),
+    }))
+}
+
+fn status_of(value: &Value) -> Option<RunStatus> {
+    text(value)?.parse().ok()
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn uint(value: &Value) -> Option<u64> {
+    u64::try_from(int(value)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Value {
+        Value::Array(pairs.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]).collect())
+    }
+
+    #[test]
+    fn records_parse_strictly() {
+        let key = LockKey::new("k").unwrap();
+        let now = Value::Int(5_000_000);
+        let good = [
+            ("status", "running"),
+            ("attempts", "1"),
+            ("max_attempts", "3"),
+            ("fence", "42"),
+            ("owner", "w"),
+            ("expires_at_us", "6000000"),
+            ("created_ms", "1"),
+            ("updated_ms", "2"),
+        ];
+        let record = parse_record(&key, &now, &fields(&good)).unwrap().unwrap();
+        assert_eq!(record.lease_expires_in, Some(Duration::from_secs(1)));
+        assert_eq!(record.fence, Some(FencingToken::new(42)));
+        assert_eq!(parse_record(&key, &now, &Value::Array(vec![])), Ok(None));
+        for (name, bad) in [
+            ("status", "done"),
+            ("attempts", "-1"),
+            ("attempts", "x"),
+            ("max_attempts", "99999999999"),
+            ("created_ms", ""),
+        ] {
+            let mut pairs = good.to_vec();
+            pairs.retain(|(k, _)| *k != name);
+            pairs.push((name, bad));
+            assert!(
+                parse_record(&key, &now, &fields(&pairs)).is_err(),
+                "{name}={bad}"
+            );
+        }
+        let mut missing = good.to_vec();
+        missing.retain(|(k, _)| *k != "updated_ms");
+        assert!(parse_record(&key, &now, &fields(&missing)).is_err());
+        let mut bad_error = good.to_vec();
+        bad_error.push(("err1", "not json"));
+        assert!(parse_record(&key, &now, &fields(&bad_error)).is_err());
+        assert!(parse_record(&key, &Value::Nil, &fields(&good)).is_err());
+        assert!(parse_record(&key, &now, &Value::Array(vec![bulk("status")])).is_err());
+    }
+}

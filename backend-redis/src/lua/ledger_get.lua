@@ -1,0 +1,2 @@
+-- get: Returns {now µs, HGETALL} (an empty list: no record).
+return {now, redis.call('HGETALL', REC)}

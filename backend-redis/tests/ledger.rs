@@ -1,0 +1,417 @@
+//! The Redis ledger against a real server: transitions, fences, query
+//! paging, purge, wake-ups, and one `EVALSHA` per transition on the wire.
+
+mod common;
+
+use std::time::Duration;
+
+use common::CountingProxy;
+use lockstore_api::ledger::{
+    BeginOutcome, BeginRequest, EnqueueOutcome, Finish, FinishOutcome, FinishRequest, LedgerStore,
+    RequestHash, RetryOutcome, RunError, RunQuery, RunStatus, StatusFilter,
+};
+use lockstore_api::{LeaseId, LockKey, OwnerLabel, RenewOutcome, Ttl};
+use lockstore_redis::RedisStore;
+
+fn begin(key: &LockKey, ttl_ms: u64, max_attempts: u32, hash: Option<&str>) -> BeginRequest {
+    BeginRequest {
+        key: key.clone(),
+        lease_id: LeaseId::random(),
+        ttl: Ttl::from_millis(ttl_ms).unwrap(),
+        owner: OwnerLabel::new("worker-1").unwrap(),
+        max_attempts,
+        request_hash: hash.map(|h| RequestHash::new(h).unwrap()),
+    }
+}
+
+fn started(outcome: BeginOutcome) -> (u64, u32) {
+    match outcome {
+        BeginOutcome::Started { fence, attempt } => (fence.get(), attempt),
+        other => panic!("expected a start, got {other:?}"),
+    }
+}
+
+fn failed(key: &LockKey, lease: LeaseId, attempt: u32, retryable: bool) -> FinishRequest {
+    FinishRequest {
+        key: key.clone(),
+        lease_id: lease,
+        finish: Finish::Failed {
+            error: RunError::new(attempt, format!("boom {attempt}"), retryable),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_run_starts_once_and_replays_its_result() {
+    let store = common::store("ledger-once").await;
+    let key = LockKey::new("job").unwrap();
+    let first = begin(&key, 30_000, 3, Some("h1"));
+    let (fence, attempt) = started(store.begin(&first).await.unwrap());
+    assert_eq!(attempt, 1);
+    // The same request again keeps its run and fence.
+    assert_eq!(started(store.begin(&first).await.unwrap()), (fence, 1));
+    // Someone else finds the live run.
+    let BeginOutcome::Existing(record) = store.begin(&begin(&key, 30_000, 3, None)).await.unwrap()
+    else {
+        panic!("a live run was started twice");
+    };
+    assert_eq!(record.status, RunStatus::Running);
+    assert!(record.holder().is_some());
+    let done = FinishRequest {
+        key: key.clone(),
+        lease_id: first.lease_id,
+        finish: Finish::Succeeded {
+            result: Some(b"42".to_vec()),
+        },
+    };
+    assert_eq!(
+        store.finish(&done).await.unwrap(),
+        FinishOutcome::Finished(RunStatus::Succeeded)
+    );
+    assert_eq!(store.finish(&done).await.unwrap(), FinishOutcome::NotHeld);
+    let record = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(record.result.as_deref(), Some(&b"42"[..]));
+    assert_eq!(record.request_hash.unwrap().as_str(), "h1");
+    assert!(record.finished_at.is_some());
+    assert!(record.lease_expires_in.is_none());
+    let BeginOutcome::Existing(again) = store.begin(&begin(&key, 30_000, 3, None)).await.unwrap()
+    else {
+        panic!("a succeeded key ran again");
+    };
+    assert_eq!(again.status, RunStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn failures_fill_the_history_and_fences_keep_rising() {
+    let store = common::store("ledger-fail").await;
+    let key = LockKey::new("flaky").unwrap();
+    let mut last_fence = 0;
+    for attempt in 1..=2 {
+        let request = begin(&key, 30_000, 2, None);
+        let (fence, got) = started(store.begin(&request).await.unwrap());
+        assert_eq!(got, attempt);
+        assert!(fence > last_fence, "fence {fence} after {last_fence}");
+        last_fence = fence;
+        let status = if attempt < 2 {
+            RunStatus::Failed
+        } else {
+            RunStatus::Ignored
+        };
+        assert_eq!(
+            store
+                .finish(&failed(&key, request.lease_id, attempt, true))
+                .await
+                .unwrap(),
+            FinishOutcome::Finished(status)
+        );
+    }
+    let record = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Ignored);
+    assert_eq!(record.attempts, 2);
+    let attempts: Vec<u32> = record.errors.iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, [1, 2]);
+    assert_eq!(store.retry(&key).await.unwrap(), RetryOutcome::Requeued);
+    assert_eq!(
+        store.retry(&key).await.unwrap(),
+        RetryOutcome::Unchanged(RunStatus::Pending)
+    );
+    let (fence, attempt) = started(store.begin(&begin(&key, 30_000, 2, None)).await.unwrap());
+    assert_eq!(attempt, 3);
+    assert!(fence > last_fence);
+    assert_eq!(
+        store
+            .retry(&LockKey::new("nothing").unwrap())
+            .await
+            .unwrap(),
+        RetryOutcome::NotFound
+    );
+}
+
+#[tokio::test]
+async fn a_different_request_hash_is_refused() {
+    let store = common::store("ledger-hash").await;
+    let key = LockKey::new("hashed").unwrap();
+    assert_eq!(
+        store
+            .enqueue(&key, Some(&RequestHash::new("a").unwrap()))
+            .await
+            .unwrap(),
+        EnqueueOutcome::Created
+    );
+    assert_eq!(
+        store.enqueue(&key, None).await.unwrap(),
+        EnqueueOutcome::Exists(RunStatus::Pending)
+    );
+    let BeginOutcome::Existing(record) = store
+        .begin(&begin(&key, 30_000, 1, Some("b")))
+        .await
+        .unwrap()
+    else {
+        panic!("a different request was started");
+    };
+    assert_eq!(record.status, RunStatus::Pending);
+    started(
+        store
+            .begin(&begin(&key, 30_000, 1, Some("a")))
+            .await
+            .unwrap(),
+    );
+}
+
+#[tokio::test]
+async fn an_expired_run_is_stuck_and_can_be_taken_over() {
+    let store = common::store("ledger-stuck").await;
+    let key = LockKey::new("slow").unwrap();
+    let first = begin(&key, 1, 3, None);
+    let (fence, _) = started(store.begin(&first).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        store
+            .renew_run(&key, first.lease_id, first.ttl)
+            .await
+            .unwrap(),
+        RenewOutcome::Lost
+    );
+    let stuck = store
+        .query(&RunQuery::new(StatusFilter::Stuck))
+        .await
+        .unwrap();
+    assert_eq!(stuck.records.len(), 1);
+    assert!(stuck.records[0].is_stuck());
+    let second = begin(&key, 30_000, 3, None);
+    let (taken, attempt) = started(store.begin(&second).await.unwrap());
+    assert!(taken > fence);
+    assert_eq!(attempt, 2);
+    // The first runner's finish is refused.
+    assert_eq!(
+        store
+            .finish(&failed(&key, first.lease_id, 1, true))
+            .await
+            .unwrap(),
+        FinishOutcome::NotHeld
+    );
+    assert_eq!(
+        store
+            .renew_run(&key, second.lease_id, second.ttl)
+            .await
+            .unwrap(),
+        RenewOutcome::Renewed
+    );
+    assert!(
+        store
+            .query(&RunQuery::new(StatusFilter::Stuck))
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn queries_page_by_updated_time_and_key() {
+    let store = common::store("ledger-query").await;
+    let mut keys = Vec::new();
+    for i in 0..7 {
+        let key = LockKey::new(format!("k{i}")).unwrap();
+        store.enqueue(&key, None).await.unwrap();
+        keys.push(key);
+    }
+    // Finish two, so "unfinished" must skip them.
+    for key in &keys[..2] {
+        let request = begin(key, 30_000, 1, None);
+        started(store.begin(&request).await.unwrap());
+        store
+            .finish(&FinishRequest {
+                key: key.clone(),
+                lease_id: request.lease_id,
+                finish: Finish::Succeeded { result: None },
+            })
+            .await
+            .unwrap();
+    }
+    for order_newest in [false, true] {
+        let mut seen = Vec::new();
+        let mut query = RunQuery::new(StatusFilter::Unfinished).limit(2);
+        if order_newest {
+            query = query.newest_first();
+        }
+        loop {
+            let page = store.query(&query).await.unwrap();
+            assert!(page.records.len() <= 2);
+            seen.extend(page.records.iter().cloned());
+            match page.next {
+                Some(cursor) => query = query.after(cursor),
+                None => break,
+            }
+        }
+        let names: Vec<&str> = seen.iter().map(|r| r.key.as_str()).collect();
+        let mut expected: Vec<_> = seen.clone();
+        expected.sort_by_key(|r| (r.updated_at, r.key.as_str().to_owned()));
+        if order_newest {
+            expected.reverse();
+        }
+        let expected: Vec<&str> = expected.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(names, expected);
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["k2", "k3", "k4", "k5", "k6"]);
+    }
+    let all = store
+        .query(&RunQuery::new(StatusFilter::All))
+        .await
+        .unwrap();
+    assert_eq!(all.records.len(), 7);
+    assert!(all.next.is_none());
+    assert!(
+        store
+            .query(&RunQuery::new(StatusFilter::All).limit(0))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn purge_deletes_finished_records_and_fences_survive() {
+    let store = common::store("ledger-purge").await;
+    let key = LockKey::new("done").unwrap();
+    let pending = LockKey::new("waiting").unwrap();
+    store.enqueue(&pending, None).await.unwrap();
+    let request = begin(&key, 30_000, 1, None);
+    let (fence, _) = started(store.begin(&request).await.unwrap());
+    store
+        .finish(&FinishRequest {
+            key: key.clone(),
+            lease_id: request.lease_id,
+            finish: Finish::Succeeded { result: None },
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.purge(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(store.purge(Duration::ZERO).await.unwrap(), 1);
+    assert!(store.get(&key).await.unwrap().is_none());
+    assert!(store.get(&pending).await.unwrap().is_some());
+    let (again, attempt) = started(store.begin(&begin(&key, 30_000, 1, None)).await.unwrap());
+    assert!(again > fence);
+    assert_eq!(attempt, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_wakes_a_waiter() {
+    let store = common::store("ledger-wake").await;
+    let key = LockKey::new("awaited").unwrap();
+    let request = begin(&key, 30_000, 1, None);
+    started(store.begin(&request).await.unwrap());
+    // The first signal starts the listener; wait until it is subscribed (a
+    // signal taken now can only fire for a published message or a change of
+    // the subscription), so a missing PUBLISH makes this test time out.
+    let _starter = store.finish_signal(&key).expect("notifications are on");
+    let mut raw = common::raw_connection(&common::url()).await;
+    loop {
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(store.release_channel())
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if counts.first().is_some_and(|(_, n)| *n > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let signal = store.finish_signal(&key).expect("notifications are on");
+    store
+        .finish(&FinishRequest {
+            key: key.clone(),
+            lease_id: request.lease_id,
+            finish: Finish::Succeeded { result: None },
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), signal)
+        .await
+        .expect("the finish woke the waiter");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transition_is_one_evalsha() {
+    let url = common::url();
+    let upstream = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection_info()
+        .addr()
+        .to_string();
+    let proxy = CountingProxy::start(upstream.clone()).await;
+    let proxied_url = url.replacen(&upstream, &proxy.addr.to_string(), 1);
+    let store = RedisStore::builder(proxied_url)
+        .key_prefix(common::fresh_prefix("ledger-round-trips"))
+        .connect()
+        .await
+        .unwrap();
+    let warm = LockKey::new("warm").unwrap();
+    let key = LockKey::new("counted").unwrap();
+    // Warm up every script (the first use may add a SCRIPT LOAD).
+    let w = begin(&warm, 30_000, 1, None);
+    store.begin(&w).await.unwrap();
+    store.renew_run(&warm, w.lease_id, w.ttl).await.unwrap();
+    store
+        .finish(&failed(&warm, w.lease_id, 1, false))
+        .await
+        .unwrap();
+    store.get(&warm).await.unwrap();
+    store.enqueue(&warm, None).await.unwrap();
+    store.retry(&warm).await.unwrap();
+    proxy.clear();
+
+    let mine = begin(&key, 30_000, 1, None);
+    started(store.begin(&mine).await.unwrap());
+    assert_eq!(proxy.take(), ["EVALSHA"], "begin");
+    let BeginOutcome::Existing(_) = store.begin(&begin(&key, 30_000, 1, None)).await.unwrap()
+    else {
+        panic!("started twice");
+    };
+    assert_eq!(proxy.take(), ["EVALSHA"], "refused begin with its record");
+    store
+        .renew_run(&key, mine.lease_id, mine.ttl)
+        .await
+        .unwrap();
+    assert_eq!(proxy.take(), ["EVALSHA"], "renew_run");
+    store
+        .finish(&failed(&key, mine.lease_id, 1, false))
+        .await
+        .unwrap();
+    assert_eq!(proxy.take(), ["EVALSHA"], "finish");
+    store.get(&key).await.unwrap();
+    assert_eq!(proxy.take(), ["EVALSHA"], "get");
+    store
+        .enqueue(&LockKey::new("queued").unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(proxy.take(), ["EVALSHA"], "enqueue");
+    assert_eq!(store.retry(&key).await.unwrap(), RetryOutcome::Requeued);
+    assert_eq!(proxy.take(), ["EVALSHA"], "retry");
+}
+
+/// Begins a run, retrying while a just-restarted server is not back yet.
+async fn begin_retrying(store: &RedisStore, request: &BeginRequest) -> (u64, u32) {
+    loop {
+        match store.begin(request).await {
+            Ok(outcome) => return started(outcome),
+            Err(err) if err.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(err) => panic!("begin: {err}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_fences_increase_across_a_restart_that_lost_all_data() {
+    let mut server = common::PrivateServer::start().await;
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let key = LockKey::new("survives-restart").unwrap();
+    let (before, _) = begin_retrying(&store, &begin(&key, 30_000, 1, None)).await;
+    server.restart().await;
+    // The record is gone with the data; the next run must still fence the
+    // old one out, and the scripts are reloaded transparently.
+    let (after, attempt) = begin_retrying(&store, &begin(&key, 30_000, 1, None)).await;
+    assert!(after > before, "fence went from {before} to {after}");
+    assert_eq!(attempt, 1);
+}
