@@ -3,10 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::operation::update_table::UpdateTableError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndexUpdate, IndexStatus,
-    KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType, TableDescription,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ProvisionedThroughput, ScalarAttributeType, TableDescription,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use lockstore_api::{LockError, UnexpectedReply};
 
 use crate::error::map_sdk_error;
@@ -22,6 +25,39 @@ const INDEX_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn build_err(e: impl std::error::Error + Send + Sync + 'static) -> LockError {
     LockError::permanent(BACKEND, "building UpdateTable", e)
+}
+
+/// The index's throughput: none on an on-demand table (DynamoDB refuses
+/// it there), the table's own on a provisioned one — and on servers that do
+/// not report a billing mode (dynalite), which require it.
+fn index_throughput(table: &TableDescription) -> Result<Option<ProvisionedThroughput>, LockError> {
+    let on_demand = table
+        .billing_mode_summary()
+        .and_then(|b| b.billing_mode())
+        .is_some_and(|m| *m == BillingMode::PayPerRequest);
+    if on_demand {
+        return Ok(None);
+    }
+    let table_units = table.provisioned_throughput();
+    units(
+        table_units
+            .and_then(|u| u.read_capacity_units())
+            .unwrap_or(0)
+            .max(1),
+        table_units
+            .and_then(|u| u.write_capacity_units())
+            .unwrap_or(0)
+            .max(1),
+    )
+    .map(Some)
+}
+
+fn units(read: i64, write: i64) -> Result<ProvisionedThroughput, LockError> {
+    ProvisionedThroughput::builder()
+        .read_capacity_units(read)
+        .write_capacity_units(write)
+        .build()
+        .map_err(build_err)
 }
 
 impl DynamoDbStore {
@@ -83,6 +119,89 @@ impl DynamoDbStore {
         })
     }
 
+    /// The index and its attribute definitions, for a new table's
+    /// `CreateTable` (on-demand, so no throughput).
+    pub(crate) fn ledger_index_for_new_table(
+        &self,
+    ) -> Result<(Vec<AttributeDefinition>, GlobalSecondaryIndex), LockError> {
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build_err)
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(build_err)
+        };
+        let index = GlobalSecondaryIndex::builder()
+            .index_name(RESERVED_STATUS_INDEX)
+            .key_schema(key(INDEX_PARTITION, KeyType::Hash)?)
+            .key_schema(key(INDEX_SORT, KeyType::Range)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
+            .build()
+            .map_err(build_err)?;
+        Ok((
+            vec![attribute(INDEX_PARTITION)?, attribute(INDEX_SORT)?],
+            index,
+        ))
+    }
+
+    async fn send_index_create(
+        &self,
+        throughput: Option<ProvisionedThroughput>,
+    ) -> Result<(), aws_sdk_dynamodb::error::SdkError<UpdateTableError, HttpResponse>> {
+        let c = self.config();
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("name and type are set")
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .expect("name and key type are set")
+        };
+        let create = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(RESERVED_STATUS_INDEX)
+            .key_schema(key(INDEX_PARTITION, KeyType::Hash))
+            .key_schema(key(INDEX_SORT, KeyType::Range))
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
+            .set_provisioned_throughput(throughput)
+            .build()
+            .expect("name and key schema are set");
+        self.client()
+            .update_table()
+            .table_name(&c.table)
+            // The table's own key too: some servers (moto) replace the
+            // table's definitions with the ones sent here.
+            .attribute_definitions(attribute(&c.partition_key))
+            .attribute_definitions(attribute(INDEX_PARTITION))
+            .attribute_definitions(attribute(INDEX_SORT))
+            .global_secondary_index_updates(
+                GlobalSecondaryIndexUpdate::builder().create(create).build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+    }
+
     /// Adds the ledger index to `table` if it has none, and waits until it
     /// is active. A wrong existing index is a config error.
     pub(crate) async fn ensure_ledger_index(
@@ -102,45 +221,24 @@ impl DynamoDbStore {
                 ));
             }
         } else {
-            let attribute = |name: &str| {
-                AttributeDefinition::builder()
-                    .attribute_name(name)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(build_err)
-            };
-            let key = |name: &str, kind: KeyType| {
-                KeySchemaElement::builder()
-                    .attribute_name(name)
-                    .key_type(kind)
-                    .build()
-                    .map_err(build_err)
-            };
-            let create = CreateGlobalSecondaryIndexAction::builder()
-                .index_name(RESERVED_STATUS_INDEX)
-                .key_schema(key(INDEX_PARTITION, KeyType::Hash)?)
-                .key_schema(key(INDEX_SORT, KeyType::Range)?)
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::All)
-                        .build(),
-                )
-                .build()
-                .map_err(build_err)?;
-            let created = self
-                .client()
-                .update_table()
-                .table_name(&c.table)
-                // The table's own key too: some servers (moto) replace the
-                // table's definitions with the ones sent here.
-                .attribute_definitions(attribute(&c.partition_key)?)
-                .attribute_definitions(attribute(INDEX_PARTITION)?)
-                .attribute_definitions(attribute(INDEX_SORT)?)
-                .global_secondary_index_updates(
-                    GlobalSecondaryIndexUpdate::builder().create(create).build(),
-                )
-                .send()
-                .await;
+            let throughput = index_throughput(table)?;
+            let mut created = self.send_index_create(throughput.clone()).await;
+            // dynalite reports an on-demand table yet insists on index
+            // throughput: give it the smallest.
+            if throughput.is_none()
+                && created
+                    .as_ref()
+                    .err()
+                    .and_then(|e| e.as_service_error())
+                    .is_some_and(|e| {
+                        e.meta().code() == Some("ValidationException")
+                            && e.meta()
+                                .message()
+                                .is_some_and(|m| m.contains("provisionedThroughput"))
+                    })
+            {
+                created = self.send_index_create(Some(units(1, 1)?)).await;
+            }
             match created {
                 Ok(_) => {}
                 // Another creator added it at the same moment (or the table
@@ -177,6 +275,20 @@ impl DynamoDbStore {
             match status {
                 // Emulators may not report an index status at all.
                 Some(Some(IndexStatus::Active) | None) => return Ok(()),
+                // The update was accepted, yet there is no index at all: the
+                // server cannot add one to an existing table (dynalite).
+                None => {
+                    return Err(LockError::config(
+                        BACKEND,
+                        format!(
+                            "table {:?}: the server accepted adding index {RESERVED_STATUS_INDEX:?} but \
+                             the table has none (dynalite cannot add an index to an existing \
+                             table); delete the table and run create_table() again, which \
+                             creates it with the index",
+                            c.table
+                        ),
+                    ));
+                }
                 _ if started.elapsed() > INDEX_TIMEOUT => {
                     return Err(LockError::retryable(
                         BACKEND,

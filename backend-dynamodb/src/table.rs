@@ -191,12 +191,14 @@ impl DynamoDbStore {
                 .key_type(KeyType::Hash)
                 .build()
                 .map_err(|e| LockError::permanent(BACKEND, "building CreateTable", e))?;
+            let (index_attributes, index) = self.ledger_index_for_new_table()?;
             let created = self
                 .client()
                 .create_table()
                 .table_name(&c.table)
-                .attribute_definitions(attribute)
+                .set_attribute_definitions(Some([vec![attribute], index_attributes].concat()))
                 .key_schema(key)
+                .global_secondary_indexes(index)
                 .billing_mode(BillingMode::PayPerRequest)
                 .send()
                 .await;
