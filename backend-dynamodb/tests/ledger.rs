@@ -414,3 +414,43 @@ async fn bench_begin_succeed_next_to_acquire_release() {
         lock_requests as f64 / cycles
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_result_is_a_typed_error_before_any_request() {
+    let (store, counter) = counted_store("ledger-size").await;
+    let run = begin(&key("big"), "w", 1);
+    store.begin(&run).await.unwrap();
+    counter.take();
+    let result = vec![b'x'; lockstore_api::ledger::MAX_RESULT_BYTES + 1];
+    let err = store
+        .finish(&finish(
+            &run,
+            Finish::Succeeded {
+                result: Some(result),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            lockstore_api::LockError::ResultTooLarge { size, limit }
+                if size == lockstore_api::ledger::MAX_RESULT_BYTES + 1
+                    && limit == lockstore_api::ledger::MAX_RESULT_BYTES
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("65536"), "{err}");
+    assert_eq!(counter.take_total(), 0, "an oversized result was sent");
+    // The run is still running and can store a result that fits.
+    let done = store
+        .finish(&finish(
+            &run,
+            Finish::Succeeded {
+                result: Some(vec![b'x'; 1000]),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done, FinishOutcome::Finished(RunStatus::Succeeded));
+}
