@@ -78,6 +78,17 @@
 //! without a purge; unfinished ones never have it. A deleted record's next
 //! run starts its fence from the wall clock in microseconds, above every
 //! token the deleted item handed out (crate docs, "Fencing").
+//!
+//! # Fences of runs and locks of one key
+//!
+//! A run's fence is counted on the run record, a lock's on the lock item,
+//! both from the writer's microsecond clock when the item is created. Runs
+//! of a key strictly increase among themselves (across takeover, retry and
+//! purge, under the crate's "Fencing" assumptions), and a run started after
+//! a lock item was created is above that lock's tokens so far; but a lock
+//! item that is *older* than the run record keeps counting from its own,
+//! smaller base. A resource fenced by both a key's locks and its runs should
+//! keep the two apart (e.g. fence column per kind), or use one of them.
 
 use std::time::Duration;
 
