@@ -16,18 +16,13 @@
 //! cleanup time; every `lease_*` attribute is removed. An item with no
 //! `lease_id` is free.
 //!
-//! # Reserved for the execution ledger
+//! # The execution ledger
 //!
-//! The next release stores job outcomes in the same item. These names are
-//! reserved now so that stored locks keep working when it lands, and lock
-//! writes never touch them (all lock writes are `UpdateItem` with explicit
-//! `SET`/`REMOVE` lists, never a whole-item `PutItem`):
-//!
-//! * `exec_status` (S) — e.g. `running`, `succeeded`, `failed`; the partition
-//!   key of a sparse global secondary index named `exec_status-index`
-//!   (items without the attribute, i.e. plain locks, are not in it);
-//! * `exec_attempts` (N), `exec_result` (S or B), `exec_error` (S),
-//!   `exec_updated_at_ms` (N).
+//! Run records are separate items in the same table (partition-key value:
+//! the lock item's, then `"\0run"`), so they never touch a lock; their
+//! attributes (`exec_*`, the `lease_*` of the running lease, `fence`) and
+//! the sparse index `exec_status-index` are described in [`crate::ledger`].
+//! Lock writes never touch `exec_*` attributes.
 //!
 //! Any attribute starting with `exec_` or `lease_` is reserved.
 

@@ -53,12 +53,18 @@
 //!
 //! # Item layout
 //!
-//! One item per key; see [`layout`] for the attributes, and the names
-//! reserved for the execution ledger of the next release (`exec_status` with
-//! a sparse `exec_status-index`, `exec_attempts`, `exec_result`,
-//! `exec_error`). A release keeps the item, only removing the lease, so the
-//! fencing counter survives; DynamoDB TTL deletes idle items after
+//! One item per key; see [`layout`] for the attributes. A release keeps the
+//! item, only removing the lease, so the fencing counter survives; DynamoDB
+//! TTL deletes idle items after
 //! [`cleanup_after`](DynamoDbStoreBuilder::cleanup_after) (7 days).
+//!
+//! # Execution ledger
+//!
+//! The store is also a [`LedgerStore`](lockstore_api::ledger::LedgerStore)
+//! ("run once"): one run record per key in its own item beside the lock
+//! item, each transition one conditional `UpdateItem`, status queries
+//! through the sparse index `exec_status-index` that
+//! [`create_table`](DynamoDbStore::create_table) adds. See [`ledger`].
 //!
 //! # Fencing
 //!
@@ -143,6 +149,9 @@ mod config;
 mod error;
 mod expressions;
 pub mod layout;
+pub mod ledger;
+mod ledger_expressions;
+mod ledger_table;
 mod observe;
 mod store;
 mod table;

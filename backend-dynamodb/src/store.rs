@@ -48,6 +48,7 @@ struct Inner {
     config: StoreConfig,
     observations: Observations,
     holder_reads: AtomicU64,
+    ledger_reads: AtomicU64,
 }
 
 impl fmt::Debug for DynamoDbStore {
@@ -92,6 +93,7 @@ impl DynamoDbStore {
                 config,
                 observations,
                 holder_reads: AtomicU64::new(0),
+                ledger_reads: AtomicU64::new(0),
             }),
         }
     }
@@ -127,6 +129,17 @@ impl DynamoDbStore {
     /// and on moto 5 (tested with 5.2).
     pub fn holder_reads(&self) -> u64 {
         self.inner.holder_reads.load(Ordering::Relaxed)
+    }
+
+    /// How many ledger transitions needed a `GetItem` to read the record
+    /// after a refused write, because the server did not return it (as
+    /// dynalite does not); see the `ledger` module docs.
+    pub fn ledger_reads(&self) -> u64 {
+        self.inner.ledger_reads.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_ledger_read(&self) {
+        self.inner.ledger_reads.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn config(&self) -> &StoreConfig {

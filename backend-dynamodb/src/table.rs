@@ -51,6 +51,14 @@ pub enum TableProblem {
         /// The attribute TTL should be enabled on.
         attribute: String,
     },
+    /// The execution ledger's status index is missing or unusable (locks
+    /// work without it).
+    LedgerIndex {
+        /// The table name.
+        table: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
     /// DynamoDB TTL is on, but on another attribute than the store writes.
     TtlOnOtherAttribute {
         /// The table name.
@@ -83,6 +91,7 @@ impl fmt::Display for TableProblem {
                  the store at the table's key with .partition_key(\"<attribute>\") (only a \
                  string partition key and no sort key work), or use another table"
             ),
+            Self::LedgerIndex { table, problem } => write!(f, "table {table:?} {problem}"),
             Self::TtlDisabled { table, attribute } => write!(
                 f,
                 "table {table:?} has DynamoDB TTL disabled, so idle lock items are never \
@@ -106,7 +115,8 @@ impl fmt::Display for TableProblem {
 
 impl DynamoDbStore {
     /// Lists what is wrong with the table for this store: missing, not
-    /// active, a wrong key schema, DynamoDB TTL off or on another attribute.
+    /// active, a wrong key schema, DynamoDB TTL off or on another attribute,
+    /// the execution ledger's status index missing or unusable.
     /// Empty when all is well.
     ///
     /// # Errors
@@ -133,6 +143,12 @@ impl DynamoDbStore {
         if let Some(problem) = self.ttl_problem().await? {
             problems.push(problem);
         }
+        if let Some(problem) = self.ledger_index_problem(&table) {
+            problems.push(TableProblem::LedgerIndex {
+                table: c.table.clone(),
+                problem,
+            });
+        }
         Ok(problems)
     }
 
@@ -152,7 +168,10 @@ impl DynamoDbStore {
 
     /// Creates the table if it does not exist (on-demand billing, a string
     /// partition key named as configured), waits until it is active, and
-    /// enables DynamoDB TTL on the cleanup attribute if it is off.
+    /// enables DynamoDB TTL on the cleanup attribute if it is off. It also
+    /// adds the execution ledger's index `exec_status-index` (partition
+    /// `exec_status`, sort `exec_sort`, all attributes) when the table has
+    /// none, and waits until it is active.
     ///
     /// Calling it on a table that is already right changes nothing.
     ///
@@ -172,12 +191,14 @@ impl DynamoDbStore {
                 .key_type(KeyType::Hash)
                 .build()
                 .map_err(|e| LockError::permanent(BACKEND, "building CreateTable", e))?;
+            let (index_attributes, index) = self.ledger_index_for_new_table()?;
             let created = self
                 .client()
                 .create_table()
                 .table_name(&c.table)
-                .attribute_definitions(attribute)
+                .set_attribute_definitions(Some([vec![attribute], index_attributes].concat()))
                 .key_schema(key)
+                .global_secondary_indexes(index)
                 .billing_mode(BillingMode::PayPerRequest)
                 .send()
                 .await;
@@ -194,6 +215,7 @@ impl DynamoDbStore {
         if let Some(problem) = self.schema_problem(&table) {
             return Err(LockError::config(BACKEND, problem.to_string()));
         }
+        self.ensure_ledger_index(&table).await?;
         match self.ttl_problem().await? {
             None => Ok(()),
             Some(TableProblem::TtlDisabled { .. }) => self.enable_ttl().await,

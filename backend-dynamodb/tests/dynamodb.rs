@@ -346,7 +346,13 @@ async fn check_table_reports_ttl_off_and_create_table_fixes_it() {
         .unwrap();
     let problems = store.table_problems().await.unwrap();
     assert!(
-        matches!(&problems[..], [TableProblem::TtlDisabled { .. }]),
+        matches!(
+            &problems[..],
+            [
+                TableProblem::TtlDisabled { .. },
+                TableProblem::LedgerIndex { .. }
+            ]
+        ),
         "{problems:?}"
     );
     assert!(
