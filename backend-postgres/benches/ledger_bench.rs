@@ -96,7 +96,8 @@ impl Series {
 
 async fn compare<S: LockStore + LedgerStore>(label: &str, store: &S) {
     let tag = format!("{:x}", rand::random::<u32>());
-    let (mut locks, mut runs, mut replays) = (Series::default(), Series::default(), Series::default());
+    let (mut locks, mut runs, mut replays) =
+        (Series::default(), Series::default(), Series::default());
     for round in 0..ROUNDS {
         for i in 0..PER_ROUND {
             let n = round * PER_ROUND + i;
@@ -116,7 +117,10 @@ async fn compare<S: LockStore + LedgerStore>(label: &str, store: &S) {
         }
     }
     println!("\n{label}: {ROUNDS} rounds × {PER_ROUND}, interleaved\n");
-    println!("| {:<38} | {:>9} | {:>11} | {:>11} |", "cycle", "cycles/s", "p50", "p99");
+    println!(
+        "| {:<38} | {:>9} | {:>11} | {:>11} |",
+        "cycle", "cycles/s", "p50", "p99"
+    );
     println!("|{:-<40}|{:-<11}|{:-<13}|{:-<13}|", "", "", "", "");
     println!("{}", locks.row("lock: acquire + release (2 requests)"));
     println!("{}", runs.row("ledger: begin + succeed (2 requests)"));
