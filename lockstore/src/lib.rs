@@ -58,13 +58,13 @@ pub mod dynamodb {
 /// The PostgreSQL backend (feature `postgres`).
 #[cfg(feature = "postgres")]
 pub mod postgres {
-    pub use lockstore_postgres::{PostgresStore, PostgresStoreBuilder, defaults};
+    pub use lockstore_sql::{PostgresStore, PostgresStoreBuilder, defaults};
 }
 
 /// The SQLite backend (feature `sqlite`), the embedded default.
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
-    pub use lockstore_postgres::{SqliteStore, SqliteStoreBuilder};
+    pub use lockstore_sql::{SqliteStore, SqliteStoreBuilder};
 }
 
 /// The Redis backend (feature `redis`).

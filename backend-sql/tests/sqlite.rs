@@ -14,7 +14,7 @@ use lockstore_api::{
     AcquireOptions, AcquireOutcome, AcquireRequest, Backoff, FencingToken, LeaseId, LockClient,
     LockError, LockKey, LockStore, OwnerLabel,
 };
-use lockstore_postgres::SqliteStore;
+use lockstore_sql::SqliteStore;
 use support::{sqlite_path, sqlite_store};
 
 /// Set in a child process: the database file to hammer.

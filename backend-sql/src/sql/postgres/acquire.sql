@@ -16,13 +16,17 @@
 --
 -- The fence of a takeover is drawn by nextval() in the SET list, i.e. after
 -- the row lock is held, so it is larger than the fence of every earlier
--- holder of this row. The VALUES nextval() only lands for a brand-new row.
+-- holder of this row — as long as the sequence never went back. GREATEST
+-- with the row's own fence + 1 keeps the fence rising even if it did
+-- (ALTER SEQUENCE ... RESTART, a logical-replication move that re-created
+-- it at 1, a session CACHE), at no cost. The VALUES nextval() only lands
+-- for a brand-new row.
 INSERT INTO {table} AS held (key, lease_id, owner, fence, acquired_at, expires_at, updated_at)
 VALUES ($1, $2, $3, nextval('{fence_seq}'), now(), now() + $4::bigint * interval '1 millisecond', now())
 ON CONFLICT (key) DO UPDATE SET
     fence = CASE
         WHEN held.lease_id IS NOT NULL AND held.expires_at > now() THEN held.fence
-        ELSE nextval('{fence_seq}')
+        ELSE GREATEST(nextval('{fence_seq}'), held.fence + 1)
     END,
     acquired_at = CASE
         WHEN held.lease_id IS NOT NULL AND held.expires_at > now() THEN held.acquired_at

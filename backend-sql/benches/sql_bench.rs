@@ -1,6 +1,6 @@
 //! Figures for the PostgreSQL and SQLite stores, printed as a table.
 //!
-//! `LOCKSTORE_TEST_POSTGRES_URL=postgres://… cargo bench -p lockstore-postgres --bench sql_bench`
+//! `LOCKSTORE_TEST_POSTGRES_URL=postgres://… cargo bench -p lockstore-sql --bench sql_bench`
 //!
 //! * uncontended acquire+release latency (p50, p99) next to `SELECT 1`;
 //! * sequential cycles/s next to sqlx's `PgAdvisoryLock` try-acquire/release;
@@ -17,7 +17,7 @@ use lockstore_api::{
     AcquireOptions, AcquireOutcome, AcquireRequest, LeaseId, LockClient, LockKey, LockStore,
     OwnerLabel, Ttl,
 };
-use lockstore_postgres::{PostgresStore, SqliteStore};
+use lockstore_sql::{PostgresStore, SqliteStore};
 use sqlx::postgres::PgAdvisoryLock;
 
 const CHILD_DB: &str = "LOCKSTORE_BENCH_SQLITE_CHILD";

@@ -2,20 +2,17 @@
 //! `LISTEN` connection per store for wake-ups.
 //!
 //! Read top to bottom: configuration and connection ([`PostgresStoreBuilder`]),
-//! the statements (`sql/postgres/*.sql`), schema management, the
-//! [`LockStore`] impl, the listener task, and the error mapping.
+//! the statements (`sql/postgres/*.sql`), schema management, what
+//! PostgreSQL adds to the lock and ledger code both stores share
+//! (`lock.rs`, `ledger.rs`: release with `NOTIFY`, the one-statement
+//! enqueue and retry), the listener task, and the error mapping.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use lockstore_api::{
-    AcquireOutcome, AcquireRequest, Holder, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome,
-    ReleaseSignal, RenewOutcome, Ttl,
-};
-use sqlx::Row;
+use lockstore_api::{LeaseId, LockError};
 use sqlx::error::DatabaseError;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -23,9 +20,8 @@ use tracing::{debug, warn};
 
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
-use crate::shared::{
-    AcquireRow, DbErrorKind, ErrorContext, Waiters, fence_from_db, millis_left, ttl_millis,
-};
+use crate::lock::impl_lock_store;
+use crate::shared::{DbErrorKind, ErrorContext, Waiters};
 
 const BACKEND: &str = "postgres";
 
@@ -95,7 +91,7 @@ struct Statements {
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), lockstore_api::LockError> {
-/// use lockstore_postgres::PostgresStore;
+/// use lockstore_sql::PostgresStore;
 ///
 /// let store = PostgresStore::builder("postgres://app@db.internal/app?sslmode=require")
 ///     .schema("locking")
@@ -393,11 +389,6 @@ impl PostgresStore {
     pub fn notify_channel(&self) -> &str {
         &self.inner.channel
     }
-
-    fn map_err(&self, what: &str, key: &LockKey) -> impl FnOnce(sqlx::Error) -> LockError + '_ {
-        let what = format!("{what} {key}");
-        move |err| self.inner.errors.map(&what, err, classify)
-    }
 }
 
 impl fmt::Debug for PostgresStore {
@@ -414,101 +405,33 @@ fn duration_millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-#[async_trait]
-impl LockStore for PostgresStore {
-    fn backend_name(&self) -> &'static str {
-        BACKEND
+// ---------------------------------------------------------------- locks
+
+impl PostgresStore {
+    /// Waiters of this process (`None` when notifications are off). Other
+    /// processes are woken by the `NOTIFY` of the release statement itself.
+    fn waiters(&self) -> Option<&Waiters> {
+        self.inner.waiters.as_deref()
     }
 
-    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
-        let map = self.map_err("acquiring", &request.key);
-        let row = sqlx::query(&self.inner.sql.acquire)
-            .bind(request.key.as_str())
-            .bind(request.lease_id.to_string())
-            .bind(request.owner.as_str())
-            .bind(ttl_millis(request.ttl))
-            .fetch_one(&self.inner.pool)
-            .await
-            .and_then(|row| AcquireRow::from_row(&row))
-            .map_err(map)?;
-        row.into_outcome(BACKEND)
-    }
-
-    async fn renew(
-        &self,
-        key: &LockKey,
-        lease_id: LeaseId,
-        ttl: Ttl,
-    ) -> Result<RenewOutcome, LockError> {
-        let result = sqlx::query(&self.inner.sql.renew)
-            .bind(key.as_str())
-            .bind(lease_id.to_string())
-            .bind(ttl_millis(ttl))
-            .execute(&self.inner.pool)
-            .await
-            .map_err(self.map_err("renewing", key))?;
-        Ok(match result.rows_affected() {
-            0 => RenewOutcome::Lost,
-            _ => RenewOutcome::Renewed,
-        })
-    }
-
-    async fn release(&self, key: &LockKey, lease_id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+    /// `release.sql`: frees the lease and notifies the channel in one
+    /// statement; a row back means released.
+    async fn release_row(&self, key: &str, lease_id: LeaseId) -> Result<bool, sqlx::Error> {
         let released = sqlx::query(&self.inner.sql.release)
-            .bind(key.as_str())
+            .bind(key)
             .bind(lease_id.to_string())
             .bind(&self.inner.channel)
             .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(self.map_err("releasing", key))?;
-        Ok(match released {
-            Some(_) => ReleaseOutcome::Released,
-            None => ReleaseOutcome::NotHeld,
-        })
-    }
-
-    async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
-        let map = self.map_err("inspecting", key);
-        let row = sqlx::query(&self.inner.sql.inspect)
-            .bind(key.as_str())
-            .fetch_optional(&self.inner.pool)
-            .await
-            .and_then(|row| {
-                row.map(|row| {
-                    Ok::<_, sqlx::Error>((
-                        row.try_get::<String, _>("owner")?,
-                        row.try_get::<i64, _>("fence")?,
-                        row.try_get::<i64, _>("ms_left")?,
-                    ))
-                })
-                .transpose()
-            })
-            .map_err(map)?;
-        row.map(|(owner, fence, ms_left)| {
-            Ok(Holder::new(
-                owner,
-                fence_from_db(BACKEND, fence)?,
-                millis_left(ms_left),
-            ))
-        })
-        .transpose()
-    }
-
-    fn release_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
-        self.inner
-            .waiters
-            .as_ref()
-            .map(|w| w.subscribe(key.as_str()))
+            .await?;
+        Ok(released.is_some())
     }
 }
+
+impl_lock_store!(PostgresStore, BACKEND, classify);
 
 // ---------------------------------------------------------------- ledger
 
 impl PostgresStore {
-    fn ledger_waiters(&self) -> Option<&Waiters> {
-        self.inner.waiters.as_deref()
-    }
-
     /// `enqueue.postgres.sql`: one statement answers created-or-not and the status.
     async fn ledger_enqueue(
         &self,

@@ -21,7 +21,7 @@ use std::process::{Child, Command, ExitCode};
 use std::time::Duration;
 
 use lockstore_api::ledger::{Begin, Ledger, LedgerStore, RunOptions, RunStatus};
-use lockstore_postgres::{PostgresStore, SqliteStore};
+use lockstore_sql::{PostgresStore, SqliteStore};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 const WORKERS: usize = 8;
@@ -391,7 +391,7 @@ fn main() -> ExitCode {
         .join(format!("ledger-kill-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let namespace = format!("kill_{:010x}", rand::random::<u64>() >> 24);
-    let mut failed = false;
+    let mut failed = 0u8;
     for (name, store) in [
         (
             "sqlite",
@@ -403,12 +403,18 @@ fn main() -> ExitCode {
             Ok(()) => println!("test worker_processes_killed_mid_run::{name} ... ok"),
             Err(err) => {
                 println!("test worker_processes_killed_mid_run::{name} ... FAILED: {err}");
-                failed = true;
+                failed += 1;
             }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    if failed {
+    println!(
+        "test result: {}. {} passed; {} failed",
+        if failed > 0 { "FAILED" } else { "ok" },
+        2 - failed,
+        failed
+    );
+    if failed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

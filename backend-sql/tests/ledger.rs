@@ -229,21 +229,20 @@ async fn each_ledger_transition_is_one_statement() {
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(counter.clone()))
         .expect("no other test of this file sets a subscriber");
     let harness = PostgresHarness::default();
-    let postgres = lockstore_postgres::PostgresStore::builder_with_pool(harness.pool().await)
+    let postgres = lockstore_sql::PostgresStore::builder_with_pool(harness.pool().await)
         .schema(support::TEST_SCHEMA)
         .table(&table)
         .build()
         .await
         .unwrap();
     postgres.ensure_schema().await.unwrap();
-    let sqlite = lockstore_postgres::SqliteStore::builder(
-        support::sqlite_path(&namespace).to_str().unwrap(),
-    )
-    .table(&table)
-    .durable(false)
-    .build()
-    .await
-    .unwrap();
+    let sqlite =
+        lockstore_sql::SqliteStore::builder(support::sqlite_path(&namespace).to_str().unwrap())
+            .table(&table)
+            .durable(false)
+            .build()
+            .await
+            .unwrap();
     sqlite.ensure_schema().await.unwrap();
     let pg = statements_per_transition(&postgres, &counter).await;
     let lite = statements_per_transition(&sqlite, &counter).await;

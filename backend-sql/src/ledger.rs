@@ -478,7 +478,7 @@ pub(crate) fn retention_millis(older_than: Duration) -> i64 {
 /// The [`LedgerStore`](lockstore_api::ledger::LedgerStore) implementation,
 /// written once for both stores: `$store` has `inner.pool`, `inner.ledger`
 /// ([`LedgerStatements`]) and `inner.errors`, and the inherent methods
-/// `ledger_waiters()`, `ledger_enqueue()` and `ledger_retry()` (the two
+/// `waiters()`, `ledger_enqueue()` and `ledger_retry()` (the two
 /// statements whose shape differs by dialect).
 macro_rules! impl_ledger_store {
     ($store:ty, $backend:expr, $classify:path) => {
@@ -554,7 +554,7 @@ macro_rules! impl_ledger_store {
                 let outcome = $crate::ledger::finish_outcome($backend, status)?;
                 if matches!(outcome, lockstore_api::ledger::FinishOutcome::Finished(_)) {
                     // After the commit: a woken waiter reads the finished record.
-                    if let Some(waiters) = self.ledger_waiters() {
+                    if let Some(waiters) = self.waiters() {
                         waiters.wake(request.key.as_str());
                     }
                 }
@@ -595,7 +595,7 @@ macro_rules! impl_ledger_store {
                     .map_err(self.ledger_err("retrying", key.as_str()))?;
                 let outcome = $crate::ledger::retry_outcome($backend, row)?;
                 if outcome == lockstore_api::ledger::RetryOutcome::Requeued {
-                    if let Some(waiters) = self.ledger_waiters() {
+                    if let Some(waiters) = self.waiters() {
                         waiters.wake(key.as_str());
                     }
                 }
@@ -635,7 +635,7 @@ macro_rules! impl_ledger_store {
                 &self,
                 key: &lockstore_api::LockKey,
             ) -> Option<lockstore_api::ReleaseSignal> {
-                self.ledger_waiters().map(|w| w.subscribe(key.as_str()))
+                self.waiters().map(|w| w.subscribe(key.as_str()))
             }
         }
     };

@@ -2,8 +2,10 @@
 //! processes, one statement per operation.
 //!
 //! Read top to bottom: configuration and connection ([`SqliteStoreBuilder`]),
-//! the statements (`sql/sqlite/*.sql`), schema management, the [`LockStore`]
-//! impl, the in-process wake-ups, and the error mapping.
+//! the statements (`sql/sqlite/*.sql`), schema management, what SQLite
+//! adds to the lock and ledger code both stores share (`lock.rs`,
+//! `ledger.rs`: release with an in-process wake-up, enqueue and retry in
+//! one transaction), the in-process wake-ups, and the error mapping.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,12 +14,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use lockstore_api::{
-    AcquireOutcome, AcquireRequest, Holder, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome,
-    ReleaseSignal, RenewOutcome, Ttl,
-};
-use sqlx::Row;
+use lockstore_api::{LeaseId, LockError};
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -25,9 +22,8 @@ use sqlx::sqlite::{
 
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
-use crate::shared::{
-    AcquireRow, DbErrorKind, ErrorContext, Waiters, fence_from_db, millis_left, ttl_millis,
-};
+use crate::lock::impl_lock_store;
+use crate::shared::{DbErrorKind, ErrorContext, Waiters};
 
 const BACKEND: &str = "sqlite";
 
@@ -99,7 +95,7 @@ struct Statements {
 /// ```no_run
 /// # async fn demo() -> Result<(), lockstore_api::LockError> {
 /// use std::time::Duration;
-/// use lockstore_postgres::SqliteStore;
+/// use lockstore_sql::SqliteStore;
 ///
 /// let store = SqliteStore::builder("/var/lib/myapp/locks.db")
 ///     .table("leases")
@@ -325,11 +321,6 @@ impl SqliteStore {
     pub fn table_name(&self) -> &str {
         &self.inner.table
     }
-
-    fn map_err(&self, what: &str, key: &LockKey) -> impl FnOnce(sqlx::Error) -> LockError + '_ {
-        let what = format!("{what} {key}");
-        move |err| self.inner.errors.map(&what, err, classify)
-    }
 }
 
 impl fmt::Debug for SqliteStore {
@@ -341,101 +332,32 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
-#[async_trait]
-impl LockStore for SqliteStore {
-    fn backend_name(&self) -> &'static str {
-        BACKEND
+// ---------------------------------------------------------------- locks
+
+impl SqliteStore {
+    /// Waiters in this process are woken by the releasing (or finishing)
+    /// store itself; other processes sharing the file poll (SQLite has no
+    /// notifications).
+    fn waiters(&self) -> Option<&Waiters> {
+        Some(&self.inner.waiters)
     }
 
-    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
-        let map = self.map_err("acquiring", &request.key);
-        let row = sqlx::query(&self.inner.sql.acquire)
-            .bind(request.key.as_str())
-            .bind(request.lease_id.to_string())
-            .bind(request.owner.as_str())
-            .bind(ttl_millis(request.ttl))
-            .fetch_one(&self.inner.pool)
-            .await
-            .and_then(|row| AcquireRow::from_row(&row))
-            .map_err(map)?;
-        row.into_outcome(BACKEND)
-    }
-
-    async fn renew(
-        &self,
-        key: &LockKey,
-        lease_id: LeaseId,
-        ttl: Ttl,
-    ) -> Result<RenewOutcome, LockError> {
-        let result = sqlx::query(&self.inner.sql.renew)
-            .bind(key.as_str())
-            .bind(lease_id.to_string())
-            .bind(ttl_millis(ttl))
-            .execute(&self.inner.pool)
-            .await
-            .map_err(self.map_err("renewing", key))?;
-        Ok(match result.rows_affected() {
-            0 => RenewOutcome::Lost,
-            _ => RenewOutcome::Renewed,
-        })
-    }
-
-    async fn release(&self, key: &LockKey, lease_id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+    /// `release.sql`: one row changed means released.
+    async fn release_row(&self, key: &str, lease_id: LeaseId) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(&self.inner.sql.release)
-            .bind(key.as_str())
+            .bind(key)
             .bind(lease_id.to_string())
             .execute(&self.inner.pool)
-            .await
-            .map_err(self.map_err("releasing", key))?;
-        if result.rows_affected() == 0 {
-            return Ok(ReleaseOutcome::NotHeld);
-        }
-        // After the commit: a woken waiter's retry sees the key free.
-        self.inner.waiters.wake(key.as_str());
-        Ok(ReleaseOutcome::Released)
-    }
-
-    async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
-        let map = self.map_err("inspecting", key);
-        let row = sqlx::query(&self.inner.sql.inspect)
-            .bind(key.as_str())
-            .fetch_optional(&self.inner.pool)
-            .await
-            .and_then(|row| {
-                row.map(|row| {
-                    Ok::<_, sqlx::Error>((
-                        row.try_get::<String, _>("owner")?,
-                        row.try_get::<i64, _>("fence")?,
-                        row.try_get::<i64, _>("ms_left")?,
-                    ))
-                })
-                .transpose()
-            })
-            .map_err(map)?;
-        row.map(|(owner, fence, ms_left)| {
-            Ok(Holder::new(
-                owner,
-                fence_from_db(BACKEND, fence)?,
-                millis_left(ms_left),
-            ))
-        })
-        .transpose()
-    }
-
-    fn release_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
-        Some(self.inner.waiters.subscribe(key.as_str()))
+            .await?;
+        Ok(result.rows_affected() == 1)
     }
 }
+
+impl_lock_store!(SqliteStore, BACKEND, classify);
 
 // ---------------------------------------------------------------- ledger
 
 impl SqliteStore {
-    /// Runs in this process are woken by the finishing store itself; other
-    /// processes sharing the file poll (SQLite has no notifications).
-    fn ledger_waiters(&self) -> Option<&Waiters> {
-        Some(&self.inner.waiters)
-    }
-
     /// `enqueue.sqlite.sql`, then the status if the key had a record, in
     /// one transaction (SQLite's RETURNING cannot tell insert from no-op).
     async fn ledger_enqueue(

@@ -3,7 +3,7 @@
 //! several rounds so a noisy machine affects both alike. Prints a table;
 //! asserts nothing about speed.
 //!
-//! `LOCKSTORE_TEST_POSTGRES_URL=postgres://… cargo bench -p lockstore-postgres --bench ledger_bench`
+//! `LOCKSTORE_TEST_POSTGRES_URL=postgres://… cargo bench -p lockstore-sql --bench ledger_bench`
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use lockstore_api::ledger::{
     BeginOutcome, BeginRequest, Finish, FinishOutcome, FinishRequest, LedgerStore,
 };
 use lockstore_api::{AcquireOutcome, AcquireRequest, LeaseId, LockKey, LockStore, OwnerLabel, Ttl};
-use lockstore_postgres::{PostgresStore, SqliteStore};
+use lockstore_sql::{PostgresStore, SqliteStore};
 
 const ROUNDS: usize = 5;
 const PER_ROUND: usize = 400;

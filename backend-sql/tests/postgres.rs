@@ -12,7 +12,7 @@ use lockstore_api::{
     AcquireOutcome, AcquireRequest, FencingToken, LeaseId, LockError, LockKey, LockStore,
     OwnerLabel, ReleaseOutcome, RenewOutcome, Ttl,
 };
-use lockstore_postgres::PostgresStore;
+use lockstore_sql::PostgresStore;
 use support::{PostgresHarness, TEST_SCHEMA, postgres_url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -230,6 +230,50 @@ async fn fence_survives_purge_of_idle_rows() {
     assert!(
         fence2 > fence1,
         "fence went from {fence1} to {fence2} across a purge"
+    );
+}
+
+/// M7: a takeover's fence is above the row's own fence even if the
+/// sequence went back (`ALTER SEQUENCE … RESTART`, a logical-replication
+/// move that re-created it at 1, a session cache); and the sequence is made
+/// with `CACHE 1 NO CYCLE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_never_goes_back_when_the_sequence_is_reset() {
+    let harness = PostgresHarness::default();
+    let namespace = fresh_table();
+    let store = harness.postgres_store(&namespace).await;
+    let table = format!("locks_{namespace}"); // the harness's table name
+    assert!(store.table_name().ends_with(&format!("\"{table}\"")));
+    let mut last = 0;
+    for _ in 0..5 {
+        let lease = request("reset", 60_000);
+        last = acquired(&store, &lease).await.get();
+        store.release(&lease.key, lease.lease_id).await.unwrap();
+    }
+    let pool = harness.pool().await;
+    let (cache, cycle): (i64, bool) = sqlx::query_as(
+        "SELECT cache_size, cycle FROM pg_sequences WHERE schemaname = $1 AND sequencename = $2",
+    )
+    .bind(TEST_SCHEMA)
+    .bind(format!("{table}_fence"))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (cache, cycle),
+        (1, false),
+        "the fence sequence's cache and cycle"
+    );
+    sqlx::query(&format!(
+        "ALTER SEQUENCE \"{TEST_SCHEMA}\".\"{table}_fence\" RESTART WITH 1"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let after = acquired(&store, &request("reset", 60_000)).await.get();
+    assert!(
+        after > last,
+        "fence went from {last} to {after} after the sequence was reset"
     );
 }
 

@@ -12,7 +12,7 @@ use lockstore_api::LockStore;
 use lockstore_api::ledger::LedgerStore;
 use lockstore_conformance::provision::{Service, server_url};
 use lockstore_conformance::{Harness, Profile};
-use lockstore_postgres::{PostgresStore, SqliteStore};
+use lockstore_sql::{PostgresStore, SqliteStore};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::sync::OnceCell;
 

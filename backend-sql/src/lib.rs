@@ -6,7 +6,7 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use lockstore_api::{AcquireOptions, LockClient};
-//! use lockstore_postgres::PostgresStore;
+//! use lockstore_sql::PostgresStore;
 //!
 //! # async fn demo() -> Result<(), lockstore_api::LockError> {
 //! let store = PostgresStore::connect("postgres://app@localhost/app").await?;
@@ -21,6 +21,23 @@
 //! ```
 //!
 //! The same with SQLite: `SqliteStore::open("/var/lib/app/locks.db")`.
+//!
+//! # Layout
+//!
+//! One piece of logic, two dialects:
+//!
+//! * `lock.rs` and `ledger.rs` — the [`LockStore`](lockstore_api::LockStore)
+//!   and [`LedgerStore`](lockstore_api::ledger::LedgerStore)
+//!   implementations, written once for both stores.
+//! * `postgres.rs`, `sqlite.rs` — each store: its builder and connection,
+//!   schema management, and the few steps whose shape differs by dialect
+//!   (release with `NOTIFY` or an in-process wake-up; enqueue and retry in
+//!   one statement or one transaction).
+//! * `sql/` — the statements: `sql/<dialect>/` for locks, `sql/ledger/` for
+//!   the ledger (shared text with `{now}` and fence placeholders, plus a file
+//!   per dialect where the two cannot share one).
+//! * `shared.rs` — rows to outcomes, in-process wake-ups, error mapping;
+//!   `ident.rs` — validated, quoted table and schema names.
 //!
 //! # The model
 //!
@@ -106,6 +123,7 @@
 
 mod ident;
 mod ledger;
+mod lock;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod shared;

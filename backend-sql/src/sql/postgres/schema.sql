@@ -13,7 +13,11 @@ SELECT pg_advisory_xact_lock(hashtext({schema_lock_key}));
 -- Fencing tokens for every key of the table. A sequence only moves forward:
 -- not on rollback, not on row deletion, and it is WAL-logged, so a restart
 -- never hands out a value twice (after a crash it may skip ahead, never back).
-CREATE SEQUENCE IF NOT EXISTS {fence_seq} AS bigint MINVALUE 1;
+-- CACHE 1 (PostgreSQL's default, said out loud): a session cache would hand
+-- out values out of order across pooled connections. It must never be reset,
+-- cached or left out of a migration; acquire.sql's GREATEST keeps each key's
+-- fence rising even then, but a brand-new key would start low.
+CREATE SEQUENCE IF NOT EXISTS {fence_seq} AS bigint MINVALUE 1 CACHE 1 NO CYCLE;
 
 -- One row per key that was ever taken and not yet purged. Released rows are
 -- kept (lease_id NULL) so per-key state can live on them; `purge_idle` deletes

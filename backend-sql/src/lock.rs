@@ -1,0 +1,132 @@
+//! The [`LockStore`](lockstore_api::LockStore) implementation, written once
+//! for both stores.
+//!
+//! Acquire, renew and inspect are the same code in both dialects: only the
+//! statement text differs, and each store renders its own at build time
+//! (`src/sql/`). Release differs in what happens after the row is freed —
+//! PostgreSQL notifies other processes inside the statement
+//! (`pg_notify`), SQLite can only wake waiters of this process — so each
+//! store supplies `release_row()` (runs its release statement, true if a
+//! row was released) and `waiters()` (the in-process wake-ups, if
+//! any). Everything else comes from `inner.pool`, `inner.sql` and
+//! `inner.errors`, which both stores have.
+
+/// Implements `LockStore` for `$store` (see the module docs for what the
+/// store provides); `$backend` is its backend name, `$classify` its error
+/// classifier.
+macro_rules! impl_lock_store {
+    ($store:ty, $backend:expr, $classify:path) => {
+        impl $store {
+            fn map_err(
+                &self,
+                what: &str,
+                key: &lockstore_api::LockKey,
+            ) -> impl FnOnce(sqlx::Error) -> lockstore_api::LockError + '_ {
+                let what = format!("{what} {key}");
+                move |err| self.inner.errors.map(&what, err, $classify)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl lockstore_api::LockStore for $store {
+            fn backend_name(&self) -> &'static str {
+                $backend
+            }
+
+            async fn try_acquire(
+                &self,
+                request: &lockstore_api::AcquireRequest,
+            ) -> Result<lockstore_api::AcquireOutcome, lockstore_api::LockError> {
+                let map = self.map_err("acquiring", &request.key);
+                let row = sqlx::query(&self.inner.sql.acquire)
+                    .bind(request.key.as_str())
+                    .bind(request.lease_id.to_string())
+                    .bind(request.owner.as_str())
+                    .bind($crate::shared::ttl_millis(request.ttl))
+                    .fetch_one(&self.inner.pool)
+                    .await
+                    .and_then(|row| $crate::shared::AcquireRow::from_row(&row))
+                    .map_err(map)?;
+                row.into_outcome($backend)
+            }
+
+            async fn renew(
+                &self,
+                key: &lockstore_api::LockKey,
+                lease_id: lockstore_api::LeaseId,
+                ttl: lockstore_api::Ttl,
+            ) -> Result<lockstore_api::RenewOutcome, lockstore_api::LockError> {
+                let result = sqlx::query(&self.inner.sql.renew)
+                    .bind(key.as_str())
+                    .bind(lease_id.to_string())
+                    .bind($crate::shared::ttl_millis(ttl))
+                    .execute(&self.inner.pool)
+                    .await
+                    .map_err(self.map_err("renewing", key))?;
+                Ok(match result.rows_affected() {
+                    0 => lockstore_api::RenewOutcome::Lost,
+                    _ => lockstore_api::RenewOutcome::Renewed,
+                })
+            }
+
+            async fn release(
+                &self,
+                key: &lockstore_api::LockKey,
+                lease_id: lockstore_api::LeaseId,
+            ) -> Result<lockstore_api::ReleaseOutcome, lockstore_api::LockError> {
+                let released = self
+                    .release_row(key.as_str(), lease_id)
+                    .await
+                    .map_err(self.map_err("releasing", key))?;
+                if !released {
+                    return Ok(lockstore_api::ReleaseOutcome::NotHeld);
+                }
+                // After the commit: a woken waiter's retry sees the key free.
+                if let Some(waiters) = self.waiters() {
+                    waiters.wake(key.as_str());
+                }
+                Ok(lockstore_api::ReleaseOutcome::Released)
+            }
+
+            async fn inspect(
+                &self,
+                key: &lockstore_api::LockKey,
+            ) -> Result<Option<lockstore_api::Holder>, lockstore_api::LockError> {
+                use sqlx::Row as _;
+                let map = self.map_err("inspecting", key);
+                let row = sqlx::query(&self.inner.sql.inspect)
+                    .bind(key.as_str())
+                    .fetch_optional(&self.inner.pool)
+                    .await
+                    .and_then(|row| {
+                        row.map(|row| {
+                            Ok::<_, sqlx::Error>((
+                                row.try_get::<String, _>("owner")?,
+                                row.try_get::<i64, _>("fence")?,
+                                row.try_get::<i64, _>("ms_left")?,
+                            ))
+                        })
+                        .transpose()
+                    })
+                    .map_err(map)?;
+                row.map(|(owner, fence, ms_left)| {
+                    Ok(lockstore_api::Holder::new(
+                        owner,
+                        $crate::shared::fence_from_db($backend, fence)?,
+                        $crate::shared::millis_left(ms_left),
+                    ))
+                })
+                .transpose()
+            }
+
+            fn release_signal(
+                &self,
+                key: &lockstore_api::LockKey,
+            ) -> Option<lockstore_api::ReleaseSignal> {
+                self.waiters().map(|w| w.subscribe(key.as_str()))
+            }
+        }
+    };
+}
+
+pub(crate) use impl_lock_store;
