@@ -93,8 +93,11 @@
 //!
 //! * PostgreSQL: release runs `pg_notify(channel, key)` in the same statement
 //!   (delivered on commit). One listener connection per store `LISTEN`s and
-//!   wakes local waiters of that key; if it drops, everyone is woken and it
-//!   reconnects with backoff, waiters polling meanwhile. Session advisory
+//!   wakes local waiters of that key; if it drops — an error, a reset, or
+//!   silence caught by a `SELECT 1` probe every 15 s
+//!   (`PostgresStoreBuilder::listener_probe`) — everyone is woken and it
+//!   reconnects with backoff on a fresh connection, waiters polling
+//!   meanwhile. Session advisory
 //!   locks are never used (they are not leases and leak through pools).
 //! * SQLite: no cross-process notifications. A release wakes waiters in the
 //!   same process at once; other processes poll with jittered backoff.

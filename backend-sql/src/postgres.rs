@@ -109,6 +109,7 @@ pub struct PostgresStoreBuilder {
     schema: String,
     table: String,
     notifications: bool,
+    listener_probe: Duration,
     max_connections: u32,
     acquire_timeout: Duration,
 }
@@ -135,6 +136,7 @@ impl PostgresStoreBuilder {
             schema: DEFAULT_SCHEMA.to_owned(),
             table: DEFAULT_TABLE.to_owned(),
             notifications: true,
+            listener_probe: Duration::from_secs(15),
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
         }
@@ -161,6 +163,17 @@ impl PostgresStoreBuilder {
     /// backoff. Releases still `NOTIFY`, for other stores on the table.
     pub fn notifications(mut self, on: bool) -> Self {
         self.notifications = on;
+        self
+    }
+
+    /// How often the `LISTEN` connection proves it is alive with a
+    /// `SELECT 1` when no notification came (default 15 s; at least 10 ms).
+    /// A connection cut silently (a NAT or load balancer dropping an idle
+    /// socket) gives no error; without the probe, wake-ups would just stop.
+    /// A probe unanswered within the same interval counts as a lost
+    /// connection: waiters are woken and the listener reconnects.
+    pub fn listener_probe(mut self, every: Duration) -> Self {
+        self.listener_probe = every.max(Duration::from_millis(10));
         self
     }
 
@@ -221,7 +234,7 @@ impl PostgresStoreBuilder {
         let ledger = LedgerStatements::postgres(&schema, &table, &fence_seq, &channel);
         let (waiters, listener) = if self.notifications {
             let waiters = Arc::new(Waiters::default());
-            let guard = start_listener(&pool, &channel, &waiters)
+            let guard = start_listener(&pool, &channel, &waiters, self.listener_probe)
                 .await
                 .map_err(|err| errors.map("starting the LISTEN connection", err, classify))?;
             (Some(waiters), Some(guard))
@@ -464,93 +477,135 @@ impl_ledger_store!(PostgresStore, BACKEND, classify);
 /// Opens the listener connection and starts the task that turns
 /// notifications into local wake-ups. `LISTEN` has taken effect when this
 /// returns, so no release after `build()` is missed.
-///
-/// The listener has a pool of its own (one connection, same connect
-/// options): it holds its connection for the store's lifetime, and must not
-/// take a slot from the operations' pool.
 async fn start_listener(
     pool: &PgPool,
     channel: &str,
     waiters: &Arc<Waiters>,
+    probe_every: Duration,
 ) -> Result<DropGuard, sqlx::Error> {
-    let listener_pool = PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect_lazy_with((*pool.connect_options()).clone());
-    let listener = connect_listener(&listener_pool, channel).await?;
+    let options = (*pool.connect_options()).clone();
+    let listener = connect_listener(&options, channel).await?;
     let stop = CancellationToken::new();
     tokio::spawn(listen(
-        listener_pool,
-        channel.to_owned(),
+        Listening {
+            options,
+            channel: channel.to_owned(),
+            waiters: Arc::clone(waiters),
+            probe_every,
+        },
         listener,
-        Arc::clone(waiters),
         stop.clone(),
     ));
     Ok(stop.drop_guard())
 }
 
-async fn connect_listener(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
+/// A listener on a pool of its own: one connection, same connect options as
+/// the store's. It holds its connection for the store's lifetime, so it
+/// must not take a slot from the operations' pool. And every reconnect
+/// gets a *new* pool: dropping a failed `PgListener` sends `UNLISTEN *` on
+/// its connection before giving it back, which on a silently dead
+/// connection never finishes, and would hold a shared pool's only slot
+/// forever. (That task and its socket end when the kernel gives up on the
+/// connection.)
+async fn connect_listener(
+    options: &PgConnectOptions,
+    channel: &str,
+) -> Result<PgListener, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen(channel).await?;
     Ok(listener)
 }
 
-/// The listener task: one notification wakes the waiters of its key. When
-/// the connection drops, notifications may have been missed, so everyone is
-/// woken (they retry, and fall back to polling until the listener is back).
-async fn listen(
-    pool: PgPool,
+/// What the listener task works with.
+struct Listening {
+    options: PgConnectOptions,
     channel: String,
-    mut listener: PgListener,
     waiters: Arc<Waiters>,
-    stop: CancellationToken,
-) {
+    probe_every: Duration,
+}
+
+/// What woke the listener task.
+enum Event {
+    Received(Result<Option<sqlx::postgres::PgNotification>, sqlx::Error>),
+    /// Nothing came for `probe_every`: the probe's answer, if it came in time.
+    Probed(Option<Result<(), sqlx::Error>>),
+}
+
+/// The listener task: one notification wakes the waiters of its key. When
+/// the connection drops — an error, an unanswered probe, or a reconnect
+/// sqlx did by itself — notifications may have been missed, so everyone is
+/// woken (they retry, and fall back to polling until the listener is back).
+async fn listen(ctx: Listening, listener: PgListener, stop: CancellationToken) {
+    let Listening {
+        options,
+        channel,
+        waiters,
+        probe_every,
+    } = &ctx;
+    // `None` while reconnecting.
+    let mut listener = Some(listener);
     let mut failures: u32 = 0;
     loop {
-        let received = tokio::select! {
-            () = stop.cancelled() => break,
-            received = listener.try_recv() => received,
+        let Some(active) = listener.as_mut() else {
+            let delay =
+                lockstore_api::Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
+                    .delay(failures);
+            failures = failures.saturating_add(1);
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match connect_listener(options, channel).await {
+                Ok(fresh) => {
+                    listener = Some(fresh);
+                    // Releases between the failure and now were missed.
+                    waiters.wake_all();
+                }
+                Err(err) => warn!(%channel, error = %err, "reconnecting LISTEN failed"),
+            }
+            continue;
         };
-        match received {
-            Ok(Some(notification)) => {
+        let event = tokio::select! {
+            () = stop.cancelled() => break,
+            received = active.try_recv() => Event::Received(received),
+            () = tokio::time::sleep(*probe_every) => {
+                // try_recv is cancel-safe (sqlx buffers partial messages);
+                // notifications that arrive during the probe are buffered by
+                // the listener and returned by the next try_recv.
+                let probe = sqlx::query("SELECT 1").execute(&mut *active);
+                Event::Probed(
+                    tokio::time::timeout(*probe_every, probe)
+                        .await
+                        .ok()
+                        .map(|answer| answer.map(drop)),
+                )
+            }
+        };
+        let failure = match event {
+            Event::Received(Ok(Some(notification))) => {
                 failures = 0;
                 waiters.wake(notification.payload());
+                continue;
             }
-            Ok(None) => {
+            Event::Received(Ok(None)) => {
                 debug!(%channel, "LISTEN connection lost and re-established");
                 waiters.wake_all();
+                continue;
             }
-            Err(err) => {
-                warn!(%channel, error = %err, "LISTEN connection failed; waiters poll until it is back");
-                waiters.wake_all();
-                // Rebuild from scratch: a listener whose connection failed in
-                // an unexpected way may keep failing.
-                loop {
-                    let delay = lockstore_api::Backoff::new(
-                        Duration::from_millis(50),
-                        Duration::from_secs(5),
-                    )
-                    .delay(failures);
-                    failures = failures.saturating_add(1);
-                    tokio::select! {
-                        () = stop.cancelled() => return pool.close().await,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    match connect_listener(&pool, &channel).await {
-                        Ok(fresh) => {
-                            listener = fresh;
-                            // Releases between the failure and now were missed.
-                            waiters.wake_all();
-                            break;
-                        }
-                        Err(err) => warn!(%channel, error = %err, "reconnecting LISTEN failed"),
-                    }
-                }
-            }
-        }
+            Event::Probed(Some(Ok(()))) => continue,
+            Event::Received(Err(err)) | Event::Probed(Some(Err(err))) => err.to_string(),
+            Event::Probed(None) => format!("no answer to a probe within {probe_every:?}"),
+        };
+        warn!(%channel, error = %failure, "LISTEN connection failed; waiters poll until it is back");
+        listener = None;
+        waiters.wake_all();
     }
+    // Dropping it sends `UNLISTEN *` and closes its pool, in the background.
     drop(listener);
-    pool.close().await;
 }
 
 // ---------------------------------------------------------------- errors

@@ -350,6 +350,112 @@ async fn notify_wakes_other_stores_and_survives_listener_loss() {
 
 // ------------------------------------------------------------ errors
 
+/// A store whose every connection (the listener's included) goes through a
+/// fault proxy, on the table of `releaser`, with a fast listener probe.
+async fn store_behind_proxy(
+    proxy: &lockstore_conformance::proxy::FaultProxy,
+    releaser: &PostgresStore,
+) -> PostgresStore {
+    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
+    let proxied = options
+        .host("127.0.0.1")
+        .port(proxy.addr().port())
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy_with(proxied);
+    let table = releaser
+        .table_name()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .trim_matches('"');
+    PostgresStore::builder_with_pool(pool)
+        .schema(TEST_SCHEMA)
+        .table(table)
+        .listener_probe(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Releases through `releaser` until one wakes `waiter`'s waiter: the
+/// listener is (back) on its channel. The bound only catches "never".
+async fn release_wakes(releaser: &PostgresStore, waiter: &PostgresStore, key: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lease = request(key, 60_000);
+        let signal = waiter.release_signal(&lease.key).unwrap();
+        acquired(releaser, &lease).await;
+        releaser.release(&lease.key, lease.lease_id).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(500), signal)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no release woke the waiter for 30 s: the listener never came back"
+        );
+    }
+}
+
+/// M5: a connection reset (ECONNRESET, which sqlx reports as an error, not
+/// as a lost connection) wakes the waiters and the listener comes back. The
+/// old loop kept the failed listener, which held its pool's only slot, so
+/// every reconnect waited for that slot forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_comes_back_after_a_connection_reset() {
+    let harness = PostgresHarness::default();
+    let releaser = harness.postgres_store(&fresh_table()).await;
+    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
+    let proxy = lockstore_conformance::proxy::FaultProxy::start(format!(
+        "{}:{}",
+        options.get_host(),
+        options.get_port()
+    ))
+    .await;
+    let waiter = store_behind_proxy(&proxy, &releaser).await;
+    release_wakes(&releaser, &waiter, "reset").await;
+
+    let signal = waiter
+        .release_signal(&LockKey::new("reset").unwrap())
+        .unwrap();
+    proxy.reset_all();
+    tokio::time::timeout(Duration::from_secs(30), signal)
+        .await
+        .expect("losing the listener to a reset woke the waiter");
+    release_wakes(&releaser, &waiter, "reset").await;
+}
+
+/// M5: a connection that goes silent (a NAT or load balancer dropped the
+/// flow: no error, no EOF) is noticed by the listener's probe; waiters are
+/// woken and the listener comes back. Without the probe, wake-ups just stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_notices_a_silent_connection() {
+    let harness = PostgresHarness::default();
+    let releaser = harness.postgres_store(&fresh_table()).await;
+    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
+    let proxy = lockstore_conformance::proxy::FaultProxy::start(format!(
+        "{}:{}",
+        options.get_host(),
+        options.get_port()
+    ))
+    .await;
+    let waiter = store_behind_proxy(&proxy, &releaser).await;
+    release_wakes(&releaser, &waiter, "silent").await;
+
+    let signal = waiter
+        .release_signal(&LockKey::new("silent").unwrap())
+        .unwrap();
+    proxy.blackhole_open();
+    tokio::time::timeout(Duration::from_secs(30), signal)
+        .await
+        .expect("the probe noticed the silent connection and woke the waiter");
+    release_wakes(&releaser, &waiter, "silent").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_table_is_a_config_error_naming_table_and_fix() {
     let store = PostgresStore::builder(postgres_url())

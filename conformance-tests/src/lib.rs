@@ -32,6 +32,7 @@ pub mod fault;
 pub mod ledger;
 pub mod model;
 pub mod provision;
+pub mod proxy;
 
 /// How a backend joins the suite.
 #[async_trait]
