@@ -40,6 +40,27 @@ pub struct RedisStoreBuilder {
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
     reconnect_retries: usize,
+    eviction_check: EvictionCheck,
+}
+
+/// What [`RedisStoreBuilder::connect`] does when the server may evict keys.
+///
+/// With any `maxmemory-policy` other than `noeviction` (the `volatile-*`
+/// policies included: lock records carry a TTL), a Redis under memory
+/// pressure can delete a **live** lease; the next acquirer then takes the
+/// key at once, while the holder learns of it only at its next renewal.
+/// Mutual exclusion holds only with `noeviction`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EvictionCheck {
+    /// Log a warning (the default). Servers that refuse `CONFIG GET`
+    /// (managed services often do) are logged at debug and accepted.
+    #[default]
+    Warn,
+    /// Refuse to connect with a [`LockError::Config`] naming the policy.
+    Refuse,
+    /// Do not ask.
+    Off,
 }
 
 #[derive(Clone)]
@@ -58,6 +79,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("notifications", &self.notifications)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("eviction_check", &self.eviction_check)
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +98,7 @@ impl RedisStoreBuilder {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Some(Duration::from_secs(5)),
             reconnect_retries: 6,
+            eviction_check: EvictionCheck::Warn,
         }
     }
 
@@ -143,11 +166,19 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// What to do when the server's `maxmemory-policy` is not `noeviction`
+    /// (default [`EvictionCheck::Warn`]); see [`EvictionCheck`].
+    pub fn eviction_check(mut self, check: EvictionCheck) -> Self {
+        self.eviction_check = check;
+        self
+    }
+
     /// Connects and returns the store.
     ///
     /// # Errors
     /// [`LockError::Config`] for a malformed URL or failed authentication
-    /// (the message names the problem, never the password); a retryable
+    /// (the message names the problem, never the password), or for a server
+    /// that may evict keys under [`EvictionCheck::Refuse`]; a retryable
     /// [`LockError::Backend`] when the server cannot be reached.
     pub async fn connect(self) -> Result<RedisStore, LockError> {
         let (client, manager) = match self.target.clone() {
@@ -163,6 +194,7 @@ impl RedisStoreBuilder {
             Target::Manager(client, manager) => (client, manager),
         };
         let address = client.get_connection_info().addr().to_string();
+        let eviction_policy = self.check_eviction(&manager, &address).await?;
         let channel = format!("{}released", self.key_prefix);
         let listener = Listener::new(client, channel.clone());
         Ok(RedisStore::from_inner(Arc::new(Inner {
@@ -173,7 +205,53 @@ impl RedisStoreBuilder {
             idle_retention_ms: u64::try_from(self.idle_retention.as_millis()).unwrap_or(u64::MAX),
             notifications: self.notifications,
             listener,
+            eviction_policy,
         })))
+    }
+
+    /// Asks for `maxmemory-policy` and applies [`EvictionCheck`]; the policy,
+    /// if the server told it.
+    async fn check_eviction(
+        &self,
+        manager: &ConnectionManager,
+        address: &str,
+    ) -> Result<Option<String>, LockError> {
+        if self.eviction_check == EvictionCheck::Off {
+            return Ok(None);
+        }
+        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut manager.clone())
+            .await;
+        let policy = match reply {
+            Ok(pair) => pair.into_iter().nth(1),
+            Err(err) => {
+                tracing::debug!(%address, error = %err, "CONFIG GET maxmemory-policy refused; eviction policy unknown");
+                return Ok(None);
+            }
+        };
+        match policy.as_deref() {
+            None | Some("noeviction") => {}
+            Some(policy) if self.eviction_check == EvictionCheck::Refuse => {
+                return Err(LockError::config(
+                    BACKEND,
+                    format!(
+                        "the Redis at {address} has maxmemory-policy {policy}: it may evict a live \
+                         lease under memory pressure, and two clients would then hold one key. \
+                         Set `maxmemory-policy noeviction` on the server (or use a Redis for \
+                         locks only), or connect with EvictionCheck::Warn to accept the risk"
+                    ),
+                ));
+            }
+            Some(policy) => tracing::warn!(
+                %address,
+                %policy,
+                "Redis maxmemory-policy is not noeviction: a live lease can be evicted under \
+                 memory pressure, and two clients would then hold one key"
+            ),
+        }
+        Ok(policy)
     }
 
     async fn manager(&self, client: &redis::Client) -> Result<ConnectionManager, LockError> {

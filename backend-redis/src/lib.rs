@@ -22,6 +22,32 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # What it needs from the server
+//!
+//! The promises of the lockstore contract hold on Redis under three
+//! conditions, and break without them:
+//!
+//! * **No eviction.** With a `maxmemory-policy` other than `noeviction`
+//!   (the `volatile-*` ones too: records carry a TTL), a full server can
+//!   delete a *live* lease, and the next acquirer takes the key while the
+//!   holder still believes in it. `connect()` asks the server and warns, or
+//!   refuses with [`EvictionCheck::Refuse`]; managed services that hide
+//!   `CONFIG` are not checked.
+//! * **No asynchronous failover.** A replica promoted by Sentinel,
+//!   ElastiCache or any async replication may not have the last grant: a
+//!   second client then acquires the same key — two holders. Fencing tokens
+//!   still refuse the older holder's writes only if the new primary's clock
+//!   is not behind. Use one primary (with persistence if fences must
+//!   outlive restarts), or a backend with synchronous commits (PostgreSQL,
+//!   DynamoDB).
+//! * **No backward clock step across a restart.** Without persistence, a
+//!   restarted server derives fences from its clock; a clock stepped back
+//!   by Δ hands out lower fences to keys granted within Δ. A forward step
+//!   larger than the holders' safety margin ends leases early.
+//!
+//! Keys are cluster-slot-safe (one hash tag per record), but the store
+//! connects to one node: Redis Cluster connections are not built yet.
+//!
 //! # The record
 //!
 //! Every lock is one Redis hash, `<prefix>{<key>}` (default prefix
@@ -102,5 +128,5 @@ mod notify;
 mod scripts;
 mod store;
 
-pub use config::{DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, RedisStoreBuilder};
+pub use config::{DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, EvictionCheck, RedisStoreBuilder};
 pub use store::RedisStore;

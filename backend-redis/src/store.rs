@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     pub(crate) idle_retention_ms: u64,
     pub(crate) notifications: bool,
     pub(crate) listener: Arc<Listener>,
+    /// `maxmemory-policy` as the server reported it at connect time.
+    pub(crate) eviction_policy: Option<String>,
 }
 
 impl Drop for Inner {
@@ -84,6 +86,13 @@ impl RedisStore {
     /// Redis key a lock ever needs (`<prefix>{<key>}…`) lands in one slot.
     pub fn record_key(&self, key: &LockKey) -> String {
         format!("{}{{{}}}", self.inner.key_prefix, key.as_str())
+    }
+
+    /// The server's `maxmemory-policy` as it answered at connect time
+    /// (`None` if it refused `CONFIG GET` or the check was off). Anything but
+    /// `noeviction` can evict a live lease; see [`EvictionCheck`](crate::EvictionCheck).
+    pub fn eviction_policy(&self) -> Option<&str> {
+        self.inner.eviction_policy.as_deref()
     }
 
     /// The pub/sub channel this store's releases are published on.

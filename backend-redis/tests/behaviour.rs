@@ -180,3 +180,40 @@ async fn namespaces_do_not_share_locks() {
     fence(a.try_acquire(&request("k", 5_000)).await.unwrap());
     fence(b.try_acquire(&request("k", 5_000)).await.unwrap());
 }
+
+/// Review M6: a server that may evict keys is reported at connect time —
+/// refused under `EvictionCheck::Refuse`, warned about by default — since an
+/// evicted live lease means two holders.
+#[tokio::test]
+async fn eviction_policy_is_checked_at_connect() {
+    let server = common::PrivateServer::start().await;
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    assert_eq!(store.eviction_policy(), Some("noeviction"));
+
+    let mut raw = common::raw_connection(&server.url()).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("volatile-lru")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let refused = RedisStore::builder(server.url())
+        .eviction_check(lockstore_redis::EvictionCheck::Refuse)
+        .connect()
+        .await
+        .expect_err("a server that evicts is refused");
+    assert!(
+        matches!(&refused, LockError::Config { message, .. }
+            if message.contains("volatile-lru") && message.contains("noeviction")),
+        "{refused}"
+    );
+    let warned = RedisStore::connect(server.url()).await.unwrap();
+    assert_eq!(warned.eviction_policy(), Some("volatile-lru"));
+    let unchecked = RedisStore::builder(server.url())
+        .eviction_check(lockstore_redis::EvictionCheck::Off)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(unchecked.eviction_policy(), None);
+}
