@@ -25,6 +25,31 @@ pub const DEFAULT_CLEANUP_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// (1024 bytes) it stays within DynamoDB's 2048-byte partition-key limit.
 pub const MAX_KEY_PREFIX_LEN: usize = 1024;
 
+/// The shortest `cleanup_after` accepted: DynamoDB TTL works in whole
+/// seconds and deletes items late, never early, so an hour keeps every
+/// deletion far from a lease's expiry.
+pub const MIN_CLEANUP_AFTER: Duration = Duration::from_secs(60 * 60);
+/// The longest `cleanup_after` accepted (10 years).
+pub const MAX_CLEANUP_AFTER: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+/// The largest `clock_skew_allowance` accepted (1 hour).
+pub const MAX_CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60 * 60);
+
+/// Attribute names of the item layout, which a partition key or cleanup
+/// attribute must not take.
+const RESERVED_ATTRIBUTES: [&str; 7] = [
+    crate::layout::FENCE,
+    crate::layout::LEASE_ID,
+    crate::layout::LEASE_OWNER,
+    crate::layout::LEASE_EXPIRES_AT_MS,
+    crate::layout::LEASE_TTL_MS,
+    crate::layout::RECORD_VERSION,
+    crate::layout::RELEASED_AT_MS,
+];
+
+fn is_reserved_attribute(name: &str) -> bool {
+    RESERVED_ATTRIBUTES.contains(&name) || name.starts_with("exec_") || name.starts_with("lease_")
+}
+
 /// How a client decides that someone else's lease has expired.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TakeoverMode {
@@ -309,9 +334,31 @@ impl DynamoDbStoreBuilder {
                 "the cleanup attribute {:?} must be non-empty and differ from the partition key",
                 c.cleanup_attribute
             ))
+        } else if let Some(name) = [&c.partition_key, &c.cleanup_attribute]
+            .into_iter()
+            .find(|name| is_reserved_attribute(name))
+        {
+            Some(format!(
+                "the attribute name {name:?} is used by lockstore's item layout; pick another \
+                 (reserved: {}, and any name starting with `exec_` or `lease_`)",
+                RESERVED_ATTRIBUTES.join(", ")
+            ))
         } else if c.key_prefix.len() > MAX_KEY_PREFIX_LEN || c.key_prefix.contains('\0') {
             Some(format!(
                 "the key prefix must be at most {MAX_KEY_PREFIX_LEN} bytes and contain no NUL"
+            ))
+        } else if !(MIN_CLEANUP_AFTER..=MAX_CLEANUP_AFTER).contains(&c.cleanup_after) {
+            Some(format!(
+                "cleanup_after {:?} must be between {MIN_CLEANUP_AFTER:?} and {MAX_CLEANUP_AFTER:?}: \
+                 shorter lets DynamoDB TTL delete an item close to a lease's expiry, longer \
+                 overflows the epoch-seconds attribute",
+                c.cleanup_after
+            ))
+        } else if c.clock_skew_allowance > MAX_CLOCK_SKEW_ALLOWANCE {
+            Some(format!(
+                "clock_skew_allowance {:?} is above {MAX_CLOCK_SKEW_ALLOWANCE:?}; clocks that far \
+                 apart need TakeoverMode::SkewFree",
+                c.clock_skew_allowance
             ))
         } else {
             None

@@ -157,8 +157,9 @@ mod store;
 mod table;
 
 pub use config::{
-    DEFAULT_CLEANUP_AFTER, DEFAULT_CLOCK_SKEW_ALLOWANCE, DynamoDbStoreBuilder, MAX_KEY_PREFIX_LEN,
-    SystemClock, TakeoverMode, WallClock,
+    DEFAULT_CLEANUP_AFTER, DEFAULT_CLOCK_SKEW_ALLOWANCE, DynamoDbStoreBuilder, MAX_CLEANUP_AFTER,
+    MAX_CLOCK_SKEW_ALLOWANCE, MAX_KEY_PREFIX_LEN, MIN_CLEANUP_AFTER, SystemClock, TakeoverMode,
+    WallClock,
 };
 pub use store::DynamoDbStore;
 pub use table::TableProblem;

@@ -118,9 +118,17 @@ impl DynamoDbStore {
         &self.inner.config.cleanup_attribute
     }
 
-    /// The partition-key value stored for `key`: the key prefix and the key.
+    /// The partition-key value stored for `key`: the key itself, or, with a
+    /// key prefix, the prefix, a NUL and the key. Neither a prefix nor a key
+    /// can hold a NUL, so two prefixes never share an item (`billing:` with
+    /// `eu:job` and `billing:eu:` with `job` are different items).
     pub fn item_key(&self, key: &LockKey) -> String {
-        format!("{}{}", self.inner.config.key_prefix, key.as_str())
+        let prefix = &self.inner.config.key_prefix;
+        if prefix.is_empty() {
+            key.as_str().to_owned()
+        } else {
+            format!("{prefix}\0{}", key.as_str())
+        }
     }
 
     /// How many refused acquires needed a second request (a `GetItem`) to

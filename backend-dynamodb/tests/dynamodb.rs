@@ -423,10 +423,54 @@ async fn bad_configuration_is_refused_before_any_request() {
         DynamoDbStore::builder("table").partition_key(""),
         DynamoDbStore::builder("table").key_prefix("x".repeat(2000)),
         DynamoDbStore::builder("table").endpoint_url("127.0.0.1:8000"),
+        // Review m0: values that used to panic on the first request, or fail
+        // every request with a ValidationException.
+        DynamoDbStore::builder("table").cleanup_after(Duration::MAX),
+        DynamoDbStore::builder("table").cleanup_after(Duration::ZERO),
+        DynamoDbStore::builder("table").clock_skew_allowance(Duration::MAX),
+        DynamoDbStore::builder("table").partition_key("fence"),
+        DynamoDbStore::builder("table").cleanup_attribute("lease_id"),
+        DynamoDbStore::builder("table").cleanup_attribute("exec_status"),
     ] {
         let err = builder.build().await.unwrap_err();
         assert!(matches!(err, LockError::Config { .. }), "{err:?}");
     }
+}
+
+/// Review m0: prefixes are isolated even when one is the other plus the
+/// start of a key (`billing:` + `eu:job` against `billing:eu:` + `job`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_prefixes_never_share_an_item() {
+    common::ensure_table().await;
+    let base = common::fresh_prefix("iso");
+    let short = common::builder(common::TABLE)
+        .key_prefix(format!("{base}:"))
+        .build()
+        .await
+        .unwrap();
+    let long = common::builder(common::TABLE)
+        .key_prefix(format!("{base}:eu:"))
+        .build()
+        .await
+        .unwrap();
+    let joined = key("eu:job");
+    let plain = key("job");
+    assert_ne!(short.item_key(&joined), long.item_key(&plain));
+    let ttl = Duration::from_secs(60);
+    assert!(matches!(
+        short
+            .try_acquire(&request(&joined, ttl, "a"))
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { .. }
+    ));
+    assert!(
+        matches!(
+            long.try_acquire(&request(&plain, ttl, "b")).await.unwrap(),
+            AcquireOutcome::Acquired { .. }
+        ),
+        "another prefix's lock blocked this one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
