@@ -14,6 +14,9 @@ use crate::store::{Inner, RedisStore};
 /// The key prefix used unless [`RedisStoreBuilder::key_prefix`] says otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "lockstore:";
 
+/// The longest retention accepted; longer values are clamped to it.
+const MAX_RETENTION: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
 /// How long an idle lock record (its fencing counter) is kept by default.
 pub const DEFAULT_IDLE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -119,6 +122,8 @@ impl RedisStoreBuilder {
     /// Prepended to every Redis key and to the release channel, so several
     /// applications (or tenants) share one Redis without meeting. Default
     /// [`DEFAULT_KEY_PREFIX`]. A lock `k` lives in the hash `<prefix>{k}`.
+    /// The prefix may not contain `{` or `}` (it would become the cluster
+    /// hash tag, and two prefixes could share keys): `connect` refuses it.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
@@ -132,7 +137,9 @@ impl RedisStoreBuilder {
     /// which is still larger. Shorter saves memory; longer covers keys
     /// acquired more than a million times a second.
     pub fn idle_retention(mut self, retention: Duration) -> Self {
-        self.idle_retention = retention.max(Duration::from_millis(1));
+        // Clamped: PEXPIRE of more than ~10 years reaches Lua as a float in
+        // exponent form, which Redis refuses on every acquire.
+        self.idle_retention = retention.clamp(Duration::from_millis(1), MAX_RETENTION);
         self
     }
 
@@ -181,6 +188,17 @@ impl RedisStoreBuilder {
     /// that may evict keys under [`EvictionCheck::Refuse`]; a retryable
     /// [`LockError::Backend`] when the server cannot be reached.
     pub async fn connect(self) -> Result<RedisStore, LockError> {
+        if self.key_prefix.contains(['{', '}']) {
+            return Err(LockError::config(
+                BACKEND,
+                format!(
+                    "the key prefix {:?} contains `{{` or `}}`: the braces around the lock key are \
+                     its cluster hash tag, and a brace in the prefix would let two prefixes \
+                     share keys. Use another separator, e.g. `app:locks:`",
+                    self.key_prefix
+                ),
+            ));
+        }
         let (client, manager) = match self.target.clone() {
             Target::Url(url) => {
                 let client = open_client(&url)?;

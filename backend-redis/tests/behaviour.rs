@@ -217,3 +217,32 @@ async fn eviction_policy_is_checked_at_connect() {
         .unwrap();
     assert_eq!(unchecked.eviction_policy(), None);
 }
+
+/// Review m5: a brace in the key prefix is refused before connecting, and a
+/// huge idle retention is clamped instead of failing every acquire.
+#[tokio::test]
+async fn braces_in_the_prefix_are_refused_and_retention_is_clamped() {
+    for prefix in ["app{x}:", "app}", "{"] {
+        let err = RedisStore::builder(common::url())
+            .key_prefix(prefix)
+            .connect()
+            .await
+            .expect_err("a prefix with a brace is refused");
+        assert!(
+            matches!(&err, LockError::Config { message, .. } if message.contains("hash tag")),
+            "{err}"
+        );
+    }
+    let store = RedisStore::builder(common::url())
+        .key_prefix(common::fresh_prefix("retention"))
+        .idle_retention(Duration::MAX)
+        .connect()
+        .await
+        .unwrap();
+    let lease = request("forever", 60_000);
+    fence(store.try_acquire(&lease).await.unwrap());
+    assert_eq!(
+        store.release(&lease.key, lease.lease_id).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+}
