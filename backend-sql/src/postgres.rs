@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::lock::impl_lock_store;
-use crate::shared::{DbErrorKind, ErrorContext, Waiters};
+use crate::shared::{DbErrorKind, ErrorContext, Waiters, idle_millis};
 
 const BACKEND: &str = "postgres";
 
@@ -381,7 +381,7 @@ impl PostgresStore {
     /// A [`LockError::Backend`] when the statement fails.
     pub async fn purge_idle(&self, older_than: Duration) -> Result<u64, LockError> {
         let result = sqlx::query(&self.inner.sql.purge)
-            .bind(duration_millis(older_than))
+            .bind(idle_millis(older_than)?)
             .execute(&self.inner.pool)
             .await
             .map_err(|err| self.inner.errors.map("purging idle locks", err, classify))?;

@@ -245,3 +245,19 @@ mod tests {
         assert!(waiters.lock().keys.is_empty());
     }
 }
+
+/// The longest `purge_idle` age accepted (10 years): longer would overflow
+/// PostgreSQL's interval arithmetic, and means "never" anyway.
+pub(crate) const MAX_IDLE_AGE: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// `purge_idle`'s age as the milliseconds its statement binds, or a typed
+/// error for an age beyond [`MAX_IDLE_AGE`].
+pub(crate) fn idle_millis(older_than: Duration) -> Result<i64, LockError> {
+    if older_than > MAX_IDLE_AGE {
+        return Err(LockError::InvalidArgument {
+            name: "older_than",
+            reason: format!("{older_than:?} is longer than {MAX_IDLE_AGE:?}"),
+        });
+    }
+    Ok(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
+}

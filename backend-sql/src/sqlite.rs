@@ -23,7 +23,7 @@ use sqlx::sqlite::{
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::lock::impl_lock_store;
-use crate::shared::{DbErrorKind, ErrorContext, Waiters};
+use crate::shared::{DbErrorKind, ErrorContext, Waiters, idle_millis};
 
 const BACKEND: &str = "sqlite";
 
@@ -158,6 +158,19 @@ impl SqliteStoreBuilder {
             table: table.quoted(),
             ensure_call: "SqliteStore::ensure_schema()",
         };
+        if matches!(self.location.trim(), "" | ":memory:") {
+            // sqlx opens a plain ":memory:" (or "") once per pooled
+            // connection: each would see its own empty database, and two
+            // holders of one key could both succeed.
+            return Err(LockError::config(
+                BACKEND,
+                format!(
+                    "{:?} is not a database file: give a path (e.g. /var/lib/app/locks.db), or \
+                     `sqlite::memory:` for an in-memory database this store's connections share",
+                    self.location
+                ),
+            ));
+        }
         let options = if self.location.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(&self.location).map_err(|err| LockError::Config {
                 backend: BACKEND,
@@ -300,7 +313,7 @@ impl SqliteStore {
     /// A [`LockError::Backend`] when the statement fails.
     pub async fn purge_idle(&self, older_than: Duration) -> Result<u64, LockError> {
         let result = sqlx::query(&self.inner.sql.purge)
-            .bind(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
+            .bind(idle_millis(older_than)?)
             .execute(&self.inner.pool)
             .await
             .map_err(|err| self.inner.errors.map("purging idle locks", err, classify))?;

@@ -215,3 +215,58 @@ async fn bad_names_and_urls_are_config_errors() {
     let err = SqliteStore::open("sqlite://?mode=bogus").await.unwrap_err();
     assert!(matches!(err, LockError::Config { .. }), "{err:?}");
 }
+
+/// Review m4: a plain `:memory:` (or empty) location would give every pooled
+/// connection its own database; it is refused with the form that works, and
+/// that form (`sqlite::memory:`) is one database for the whole store.
+#[tokio::test]
+async fn a_private_in_memory_location_is_refused_and_the_shared_one_works() {
+    for location in ["", ":memory:"] {
+        let err = SqliteStore::open(location).await.unwrap_err();
+        assert!(
+            matches!(&err, LockError::Config { message, .. } if message.contains("sqlite::memory:")),
+            "{location:?}: {err}"
+        );
+    }
+    let store = SqliteStore::builder("sqlite::memory:")
+        .max_connections(4)
+        .build()
+        .await
+        .unwrap();
+    store.ensure_schema().await.unwrap();
+    // Hold several connections at once, so statements land on different
+    // ones: each sees the one table and the one holder.
+    let lease = request("shared", 60_000);
+    assert!(matches!(
+        store.try_acquire(&lease).await.unwrap(),
+        AcquireOutcome::Acquired { .. }
+    ));
+    let attempts = (0..8).map(|_| {
+        let store = store.clone();
+        async move { store.try_acquire(&request("shared", 60_000)).await }
+    });
+    for outcome in futures::future::join_all(attempts).await {
+        assert!(
+            matches!(outcome.unwrap(), AcquireOutcome::Held(_)),
+            "a second holder on another connection"
+        );
+    }
+}
+
+/// Review m8: an idle age too large for the database's arithmetic is a
+/// typed error before any statement.
+#[tokio::test]
+async fn purge_idle_refuses_an_absurd_age() {
+    let store = sqlite_store(&sqlite_path(&format!("purge{}", std::process::id()))).await;
+    let err = store.purge_idle(Duration::MAX).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LockError::InvalidArgument {
+                name: "older_than",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
