@@ -414,10 +414,6 @@ impl fmt::Debug for PostgresStore {
     }
 }
 
-fn duration_millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 // ---------------------------------------------------------------- locks
 
 impl PostgresStore {

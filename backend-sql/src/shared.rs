@@ -207,6 +207,22 @@ pub(crate) fn ttl_millis(ttl: lockstore_api::Ttl) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The longest `purge_idle` age accepted (10 years): longer would overflow
+/// PostgreSQL's interval arithmetic, and means "never" anyway.
+pub(crate) const MAX_IDLE_AGE: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// `purge_idle`'s age as the milliseconds its statement binds, or a typed
+/// error for an age beyond [`MAX_IDLE_AGE`].
+pub(crate) fn idle_millis(older_than: Duration) -> Result<i64, LockError> {
+    if older_than > MAX_IDLE_AGE {
+        return Err(LockError::InvalidArgument {
+            name: "older_than",
+            reason: format!("{older_than:?} is longer than {MAX_IDLE_AGE:?}"),
+        });
+    }
+    Ok(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,20 +260,4 @@ mod tests {
         b.await;
         assert!(waiters.lock().keys.is_empty());
     }
-}
-
-/// The longest `purge_idle` age accepted (10 years): longer would overflow
-/// PostgreSQL's interval arithmetic, and means "never" anyway.
-pub(crate) const MAX_IDLE_AGE: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
-
-/// `purge_idle`'s age as the milliseconds its statement binds, or a typed
-/// error for an age beyond [`MAX_IDLE_AGE`].
-pub(crate) fn idle_millis(older_than: Duration) -> Result<i64, LockError> {
-    if older_than > MAX_IDLE_AGE {
-        return Err(LockError::InvalidArgument {
-            name: "older_than",
-            reason: format!("{older_than:?} is longer than {MAX_IDLE_AGE:?}"),
-        });
-    }
-    Ok(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
 }

@@ -13,14 +13,17 @@ use crate::fault::PartitionableStore;
 /// A guard renews its lease so it outlives many TTLs.
 pub async fn guard_keeps_lease_alive_across_many_ttls(ctx: Ctx) {
     let client = ctx.client().await;
-    let short = ctx.profile().short_ttl;
+    // Renewal must get through within a TTL, on a machine that may be busy
+    // (a single-threaded emulator serving every other case at once): a TTL
+    // of at least 4 s leaves each renewal seconds, not milliseconds.
+    let ttl = (ctx.profile().short_ttl * 4).max(Duration::from_secs(4));
     let guard = client
-        .acquire("kept-alive", AcquireOptions::new(short))
+        .acquire("kept-alive", AcquireOptions::new(ttl))
         .await
         .unwrap();
-    ctx.sleep(short * 6).await;
+    ctx.sleep(ttl * 3).await;
     assert!(!guard.is_lost(), "a renewing guard lost its lease");
-    let holder = must_be_held(&**client.store(), guard.key(), short, "bob").await;
+    let holder = must_be_held(&**client.store(), guard.key(), ttl, "bob").await;
     assert_eq!(holder.fence(), guard.fence());
     assert_eq!(guard.release().await.unwrap(), ReleaseOutcome::Released);
 }
