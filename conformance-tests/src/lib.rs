@@ -1,7 +1,7 @@
 //! The one conformance suite every lockstore backend runs.
 //!
 //! Each case is a `pub async fn` taking a [`Ctx`]; it checks one promise of
-//! the lock contract (`shared/CONTRACT.md`) against a real store. A backend
+//! the lock contract (`CONTRACT.md` at the project root) against a real store. A backend
 //! joins with a [`Harness`] — a factory of isolated stores plus a
 //! [`Profile`] that states its capabilities and timing explicitly — and one
 //! macro line that expands every case into a named `#[test]`:
@@ -30,6 +30,7 @@ pub mod cases;
 pub mod concurrency;
 pub mod fault;
 pub mod ledger;
+pub mod linearizability;
 pub mod model;
 pub mod provision;
 pub mod proxy;

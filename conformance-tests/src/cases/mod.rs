@@ -23,6 +23,7 @@ mod validation;
 mod waiting;
 
 pub use crate::concurrency::concurrent_holders_never_overlap;
+pub use crate::linearizability::lock_histories_are_linearizable;
 pub use crate::model::model_based_sequences;
 pub use fencing::*;
 pub use guard::*;
@@ -77,6 +78,7 @@ macro_rules! __cases {
             (dyn_lock_store_works, Default),
             (model_based_sequences, Default),
             (concurrent_holders_never_overlap, MultiThread),
+            (lock_histories_are_linearizable, MultiThread),
         ]);
     };
     (@emit $backend:ident, $harness:expr, [$(($case:ident, $runtime:ident)),* $(,)?]) => {
