@@ -220,7 +220,10 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     /// `work` gets a [`LeaseHandle`] with the fencing token. If the lease is
     /// lost before `work` finishes, `work` is dropped at its next await point
     /// and the call fails with [`LockError::LeaseLost`]: work must not go on
-    /// unprotected. A failed release after the work succeeded is only logged;
+    /// unprotected. Work that completes after the local deadline passed is
+    /// reported the same way, its output dropped: it ran partly without the
+    /// lock, so its writes must have been fenced. Call
+    /// [`LeaseHandle::check`] before each write. A failed release after the work succeeded is only logged;
     /// the lease then ends by its TTL.
     ///
     /// # Errors
@@ -243,6 +246,9 @@ impl<S: ?Sized + LockStore> LockClient<S> {
             () = guard.lost() => None,
             output = work(handle) => Some(output),
         };
+        // Work that finished after the local deadline ran partly without the
+        // lock, even if nothing noticed in time: say so.
+        let output = output.filter(|_| !guard.is_lost());
         let (key, fence) = (guard.key().clone(), guard.fence());
         let released = guard.release().await;
         match output {

@@ -3,22 +3,45 @@
 //! A [`LockGuard`] owns one background task. The task is the only thing that
 //! talks to the backend about the lease after it was granted, so a renewal and
 //! a release can never race each other. It renews every `TTL / 3` by default.
-//! It declares the lease **lost** — cancels the loss token — as soon as either
 //!
-//! * a renewal answers that the lease no longer holds the key, or
-//! * the local deadline passes without a confirmed renewal: the moment the
-//!   last successful request was *sent*, plus the TTL, minus a safety margin.
+//! A lease is **lost** as soon as any of these holds:
+//!
+//! * a renewal answered that the lease no longer holds the key;
+//! * the local deadline passed without a confirmed renewal: the moment the
+//!   last successful request was *sent*, plus the TTL, minus a safety margin;
+//! * the background task ended without releasing (the store panicked, the
+//!   runtime shut down): nobody renews the lease any more.
 //!
 //! The second rule is what makes a paused or partitioned holder give up
 //! before anyone else can take the key: the backend started counting the TTL
-//! no earlier than the request was sent.
+//! no earlier than the request was sent. It is judged **synchronously, on
+//! every look**: [`LockGuard::is_lost`], [`LockGuard::check`],
+//! [`LockGuard::lost`] and the same methods of [`LeaseHandle`] compare the
+//! monotonic clock with the deadline themselves, so they are right even when
+//! the background task has not run — a process stopped by `SIGSTOP` or frozen
+//! between Lambda invocations, CPU-bound work on a `current_thread` runtime,
+//! all workers busy. Call [`LockGuard::check`] right before each write and
+//! pass the fence it returns. Only [`LockGuard::cancellation_token`] cannot
+//! watch a clock: it is cancelled when the loss is first *seen*.
+//!
+//! # Clocks
+//!
+//! The deadline is on [`tokio::time::Instant`], the monotonic clock
+//! (`CLOCK_MONOTONIC` on Linux). It keeps running while a process is stopped
+//! or descheduled, but it does **not** advance while the machine or VM is
+//! suspended (a laptop lid, a suspended or snapshotted VM, possibly a frozen
+//! micro-VM): after a resume the guard may trust a lease the server let go
+//! long ago. Fencing tokens still protect resources that check them; where
+//! hosts suspend, keep the margin large or re-check with the backend (a
+//! renewal) after a resume.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
@@ -85,9 +108,77 @@ pub struct LockGuard {
     key: LockKey,
     id: LeaseId,
     fence: FencingToken,
-    current: watch::Receiver<Lease>,
-    lost: CancellationToken,
+    view: LeaseView,
     stop: Option<oneshot::Sender<ReleaseReply>>,
+}
+
+/// The lease as last confirmed, with the local deadline it gives.
+#[derive(Clone, Debug)]
+struct Trusted {
+    lease: Lease,
+    until: Instant,
+}
+
+/// What every view of a lease shares — the guard, its handles, `with_lock`:
+/// the loss token and the last confirmed lease. Loss is judged here, on the
+/// caller's own clock, not only by the background task, which a paused
+/// process or a starved runtime may not have run for a long time.
+#[derive(Clone, Debug)]
+struct LeaseView {
+    key: LockKey,
+    fence: FencingToken,
+    current: watch::Receiver<Trusted>,
+    lost: CancellationToken,
+}
+
+impl LeaseView {
+    fn is_lost(&self) -> bool {
+        if self.lost.is_cancelled() {
+            return true;
+        }
+        if Instant::now() >= self.current.borrow().until {
+            // Sticky: once any view saw the deadline pass, the lease stays
+            // lost even if a late renewal reply arrives, and the task stops.
+            self.lost.cancel();
+            return true;
+        }
+        false
+    }
+
+    fn check(&self) -> Result<FencingToken, LockError> {
+        if self.is_lost() {
+            Err(LockError::LeaseLost {
+                key: self.key.clone(),
+                fence: self.fence,
+            })
+        } else {
+            Ok(self.fence)
+        }
+    }
+
+    fn lost(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let mut current = self.current.clone();
+        let lost = self.lost.clone();
+        async move {
+            let mut task_alive = true;
+            loop {
+                let until = current.borrow_and_update().until;
+                if lost.is_cancelled() {
+                    return;
+                }
+                if Instant::now() >= until {
+                    lost.cancel();
+                    return;
+                }
+                tokio::select! {
+                    () = lost.cancelled() => return,
+                    () = sleep_until(until) => {}
+                    // A renewal moved the deadline: sleep again until the new one.
+                    changed = current.changed(), if task_alive => task_alive = changed.is_ok(),
+                }
+            }
+        }
+    }
 }
 
 impl LockGuard {
@@ -96,18 +187,33 @@ impl LockGuard {
         lease: Lease,
         settings: GuardSettings,
     ) -> Self {
-        let (lease_tx, current) = watch::channel(lease.clone());
+        let trusted = Trusted {
+            until: settings.trust_until(&lease),
+            lease: lease.clone(),
+        };
+        let (lease_tx, current) = watch::channel(trusted);
         let (stop_tx, stop_rx) = oneshot::channel();
         let lost = CancellationToken::new();
         let guard = Self {
             key: lease.key().clone(),
             id: lease.id(),
             fence: lease.fence(),
-            current,
-            lost: lost.clone(),
+            view: LeaseView {
+                key: lease.key().clone(),
+                fence: lease.fence(),
+                current,
+                lost: lost.clone(),
+            },
             stop: Some(stop_tx),
         };
-        tokio::spawn(keep_alive(store, lease, settings, lease_tx, lost, stop_rx));
+        // However the task ends — a panic in the store, the runtime shutting
+        // down (even before the task first ran), an abort — nobody renews the
+        // lease any more: its future drops this guard, which cancels `lost`.
+        let lost_when_task_ends = lost.clone().drop_guard();
+        tokio::spawn(async move {
+            let _lost_when_task_ends = lost_when_task_ends;
+            keep_alive(store, lease, settings, lease_tx, lost, stop_rx).await;
+        });
         guard
     }
 
@@ -128,33 +234,61 @@ impl LockGuard {
 
     /// The lease as of the last successful renewal.
     pub fn lease(&self) -> Lease {
-        self.current.borrow().clone()
+        self.view.current.borrow().lease.clone()
     }
 
-    /// Whether the lease is lost (or released).
+    /// The local deadline: the last instant this guard trusts its lease
+    /// (`sent + TTL − margin` of the last confirmed acquire or renewal).
+    pub fn trusted_until(&self) -> Instant {
+        self.view.current.borrow().until
+    }
+
+    /// Whether the lease is lost (or released): a renewal found it gone,
+    /// the background task ended, or the local deadline has passed.
+    ///
+    /// Judged here and now on this process's monotonic clock, so it is right
+    /// even when the background task has not run for a while (a paused
+    /// process, CPU-bound work on a `current_thread` runtime). Once it has
+    /// answered `true` it always does.
     pub fn is_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.view.is_lost()
     }
 
-    /// Resolves when the lease is lost: a renewal found it gone, or its
-    /// local deadline passed without a confirmed renewal.
-    pub fn lost(&self) -> WaitForCancellationFutureOwned {
-        self.lost.clone().cancelled_owned()
+    /// The fencing token if the lease is still trusted, else
+    /// [`LockError::LeaseLost`]: a cheap, synchronous check (no request) for
+    /// the moment just before a write.
+    ///
+    /// # Errors
+    /// [`LockError::LeaseLost`] when [`LockGuard::is_lost`] is true.
+    pub fn check(&self) -> Result<FencingToken, LockError> {
+        self.view.check()
+    }
+
+    /// Resolves when the lease is lost: a renewal found it gone, the
+    /// background task ended, or its local deadline passed without a
+    /// confirmed renewal. It has its own timer on the deadline, so it fires
+    /// in time even if the background task never runs.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        self.view.lost()
     }
 
     /// A token cancelled when the lease is lost or released, to hand to
     /// work that must stop then.
+    ///
+    /// Best effort: a token cannot watch a clock, so it is cancelled when the
+    /// loss is *seen* — by the background task, by [`LockGuard::lost`], or by
+    /// any `is_lost`/`check` call. In a starved or paused process that may be
+    /// after the deadline; call [`LockGuard::check`] before a write.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.lost.child_token()
+        self.view.lost.child_token()
     }
 
-    /// A cheap handle with the key, fence and loss token, for work running
+    /// A cheap handle with the key, fence and loss signal, for work running
     /// under the lock.
     pub fn handle(&self) -> LeaseHandle {
         LeaseHandle {
-            key: self.key.clone(),
-            fence: self.fence,
-            lost: self.lost.child_token(),
+            token: self.view.lost.child_token(),
+            view: self.view.clone(),
         }
     }
 
@@ -165,10 +299,9 @@ impl LockGuard {
     /// [`ReleaseOutcome::NotHeld`].
     pub async fn release(mut self) -> Result<ReleaseOutcome, LockError> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let stop = self
-            .stop
-            .take()
-            .expect("stop is only taken here and in drop");
+        let Some(stop) = self.stop.take() else {
+            return Err(task_gone());
+        };
         if stop.send(reply_tx).is_err() {
             return Err(task_gone());
         }
@@ -205,29 +338,49 @@ impl Drop for LockGuard {
     }
 }
 
-/// What work running under a lock needs: the key, the fencing token and a
-/// token that is cancelled when the lease is lost.
+/// What work running under a lock needs: the key, the fencing token and the
+/// loss signal, judged against the local deadline like the guard's own.
 #[derive(Clone, Debug)]
 pub struct LeaseHandle {
-    key: LockKey,
-    fence: FencingToken,
-    lost: CancellationToken,
+    view: LeaseView,
+    token: CancellationToken,
 }
 
 impl LeaseHandle {
     /// The locked key.
     pub fn key(&self) -> &LockKey {
-        &self.key
+        &self.view.key
     }
 
     /// The fencing token.
     pub fn fence(&self) -> FencingToken {
-        self.fence
+        self.view.fence
     }
 
-    /// Cancelled when the lease is lost or released.
+    /// Whether the lease is lost, as [`LockGuard::is_lost`].
+    pub fn is_lost(&self) -> bool {
+        self.view.is_lost()
+    }
+
+    /// The fencing token if the lease is still trusted, as
+    /// [`LockGuard::check`]: call it just before a write.
+    ///
+    /// # Errors
+    /// [`LockError::LeaseLost`] when the lease is lost.
+    pub fn check(&self) -> Result<FencingToken, LockError> {
+        self.view.check()
+    }
+
+    /// Resolves when the lease is lost, as [`LockGuard::lost`].
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        self.view.lost()
+    }
+
+    /// Cancelled when the lease is lost or released — best effort, as
+    /// [`LockGuard::cancellation_token`]: check [`LeaseHandle::check`]
+    /// before a write.
     pub fn cancellation_token(&self) -> &CancellationToken {
-        &self.lost
+        &self.token
     }
 }
 
@@ -235,7 +388,7 @@ async fn keep_alive<S: ?Sized + LockStore>(
     store: Arc<S>,
     mut lease: Lease,
     settings: GuardSettings,
-    lease_tx: watch::Sender<Lease>,
+    lease_tx: watch::Sender<Trusted>,
     lost: CancellationToken,
     mut stop: oneshot::Receiver<ReleaseReply>,
 ) {
@@ -245,6 +398,8 @@ async fn keep_alive<S: ?Sized + LockStore>(
         tokio::select! {
             biased;
             reply = &mut stop => break reply.ok(),
+            // A view saw the deadline pass: stay lost, stop renewing.
+            () = lost.cancelled() => break (&mut stop).await.ok(),
             () = sleep_until(trust_until) => {
                 warn!(key = %lease.key(), fence = %lease.fence(), "lease lost: no renewal confirmed before the local deadline");
                 lost.cancel();
@@ -257,12 +412,16 @@ async fn keep_alive<S: ?Sized + LockStore>(
                 let renewal = tokio::select! {
                     biased;
                     () = sleep_until(trust_until) => continue,
+                    () = lost.cancelled() => continue,
                     renewal = store.renew(lease.key(), lease.id(), lease.ttl()) => renewal,
                 };
                 match renewal {
                     Ok(RenewOutcome::Renewed) => {
                         lease = lease.renewed(lease.ttl(), sent_at);
-                        lease_tx.send_replace(lease.clone());
+                        lease_tx.send_replace(Trusted {
+                            lease: lease.clone(),
+                            until: settings.trust_until(&lease),
+                        });
                         next_renewal = sent_at + settings.renew_interval(&lease);
                         debug!(key = %lease.key(), fence = %lease.fence(), "renewed");
                     }
@@ -302,5 +461,95 @@ async fn keep_alive<S: ?Sized + LockStore>(
                 warn!(key = %lease.key(), error = %err, "release on drop failed; the lease will expire by its TTL")
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use crate::test_store::{RenewBehaviour, TestStore, poll_once, stall};
+    use crate::{AcquireOptions, LockClient, LockError};
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn client(renew: RenewBehaviour) -> (Arc<TestStore>, LockClient<TestStore>) {
+        let store = Arc::new(TestStore::new(renew));
+        (Arc::clone(&store), LockClient::from_arc(store))
+    }
+
+    /// M1: a holder that was paused, or whose runtime never ran the renewal
+    /// task, sees the loss the moment it looks after its local deadline.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn every_view_reports_loss_by_the_local_deadline_without_the_task() {
+        let (_, client) = client(RenewBehaviour::Renew);
+        let guard = client.acquire("paused", AcquireOptions::new(TTL)).await.unwrap();
+        let handle = guard.handle();
+        stall(TTL / 4);
+        assert!(!guard.is_lost(), "lost well inside the trust window");
+        assert_eq!(guard.check().unwrap(), guard.fence());
+        assert_eq!(handle.check().unwrap(), guard.fence());
+        stall(TTL);
+        assert!(guard.is_lost(), "is_lost() trusted a lease past its deadline");
+        assert!(
+            poll_once(guard.lost()).is_ready(),
+            "lost() did not fire although the deadline had passed"
+        );
+        assert!(matches!(guard.check(), Err(LockError::LeaseLost { .. })));
+        assert!(handle.is_lost() && handle.check().is_err());
+        assert!(
+            handle.cancellation_token().is_cancelled(),
+            "the handle's token was not cancelled once loss was seen"
+        );
+    }
+
+    /// M1: `with_lock` does not report success for work that finished after
+    /// the deadline, though the renewal task never ran.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn with_lock_work_finishing_past_the_deadline_is_lease_lost() {
+        let (_, client) = client(RenewBehaviour::Renew);
+        let outcome = client
+            .with_lock("starved", AcquireOptions::new(TTL), |handle| async move {
+                stall(TTL * 2);
+                assert!(handle.check().is_err(), "the work trusted a lease past its deadline");
+            })
+            .await;
+        assert!(
+            matches!(outcome, Err(LockError::LeaseLost { .. })),
+            "{outcome:?}"
+        );
+    }
+
+    /// M2: a store that panics kills the renewal task; the guard says the
+    /// lease is lost at once, long before its deadline.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn guard_reports_loss_when_its_task_panics() {
+        let (_, client) = client(RenewBehaviour::Panic);
+        let guard = client.acquire("panics", AcquireOptions::new(TTL)).await.unwrap();
+        // The first renewal (at a third of the TTL) panics.
+        tokio::time::sleep(TTL / 2).await;
+        assert!(Instant::now() < guard.trusted_until());
+        assert!(guard.is_lost(), "the renewal task died and the guard still trusts its lease");
+        assert!(poll_once(guard.lost()).is_ready());
+    }
+
+    /// M2: the runtime that ran the renewal task is gone; the guard outlives
+    /// it and must not go on trusting a lease nobody renews.
+    #[test]
+    fn guard_reports_loss_when_its_runtime_shuts_down() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_, client) = client(RenewBehaviour::Renew);
+        let guard = runtime
+            .block_on(client.acquire("outlives", AcquireOptions::new(Duration::from_secs(3600))))
+            .unwrap();
+        drop(runtime);
+        assert!(guard.is_lost(), "no task renews this lease any more");
+        assert!(guard.cancellation_token().is_cancelled());
     }
 }
