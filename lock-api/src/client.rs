@@ -156,9 +156,15 @@ impl<S: ?Sized + LockStore> LockClient<S> {
         self
     }
 
-    /// How long before `sent + TTL` a guard stops trusting its lease; by
-    /// default a tenth of the TTL. Cover the worst clock-rate difference and
-    /// pause you expect between this process and the backend.
+    /// How long before `sent + TTL` a guard (and a bare lease's
+    /// [`Lease::is_expired`]) stops trusting its lease; by default a tenth of
+    /// the TTL. Cover the worst clock-rate difference and pause you expect
+    /// between this process and the backend.
+    ///
+    /// It must be under half the TTL of every guard: a guard renews at least
+    /// halfway through the trusted part of its lease, so a failed renewal can
+    /// be retried. [`LockClient::acquire`] refuses a larger margin with
+    /// [`LockError::InvalidArgument`] before sending anything.
     pub fn with_safety_margin(mut self, margin: Duration) -> Self {
         self.guard.safety_margin = Some(margin);
         self
@@ -186,12 +192,17 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     ///
     /// # Errors
     /// [`LockError::Timeout`] when the key stayed held for the whole wait
-    /// (at once with [`Wait::No`]); input errors for a bad key or TTL;
+    /// (at once with [`Wait::No`]); input errors for a bad key or TTL, and
+    /// [`LockError::InvalidArgument`] for a safety margin of half the TTL or
+    /// more (see [`LockClient::with_safety_margin`]);
     /// backend errors, after retrying retryable ones within the wait.
     pub async fn acquire<K>(&self, key: K, options: AcquireOptions) -> Result<LockGuard, LockError>
     where
         K: TryInto<LockKey, Error = LockError>,
     {
+        if let Ok(ttl) = Ttl::new(options.ttl) {
+            self.guard.validate(ttl)?;
+        }
         let lease = self.acquire_lease(key, options).await?;
         Ok(LockGuard::spawn(Arc::clone(&self.store), lease, self.guard))
     }
@@ -319,7 +330,8 @@ impl<S: ?Sized + LockStore> LockClient<S> {
                         ttl,
                         request.owner,
                         sent_at,
-                    ));
+                    )
+                    .with_safety_margin(self.guard.margin(ttl)));
                 }
                 Ok(AcquireOutcome::Held(holder)) => Some(holder),
                 Err(err) if err.is_retryable() && wait != Wait::No => {

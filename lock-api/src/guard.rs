@@ -44,8 +44,9 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::lease::BACKEND_CLOCK_GRANULARITY;
 use crate::{
-    FencingToken, Lease, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome, RenewOutcome,
+    FencingToken, Lease, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome, RenewOutcome, Ttl,
 };
 
 /// Timing of guards, set through [`LockClient`](crate::LockClient).
@@ -64,22 +65,71 @@ impl Default for GuardSettings {
     }
 }
 
+/// The shortest step of the renewal schedule.
+const MIN_RENEW_STEP: Duration = Duration::from_millis(1);
+
 impl GuardSettings {
-    fn margin(&self, lease: &Lease) -> Duration {
-        self.safety_margin.unwrap_or(lease.ttl().as_duration() / 10)
+    pub(crate) fn margin(&self, ttl: Ttl) -> Duration {
+        self.safety_margin.unwrap_or(ttl.as_duration() / 10)
     }
 
-    /// The last instant at which the lease may be trusted.
-    fn trust_until(&self, lease: &Lease) -> Instant {
-        let deadline = lease.deadline();
-        deadline
-            .checked_sub(self.margin(lease))
-            .unwrap_or(lease.sent_at())
-            .max(lease.sent_at())
+    /// Refuses a margin and TTL the renewal schedule cannot work with, before
+    /// any request: a margin of half the TTL or more leaves too little of the
+    /// lease to renew in and retry a failed renewal, and a window under two
+    /// renewal steps cannot be renewed at all.
+    pub(crate) fn validate(&self, ttl: Ttl) -> Result<(), LockError> {
+        let margin = self.margin(ttl);
+        if margin >= ttl.as_duration() / 2 {
+            return Err(LockError::InvalidArgument {
+                name: "safety_margin",
+                reason: format!(
+                    "a safety margin of {margin:?} is at least half of the {:?} TTL, so a guard would \
+                     stop trusting its lease before it could renew and retry; use a margin under \
+                     half the TTL, or a longer TTL",
+                    ttl.as_duration()
+                ),
+            });
+        }
+        let window = ttl
+            .as_duration()
+            .saturating_sub(BACKEND_CLOCK_GRANULARITY)
+            .saturating_sub(margin);
+        if window < MIN_RENEW_STEP * 2 {
+            return Err(LockError::InvalidTtl {
+                requested: ttl.as_duration(),
+                reason: format!(
+                    "a renewing guard needs at least {:?} of trusted lease (TTL less 1 ms less the \
+                     {margin:?} margin) to renew in; use a longer TTL",
+                    MIN_RENEW_STEP * 2
+                ),
+            });
+        }
+        Ok(())
     }
 
+    /// The lease as the guard trusts it: with this client's margin.
+    fn trusted(&self, lease: Lease) -> Lease {
+        let margin = self.margin(lease.ttl());
+        lease.with_safety_margin(margin)
+    }
+
+    /// When to renew after a confirmed request: every `TTL / n`, but never
+    /// later than halfway through the trust window, so a failed renewal can
+    /// still be retried before the deadline.
     fn renew_interval(&self, lease: &Lease) -> Duration {
-        (lease.ttl().as_duration() / self.renewals_per_ttl).max(Duration::from_millis(1))
+        let window = lease.trusted_until() - lease.sent_at();
+        (lease.ttl().as_duration() / self.renewals_per_ttl)
+            .min(window / 2)
+            .max(MIN_RENEW_STEP)
+    }
+
+    /// When to retry a failed renewal: soon, and at most halfway to the
+    /// deadline, so one more try still fits.
+    fn retry_in(&self, lease: &Lease) -> Duration {
+        let left = lease.trusted_until().saturating_duration_since(Instant::now());
+        (lease.ttl().as_duration() / 10)
+            .min(left / 2)
+            .max(MIN_RENEW_STEP)
     }
 }
 
@@ -187,8 +237,9 @@ impl LockGuard {
         lease: Lease,
         settings: GuardSettings,
     ) -> Self {
+        let lease = settings.trusted(lease);
         let trusted = Trusted {
-            until: settings.trust_until(&lease),
+            until: lease.trusted_until(),
             lease: lease.clone(),
         };
         let (lease_tx, current) = watch::channel(trusted);
@@ -394,7 +445,7 @@ async fn keep_alive<S: ?Sized + LockStore>(
 ) {
     let mut next_renewal = lease.sent_at() + settings.renew_interval(&lease);
     let reply = loop {
-        let trust_until = settings.trust_until(&lease);
+        let trust_until = lease.trusted_until();
         tokio::select! {
             biased;
             reply = &mut stop => break reply.ok(),
@@ -420,7 +471,7 @@ async fn keep_alive<S: ?Sized + LockStore>(
                         lease = lease.renewed(lease.ttl(), sent_at);
                         lease_tx.send_replace(Trusted {
                             lease: lease.clone(),
-                            until: settings.trust_until(&lease),
+                            until: lease.trusted_until(),
                         });
                         next_renewal = sent_at + settings.renew_interval(&lease);
                         debug!(key = %lease.key(), fence = %lease.fence(), "renewed");
@@ -432,7 +483,7 @@ async fn keep_alive<S: ?Sized + LockStore>(
                     }
                     Err(err) => {
                         // Keep trying until the deadline: a blip must not cost the lock.
-                        let retry_in = (lease.ttl().as_duration() / 10).max(Duration::from_millis(1));
+                        let retry_in = settings.retry_in(&lease);
                         warn!(key = %lease.key(), error = %err, ?retry_in, "renewal failed; retrying");
                         next_renewal = Instant::now() + retry_in;
                     }
@@ -468,6 +519,8 @@ async fn keep_alive<S: ?Sized + LockStore>(
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;
+
+    use std::sync::atomic::Ordering;
 
     use tokio::time::Instant;
 
@@ -551,5 +604,53 @@ mod tests {
         drop(runtime);
         assert!(guard.is_lost(), "no task renews this lease any more");
         assert!(guard.cancellation_token().is_cancelled());
+    }
+
+    /// M8: a margin that leaves no room for the renewal schedule is refused
+    /// before any request, instead of giving a guard that flaps.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn margin_the_schedule_cannot_honour_is_rejected_before_any_request() {
+        let (store, client) = client(RenewBehaviour::Renew);
+        let client = client.with_safety_margin(Duration::from_millis(2500));
+        let outcome = client
+            .acquire("too-careful", AcquireOptions::new(Duration::from_secs(3)))
+            .await;
+        assert!(
+            matches!(
+                outcome,
+                Err(LockError::InvalidArgument {
+                    name: "safety_margin",
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+        let (_, default_margin) = self::client(RenewBehaviour::Renew);
+        let tiny = default_margin
+            .acquire("tiny", AcquireOptions::new(Duration::from_millis(2)))
+            .await;
+        assert!(matches!(tiny, Err(LockError::InvalidTtl { .. })), "{tiny:?}");
+        let outcome = client
+            .with_lock("too-careful", AcquireOptions::new(Duration::from_secs(3)), |_| async {})
+            .await;
+        assert!(matches!(outcome, Err(LockError::InvalidArgument { .. })));
+        assert_eq!(store.acquires.load(Ordering::SeqCst), 0, "a request was sent");
+    }
+
+    /// M8: with a wide margin the first renewal comes early enough that a
+    /// failed one can be retried inside the trust window.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn wide_margin_leaves_time_to_retry_a_failed_renewal() {
+        let (_, client) = client(RenewBehaviour::FailFirst(1));
+        let client = client
+            .with_renewals_per_ttl(2)
+            .with_safety_margin(Duration::from_millis(450));
+        let guard = client
+            .acquire("wide-margin", AcquireOptions::new(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!guard.is_lost(), "one failed renewal cost the lease");
+        guard.release().await.unwrap();
     }
 }
