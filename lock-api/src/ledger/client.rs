@@ -521,6 +521,7 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                     key: key.clone(),
                     waited: started.elapsed(),
                     holder,
+                    last_error: None,
                 });
             }
             let mut delay = self.backoff.delay(attempt).min(give_up_at - now);
