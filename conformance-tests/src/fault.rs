@@ -1,6 +1,6 @@
-//! Store decorators for tests: counting the requests that reach a store, and
+//! Store decorators for tests: counting the requests that reach a store,
 //! cutting a holder off from its store (a partition) to watch its guard give
-//! up in time.
+//! up in time, losing replies after the store acted, and a store that panics.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -177,6 +177,43 @@ impl LockStore for FlakyStore {
 
     async fn renew(&self, key: &LockKey, id: LeaseId, ttl: Ttl) -> Result<RenewOutcome, LockError> {
         self.inner.renew(key, id, ttl).await
+    }
+
+    async fn release(&self, key: &LockKey, id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+        self.inner.release(key, id).await
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
+        self.inner.inspect(key).await
+    }
+}
+
+/// A store that panics on renewal, as a buggy store might: the guard's
+/// background task dies with it.
+#[derive(Debug)]
+pub struct PanickingStore {
+    inner: Arc<dyn LockStore>,
+}
+
+impl PanickingStore {
+    /// Wraps `inner`; every renewal panics.
+    pub fn new(inner: Arc<dyn LockStore>) -> Self {
+        Self { inner }
+    }
+}
+
+#[async_trait]
+impl LockStore for PanickingStore {
+    fn backend_name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
+        self.inner.try_acquire(request).await
+    }
+
+    async fn renew(&self, _: &LockKey, _: LeaseId, _: Ttl) -> Result<RenewOutcome, LockError> {
+        panic!("PanickingStore: renewal panics (deliberately, in a test)")
     }
 
     async fn release(&self, key: &LockKey, id: LeaseId) -> Result<ReleaseOutcome, LockError> {

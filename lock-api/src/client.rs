@@ -409,7 +409,10 @@ impl<S: ?Sized + LockStore> LockClient<S> {
                 warn!(error = %err, "could not release a grant whose reply may have been lost; it expires by its TTL")
             }
             Err(_) => {
-                warn!(?bound, "release of a grant whose reply may have been lost got no answer; it expires by its TTL")
+                warn!(
+                    ?bound,
+                    "release of a grant whose reply may have been lost got no answer; it expires by its TTL"
+                )
             }
         }
     }

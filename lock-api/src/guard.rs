@@ -126,7 +126,9 @@ impl GuardSettings {
     /// When to retry a failed renewal: soon, and at most halfway to the
     /// deadline, so one more try still fits.
     fn retry_in(&self, lease: &Lease) -> Duration {
-        let left = lease.trusted_until().saturating_duration_since(Instant::now());
+        let left = lease
+            .trusted_until()
+            .saturating_duration_since(Instant::now());
         (lease.ttl().as_duration() / 10)
             .min(left / 2)
             .max(MIN_RENEW_STEP)
@@ -539,14 +541,20 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn every_view_reports_loss_by_the_local_deadline_without_the_task() {
         let (_, client) = client(RenewBehaviour::Renew);
-        let guard = client.acquire("paused", AcquireOptions::new(TTL)).await.unwrap();
+        let guard = client
+            .acquire("paused", AcquireOptions::new(TTL))
+            .await
+            .unwrap();
         let handle = guard.handle();
         stall(TTL / 4);
         assert!(!guard.is_lost(), "lost well inside the trust window");
         assert_eq!(guard.check().unwrap(), guard.fence());
         assert_eq!(handle.check().unwrap(), guard.fence());
         stall(TTL);
-        assert!(guard.is_lost(), "is_lost() trusted a lease past its deadline");
+        assert!(
+            guard.is_lost(),
+            "is_lost() trusted a lease past its deadline"
+        );
         assert!(
             poll_once(guard.lost()).is_ready(),
             "lost() did not fire although the deadline had passed"
@@ -567,7 +575,10 @@ mod tests {
         let outcome = client
             .with_lock("starved", AcquireOptions::new(TTL), |handle| async move {
                 stall(TTL * 2);
-                assert!(handle.check().is_err(), "the work trusted a lease past its deadline");
+                assert!(
+                    handle.check().is_err(),
+                    "the work trusted a lease past its deadline"
+                );
             })
             .await;
         assert!(
@@ -581,11 +592,17 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn guard_reports_loss_when_its_task_panics() {
         let (_, client) = client(RenewBehaviour::Panic);
-        let guard = client.acquire("panics", AcquireOptions::new(TTL)).await.unwrap();
+        let guard = client
+            .acquire("panics", AcquireOptions::new(TTL))
+            .await
+            .unwrap();
         // The first renewal (at a third of the TTL) panics.
         tokio::time::sleep(TTL / 2).await;
         assert!(Instant::now() < guard.trusted_until());
-        assert!(guard.is_lost(), "the renewal task died and the guard still trusts its lease");
+        assert!(
+            guard.is_lost(),
+            "the renewal task died and the guard still trusts its lease"
+        );
         assert!(poll_once(guard.lost()).is_ready());
     }
 
@@ -629,12 +646,23 @@ mod tests {
         let tiny = default_margin
             .acquire("tiny", AcquireOptions::new(Duration::from_millis(2)))
             .await;
-        assert!(matches!(tiny, Err(LockError::InvalidTtl { .. })), "{tiny:?}");
+        assert!(
+            matches!(tiny, Err(LockError::InvalidTtl { .. })),
+            "{tiny:?}"
+        );
         let outcome = client
-            .with_lock("too-careful", AcquireOptions::new(Duration::from_secs(3)), |_| async {})
+            .with_lock(
+                "too-careful",
+                AcquireOptions::new(Duration::from_secs(3)),
+                |_| async {},
+            )
             .await;
         assert!(matches!(outcome, Err(LockError::InvalidArgument { .. })));
-        assert_eq!(store.acquires.load(Ordering::SeqCst), 0, "a request was sent");
+        assert_eq!(
+            store.acquires.load(Ordering::SeqCst),
+            0,
+            "a request was sent"
+        );
     }
 
     /// M8: with a wide margin the first renewal comes early enough that a

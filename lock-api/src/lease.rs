@@ -397,7 +397,11 @@ impl Lease {
     /// instant on. (Backends that keep whole milliseconds floor the moment
     /// they start counting, so a TTL can begin up to 1 ms before `sent_at`.)
     pub fn deadline(&self) -> Instant {
-        self.sent_at + self.ttl.as_duration().saturating_sub(BACKEND_CLOCK_GRANULARITY)
+        self.sent_at
+            + self
+                .ttl
+                .as_duration()
+                .saturating_sub(BACKEND_CLOCK_GRANULARITY)
     }
 
     /// The last instant the holder may trust the lease: the deadline minus

@@ -21,7 +21,13 @@ pub async fn acquire_with_lost_reply_leaves_no_orphan(ctx: Ctx) {
         .acquire("lost-reply", AcquireOptions::new(long_ttl(&ctx)))
         .await;
     assert!(
-        matches!(outcome, Err(LockError::Backend { retryable: true, .. })),
+        matches!(
+            outcome,
+            Err(LockError::Backend {
+                retryable: true,
+                ..
+            })
+        ),
         "{outcome:?}"
     );
     must_acquire(&*store, &key("lost-reply"), long_ttl(&ctx), "bob").await;
@@ -86,7 +92,13 @@ pub async fn acquire_attempt_is_bounded_by_the_wait(ctx: Ctx) {
     .await
     .expect("an acquire attempt outlasted the caller's wait");
     assert!(
-        matches!(outcome, Err(LockError::Backend { retryable: true, .. })),
+        matches!(
+            outcome,
+            Err(LockError::Backend {
+                retryable: true,
+                ..
+            })
+        ),
         "{outcome:?}"
     );
 }

@@ -70,6 +70,8 @@ macro_rules! __cases {
             (dropped_guard_releases_the_key, Default),
             (guard_signals_loss_when_renewal_finds_lease_gone, Default),
             (guard_signals_loss_before_takeover_when_partitioned, Default),
+            (guard_reports_loss_by_its_deadline_when_starved, Default),
+            (guard_reports_loss_when_its_task_dies, Default),
             (no_wait_acquire_fails_fast_naming_the_holder, Default),
             (waiting_acquire_times_out_naming_the_holder, Default),
             (waiting_acquire_wakes_promptly_on_release, Default),
