@@ -195,7 +195,7 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     /// (at once with [`Wait::No`]), naming the last holder seen; when no
     /// attempt saw a holder and the last one failed, that backend error
     /// (retryable ones are retried with the same lease id within the wait).
-    /// One attempt lasts at most what is left of the wait, or one second
+    /// One attempt lasts at most what is left of the wait, or two seconds
     /// (the TTL if shorter) when less is left, and never longer than the TTL;
     /// an attempt that got no answer is a retryable error. After an attempt
     /// whose answer was lost or unreadable, the grant it may have made is
@@ -491,8 +491,9 @@ impl<S: ?Sized + LockStore> LockClient<S> {
 
 /// The least time one acquire attempt gets (less if the TTL is shorter),
 /// even when the caller's wait is shorter or zero: a single attempt must be
-/// able to reach the backend at all.
-const ATTEMPT_FLOOR: Duration = Duration::from_secs(1);
+/// able to reach a slow or loaded backend at all, and a timed-out attempt
+/// costs a release.
+const ATTEMPT_FLOOR: Duration = Duration::from_secs(2);
 
 /// How long one acquire attempt may take: what is left of the caller's wait
 /// (at least [`ATTEMPT_FLOOR`]), and never more than the TTL — a grant that
@@ -595,5 +596,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_attempt_is_bounded_by_the_wait_with_a_floor_and_by_the_ttl() {
+        let now = Instant::now();
+        let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+        let wait = |d: u64| Some(now + Duration::from_secs(d));
+        assert_eq!(attempt_bound(wait(10), now, ttl), Duration::from_secs(10));
+        assert_eq!(attempt_bound(wait(0), now, ttl), ATTEMPT_FLOOR);
+        assert_eq!(attempt_bound(wait(100), now, ttl), ttl.as_duration());
+        assert_eq!(attempt_bound(None, now, ttl), ttl.as_duration());
+        let short = Ttl::new(Duration::from_millis(300)).unwrap();
+        assert_eq!(attempt_bound(wait(0), now, short), short.as_duration());
     }
 }
