@@ -151,8 +151,17 @@ type ReleaseReply = oneshot::Sender<Result<ReleaseOutcome, LockError>>;
 ///     () = deploy(guard.fence().get()) => {}
 /// }
 /// guard.release().await?;
+///
+/// // CPU-bound work that may starve the runtime: check before each write.
+/// let guard = client.acquire("reindex", AcquireOptions::new(Duration::from_secs(15))).await?;
+/// for batch in 0..10 {
+///     let fence = guard.check()?; // LeaseLost once the local deadline passed
+///     write_batch(batch, fence.get());
+/// }
+/// guard.release().await?;
 /// # Ok(()) }
 /// # async fn deploy(_fence: u64) {}
+/// # fn write_batch(_batch: u32, _fence: u64) {}
 /// ```
 #[derive(Debug)]
 #[must_use = "dropping a guard releases the lock"]
