@@ -131,11 +131,22 @@ pub async fn retried_acquire_with_same_lease_id_keeps_the_lease(ctx: Ctx) {
     let store = ctx.store().await;
     let k = key("retry");
     let (request, fence) = must_acquire(&*store, &k, long_ttl(&ctx), "alice").await;
+    // Retry a while later: the client stamps the lease with the retry's send
+    // time, so the retry must restart the TTL, not keep the first expiry.
+    ctx.sleep(ctx.profile().short_ttl).await;
+    let retry_sent = tokio::time::Instant::now();
     match store.try_acquire(&request).await.unwrap() {
         lockstore_api::AcquireOutcome::Acquired { fence: again } => assert_eq!(again, fence),
         other => panic!("a retried acquire by the holder was refused: {other:?}"),
     }
-    must_be_held(&*store, &k, long_ttl(&ctx), "bob").await;
+    let holder = must_be_held(&*store, &k, long_ttl(&ctx), "bob").await;
+    let floor = long_ttl(&ctx)
+        .saturating_sub(retry_sent.elapsed() + ctx.profile().tolerance + Duration::from_millis(1));
+    assert!(
+        holder.expires_in() >= floor,
+        "the retried acquire did not restart the TTL: {:?} left, at least {floor:?} expected",
+        holder.expires_in()
+    );
     assert_eq!(
         store.release(&k, request.lease_id).await.unwrap(),
         ReleaseOutcome::Released
