@@ -690,4 +690,27 @@ mod tests {
         assert!(!guard.is_lost(), "one failed renewal cost the lease");
         guard.release().await.unwrap();
     }
+
+    /// M1: `lost()` has its own timer on the deadline, re-armed by every
+    /// renewal: a lease that keeps being renewed never fires it.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn lost_follows_renewals_and_does_not_fire_while_renewed() {
+        let (_, client) = client(RenewBehaviour::Renew);
+        let guard = client
+            .acquire("renewed", AcquireOptions::new(TTL))
+            .await
+            .unwrap();
+        let first_deadline = guard.trusted_until();
+        let lost = tokio::spawn(guard.lost());
+        tokio::time::sleep(TTL * 5).await;
+        assert!(
+            !lost.is_finished(),
+            "lost() fired although every renewal succeeded"
+        );
+        assert!(guard.trusted_until() > first_deadline);
+        assert!(!guard.is_lost());
+        guard.release().await.unwrap();
+        // Released: the loss signal fires.
+        lost.await.unwrap();
+    }
 }
