@@ -1,6 +1,6 @@
-//! Store decorators for tests: counting the requests that reach a store, and
+//! Store decorators for tests: counting the requests that reach a store,
 //! cutting a holder off from its store (a partition) to watch its guard give
-//! up in time.
+//! up in time, losing replies after the store acted, and a store that panics.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,6 +120,107 @@ impl LockStore for PartitionableStore {
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
         self.reach().await;
+        self.inner.inspect(key).await
+    }
+}
+
+/// A store whose replies get lost: each call reaches the wrapped store and
+/// takes effect, then the caller gets a retryable error instead of the
+/// answer — a reply dropped by the network after the server acted.
+#[derive(Debug)]
+pub struct FlakyStore {
+    inner: Arc<dyn LockStore>,
+    acquire_failures_left: AtomicU64,
+}
+
+impl FlakyStore {
+    /// Wraps `inner`; the first `failed_acquires` acquires lose their reply
+    /// (`u64::MAX`: all of them). Other calls pass through.
+    pub fn new(inner: Arc<dyn LockStore>, failed_acquires: u64) -> Self {
+        Self {
+            inner,
+            acquire_failures_left: AtomicU64::new(failed_acquires),
+        }
+    }
+
+    fn lose_this_reply(&self) -> bool {
+        self.acquire_failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+    }
+}
+
+fn lost_reply() -> LockError {
+    LockError::Backend {
+        backend: "flaky",
+        retryable: true,
+        message: "the reply was lost after the request was applied".into(),
+        source: None,
+    }
+}
+
+#[async_trait]
+impl LockStore for FlakyStore {
+    fn backend_name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
+        let outcome = self.inner.try_acquire(request).await;
+        if self.lose_this_reply() {
+            return Err(lost_reply());
+        }
+        outcome
+    }
+
+    async fn renew(&self, key: &LockKey, id: LeaseId, ttl: Ttl) -> Result<RenewOutcome, LockError> {
+        self.inner.renew(key, id, ttl).await
+    }
+
+    async fn release(&self, key: &LockKey, id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+        self.inner.release(key, id).await
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
+        self.inner.inspect(key).await
+    }
+}
+
+/// A store that panics on renewal, as a buggy store might: the guard's
+/// background task dies with it.
+#[derive(Debug)]
+pub struct PanickingStore {
+    inner: Arc<dyn LockStore>,
+}
+
+impl PanickingStore {
+    /// Wraps `inner`; every renewal panics.
+    pub fn new(inner: Arc<dyn LockStore>) -> Self {
+        Self { inner }
+    }
+}
+
+#[async_trait]
+impl LockStore for PanickingStore {
+    fn backend_name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
+        self.inner.try_acquire(request).await
+    }
+
+    async fn renew(&self, _: &LockKey, _: LeaseId, _: Ttl) -> Result<RenewOutcome, LockError> {
+        panic!("PanickingStore: renewal panics (deliberately, in a test)")
+    }
+
+    async fn release(&self, key: &LockKey, id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+        self.inner.release(key, id).await
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
         self.inner.inspect(key).await
     }
 }

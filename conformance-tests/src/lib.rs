@@ -162,6 +162,21 @@ impl Ctx {
         tokio::time::sleep(duration).await;
     }
 
+    /// Lets `duration` pass **without yielding** to the runtime, as a process
+    /// stopped by `SIGSTOP` or a runtime starved by CPU-bound work sees it:
+    /// no other task runs on this thread meanwhile. On a paused clock the
+    /// clock jumps; on a real clock the thread blocks.
+    pub fn stall(&self, duration: Duration) {
+        match self.profile.clock {
+            // `advance` moves the clock, then yields: poll it once to keep
+            // only the move.
+            Clock::Tokio => {
+                let _ = futures::FutureExt::now_or_never(tokio::time::advance(duration));
+            }
+            Clock::Real => std::thread::sleep(duration),
+        }
+    }
+
     /// Sleeps until a lease of `short_ttl` granted now is certainly expired.
     pub async fn sleep_past_short_ttl(&self) {
         self.sleep(self.profile.short_ttl + self.profile.tolerance)

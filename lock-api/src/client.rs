@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{Instant, sleep};
+use tokio::time::{Instant, sleep, timeout};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::guard::{GuardSettings, LeaseHandle, LockGuard};
@@ -156,9 +156,15 @@ impl<S: ?Sized + LockStore> LockClient<S> {
         self
     }
 
-    /// How long before `sent + TTL` a guard stops trusting its lease; by
-    /// default a tenth of the TTL. Cover the worst clock-rate difference and
-    /// pause you expect between this process and the backend.
+    /// How long before `sent + TTL` a guard (and a bare lease's
+    /// [`Lease::is_expired`]) stops trusting its lease; by default a tenth of
+    /// the TTL. Cover the worst clock-rate difference and pause you expect
+    /// between this process and the backend.
+    ///
+    /// It must be under half the TTL of every guard: a guard renews at least
+    /// halfway through the trusted part of its lease, so a failed renewal can
+    /// be retried. [`LockClient::acquire`] refuses a larger margin with
+    /// [`LockError::InvalidArgument`] before sending anything.
     pub fn with_safety_margin(mut self, margin: Duration) -> Self {
         self.guard.safety_margin = Some(margin);
         self
@@ -186,12 +192,24 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     ///
     /// # Errors
     /// [`LockError::Timeout`] when the key stayed held for the whole wait
-    /// (at once with [`Wait::No`]); input errors for a bad key or TTL;
-    /// backend errors, after retrying retryable ones within the wait.
+    /// (at once with [`Wait::No`]), naming the last holder seen; when no
+    /// attempt saw a holder and the last one failed, that backend error
+    /// (retryable ones are retried with the same lease id within the wait).
+    /// One attempt lasts at most what is left of the wait, or two seconds
+    /// (the TTL if shorter) when less is left, and never longer than the TTL;
+    /// an attempt that got no answer is a retryable error. After an attempt
+    /// whose answer was lost or unreadable, the grant it may have made is
+    /// released by its lease id, best effort, before the call returns.
+    /// Input errors for a bad key or TTL, and
+    /// [`LockError::InvalidArgument`] for a safety margin of half the TTL or
+    /// more (see [`LockClient::with_safety_margin`]).
     pub async fn acquire<K>(&self, key: K, options: AcquireOptions) -> Result<LockGuard, LockError>
     where
         K: TryInto<LockKey, Error = LockError>,
     {
+        if let Ok(ttl) = Ttl::new(options.ttl) {
+            self.guard.validate(ttl)?;
+        }
         let lease = self.acquire_lease(key, options).await?;
         Ok(LockGuard::spawn(Arc::clone(&self.store), lease, self.guard))
     }
@@ -220,7 +238,10 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     /// `work` gets a [`LeaseHandle`] with the fencing token. If the lease is
     /// lost before `work` finishes, `work` is dropped at its next await point
     /// and the call fails with [`LockError::LeaseLost`]: work must not go on
-    /// unprotected. A failed release after the work succeeded is only logged;
+    /// unprotected. Work that completes after the local deadline passed is
+    /// reported the same way, its output dropped: it ran partly without the
+    /// lock, so its writes must have been fenced. Call
+    /// [`LeaseHandle::check`] before each write. A failed release after the work succeeded is only logged;
     /// the lease then ends by its TTL.
     ///
     /// # Errors
@@ -243,6 +264,9 @@ impl<S: ?Sized + LockStore> LockClient<S> {
             () = guard.lost() => None,
             output = work(handle) => Some(output),
         };
+        // Work that finished after the local deadline ran partly without the
+        // lock, even if nothing noticed in time: say so.
+        let output = output.filter(|_| !guard.is_lost());
         let (key, fence) = (guard.key().clone(), guard.fence());
         let released = guard.release().await;
         match output {
@@ -293,13 +317,18 @@ impl<S: ?Sized + LockStore> LockClient<S> {
             owner: self.owner.clone().unwrap_or_else(OwnerLabel::for_this_task),
         };
         let mut attempt = 0u32;
+        let mut last_holder = None;
         loop {
             let signal = match wait {
                 Wait::No => None,
                 _ => self.store.release_signal(&request.key),
             };
             let sent_at = Instant::now();
-            let holder = match self.store.try_acquire(&request).await {
+            let bound = attempt_bound(give_up_at, sent_at, ttl);
+            let result = timeout(bound, self.store.try_acquire(&request))
+                .await
+                .unwrap_or_else(|_| Err(no_answer(&request.key, bound)));
+            let (holder, failure) = match result {
                 Ok(AcquireOutcome::Acquired { fence }) => {
                     let span = tracing::Span::current();
                     span.record("fence", fence.get());
@@ -313,25 +342,46 @@ impl<S: ?Sized + LockStore> LockClient<S> {
                         ttl,
                         request.owner,
                         sent_at,
-                    ));
+                    )
+                    .with_safety_margin(self.guard.margin(ttl)));
                 }
-                Ok(AcquireOutcome::Held(holder)) => Some(holder),
-                Err(err) if err.is_retryable() && wait != Wait::No => {
-                    warn!(error = %err, attempt, "acquire failed; retrying with the same lease id");
-                    None
+                Ok(AcquireOutcome::Held(holder)) => {
+                    last_holder = Some(holder.clone());
+                    (Some(holder), None)
                 }
-                Err(err) => return Err(err),
+                Err(err) if err.is_retryable() => (None, Some(err)),
+                Err(err) => {
+                    self.release_unseen_grant(&request, ttl).await;
+                    return Err(err);
+                }
             };
             let now = Instant::now();
+            if give_up_at.is_some_and(|give_up_at| now >= give_up_at) {
+                return Err(match failure {
+                    Some(err) => {
+                        self.release_unseen_grant(&request, ttl).await;
+                        match last_holder {
+                            Some(holder) => {
+                                self.timed_out(request.key, started, Some(holder), Some(err))
+                            }
+                            None => {
+                                tracing::Span::current().record("outcome", "error");
+                                err
+                            }
+                        }
+                    }
+                    None => self.timed_out(request.key, started, holder, None),
+                });
+            }
+            if let Some(err) = &failure {
+                warn!(error = %err, attempt, "acquire failed; retrying with the same lease id");
+            }
             let mut delay = self.backoff.delay(attempt);
             if let Some(holder) = &holder {
                 // No point sleeping past the moment the lease can be taken over.
                 delay = delay.min(holder.expires_in() + Duration::from_millis(1));
             }
             if let Some(give_up_at) = give_up_at {
-                if now >= give_up_at {
-                    return Err(self.timed_out(request.key, started, holder));
-                }
                 delay = delay.min(give_up_at - now);
             }
             attempt = attempt.saturating_add(1);
@@ -347,13 +397,40 @@ impl<S: ?Sized + LockStore> LockClient<S> {
         }
     }
 
-    fn timed_out(&self, key: LockKey, started: Instant, holder: Option<Holder>) -> LockError {
+    /// After an attempt whose answer never arrived or could not be read, the
+    /// backend may have granted the lease anyway: release it by its id so
+    /// the key is not held for a whole TTL by a lease nobody knows. Best
+    /// effort and bounded; releasing a lease never granted is harmless.
+    async fn release_unseen_grant(&self, request: &AcquireRequest, ttl: Ttl) {
+        let bound = ttl.as_duration().min(ATTEMPT_FLOOR);
+        match timeout(bound, self.store.release(&request.key, request.lease_id)).await {
+            Ok(Ok(outcome)) => debug!(?outcome, "released a grant whose reply was lost"),
+            Ok(Err(err)) => {
+                warn!(error = %err, "could not release a grant whose reply may have been lost; it expires by its TTL")
+            }
+            Err(_) => {
+                warn!(
+                    ?bound,
+                    "release of a grant whose reply may have been lost got no answer; it expires by its TTL"
+                )
+            }
+        }
+    }
+
+    fn timed_out(
+        &self,
+        key: LockKey,
+        started: Instant,
+        holder: Option<Holder>,
+        last_error: Option<LockError>,
+    ) -> LockError {
         tracing::Span::current().record("outcome", "timeout");
         debug!(holder = ?holder, "gave up waiting");
         LockError::Timeout {
             key,
             waited: started.elapsed(),
             holder,
+            last_error: last_error.map(Box::new),
         }
     }
 
@@ -412,7 +489,125 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     }
 }
 
+/// The least time one acquire attempt gets (less if the TTL is shorter),
+/// even when the caller's wait is shorter or zero: a single attempt must be
+/// able to reach a slow or loaded backend at all, and a timed-out attempt
+/// costs a release.
+const ATTEMPT_FLOOR: Duration = Duration::from_secs(2);
+
+/// How long one acquire attempt may take: what is left of the caller's wait
+/// (at least [`ATTEMPT_FLOOR`]), and never more than the TTL — a grant that
+/// arrives after its TTL is worthless to the holder anyway.
+fn attempt_bound(give_up_at: Option<Instant>, now: Instant, ttl: Ttl) -> Duration {
+    let ttl = ttl.as_duration();
+    let floor = ttl.min(ATTEMPT_FLOOR);
+    match give_up_at {
+        Some(give_up_at) => give_up_at.saturating_duration_since(now).clamp(floor, ttl),
+        None => ttl,
+    }
+}
+
+fn no_answer(key: &LockKey, bound: Duration) -> LockError {
+    LockError::Backend {
+        backend: "client",
+        retryable: true,
+        message: format!(
+            "acquire of {key} got no answer within {bound:?}; the backend may still have granted it"
+        ),
+        source: None,
+    }
+}
+
 fn far_future() -> Instant {
     // About 30 years, as tokio does for "never".
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::FencingToken;
+
+    /// Says the key is held on the first attempt, then fails (retryable).
+    #[derive(Debug, Default)]
+    struct HeldThenDown {
+        attempts: AtomicU32,
+    }
+
+    #[async_trait]
+    impl LockStore for HeldThenDown {
+        fn backend_name(&self) -> &'static str {
+            "test"
+        }
+
+        async fn try_acquire(&self, _: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
+            if self.attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                Ok(AcquireOutcome::Held(Holder::new(
+                    "alice",
+                    FencingToken::new(7),
+                    Duration::from_secs(60),
+                )))
+            } else {
+                Err(LockError::Backend {
+                    backend: "test",
+                    retryable: true,
+                    message: "connection refused".into(),
+                    source: None,
+                })
+            }
+        }
+
+        async fn renew(&self, _: &LockKey, _: LeaseId, _: Ttl) -> Result<RenewOutcome, LockError> {
+            Ok(RenewOutcome::Lost)
+        }
+
+        async fn release(&self, _: &LockKey, _: LeaseId) -> Result<ReleaseOutcome, LockError> {
+            Ok(ReleaseOutcome::NotHeld)
+        }
+
+        async fn inspect(&self, _: &LockKey) -> Result<Option<Holder>, LockError> {
+            Ok(None)
+        }
+    }
+
+    /// M3: giving up after the key was seen held and then the backend
+    /// failed keeps both: the holder, and the last error as the source.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn timeout_keeps_the_last_holder_and_the_last_error() {
+        let client = LockClient::new(HeldThenDown::default());
+        let outcome = client
+            .acquire(
+                "busy-then-down",
+                AcquireOptions::new(Duration::from_secs(30)).wait_up_to(Duration::from_secs(5)),
+            )
+            .await;
+        match outcome {
+            Err(LockError::Timeout {
+                holder: Some(holder),
+                last_error: Some(err),
+                ..
+            }) => {
+                assert_eq!(holder.owner(), "alice");
+                assert!(err.is_retryable(), "{err}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_attempt_is_bounded_by_the_wait_with_a_floor_and_by_the_ttl() {
+        let now = Instant::now();
+        let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+        let wait = |d: u64| Some(now + Duration::from_secs(d));
+        assert_eq!(attempt_bound(wait(10), now, ttl), Duration::from_secs(10));
+        assert_eq!(attempt_bound(wait(0), now, ttl), ATTEMPT_FLOOR);
+        assert_eq!(attempt_bound(wait(100), now, ttl), ttl.as_duration());
+        assert_eq!(attempt_bound(None, now, ttl), ttl.as_duration());
+        let short = Ttl::new(Duration::from_millis(300)).unwrap();
+        assert_eq!(attempt_bound(wait(0), now, short), short.as_duration());
+    }
 }

@@ -64,14 +64,21 @@ pub enum LockError {
 
     /// The lock stayed held by someone else for as long as the caller was
     /// willing to wait (zero for a non-waiting attempt).
-    #[error("lock {key} is held{}; gave up after {waited:?}", holder_suffix(.holder))]
+    ///
+    /// An acquire that never saw a holder and gave up after backend errors
+    /// fails with the last backend error instead, never with a `Timeout`.
+    #[error("lock {key} is held{}; gave up after {waited:?}{}", holder_suffix(.holder), error_suffix(.last_error))]
     Timeout {
         /// The key that could not be acquired.
         key: LockKey,
         /// How long the caller waited.
         waited: Duration,
-        /// The holder seen on the last attempt, where the backend reported one.
+        /// The last holder any attempt saw, where the backend reported one.
         holder: Option<Holder>,
+        /// The error of the last attempt, when it failed after an earlier
+        /// one had seen the key held.
+        #[source]
+        last_error: Option<Box<LockError>>,
     },
 
     /// The backend failed: connection refused, timeout, throttling, an
@@ -146,6 +153,13 @@ fn holder_suffix(holder: &Option<Holder>) -> String {
             h.fence(),
             h.expires_in()
         ),
+        None => String::new(),
+    }
+}
+
+fn error_suffix(error: &Option<Box<LockError>>) -> String {
+    match error {
+        Some(err) => format!("; the last attempt failed: {err}"),
         None => String::new(),
     }
 }

@@ -3,26 +3,50 @@
 //! A [`LockGuard`] owns one background task. The task is the only thing that
 //! talks to the backend about the lease after it was granted, so a renewal and
 //! a release can never race each other. It renews every `TTL / 3` by default.
-//! It declares the lease **lost** — cancels the loss token — as soon as either
 //!
-//! * a renewal answers that the lease no longer holds the key, or
-//! * the local deadline passes without a confirmed renewal: the moment the
-//!   last successful request was *sent*, plus the TTL, minus a safety margin.
+//! A lease is **lost** as soon as any of these holds:
+//!
+//! * a renewal answered that the lease no longer holds the key;
+//! * the local deadline passed without a confirmed renewal: the moment the
+//!   last successful request was *sent*, plus the TTL, minus a safety margin;
+//! * the background task ended without releasing (the store panicked, the
+//!   runtime shut down): nobody renews the lease any more.
 //!
 //! The second rule is what makes a paused or partitioned holder give up
 //! before anyone else can take the key: the backend started counting the TTL
-//! no earlier than the request was sent.
+//! no earlier than the request was sent. It is judged **synchronously, on
+//! every look**: [`LockGuard::is_lost`], [`LockGuard::check`],
+//! [`LockGuard::lost`] and the same methods of [`LeaseHandle`] compare the
+//! monotonic clock with the deadline themselves, so they are right even when
+//! the background task has not run — a process stopped by `SIGSTOP` or frozen
+//! between Lambda invocations, CPU-bound work on a `current_thread` runtime,
+//! all workers busy. Call [`LockGuard::check`] right before each write and
+//! pass the fence it returns. Only [`LockGuard::cancellation_token`] cannot
+//! watch a clock: it is cancelled when the loss is first *seen*.
+//!
+//! # Clocks
+//!
+//! The deadline is on [`tokio::time::Instant`], the monotonic clock
+//! (`CLOCK_MONOTONIC` on Linux). It keeps running while a process is stopped
+//! or descheduled, but it does **not** advance while the machine or VM is
+//! suspended (a laptop lid, a suspended or snapshotted VM, possibly a frozen
+//! micro-VM): after a resume the guard may trust a lease the server let go
+//! long ago. Fencing tokens still protect resources that check them; where
+//! hosts suspend, keep the margin large or re-check with the backend (a
+//! renewal) after a resume.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::lease::BACKEND_CLOCK_GRANULARITY;
 use crate::{
-    FencingToken, Lease, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome, RenewOutcome,
+    FencingToken, Lease, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome, RenewOutcome, Ttl,
 };
 
 /// Timing of guards, set through [`LockClient`](crate::LockClient).
@@ -41,22 +65,73 @@ impl Default for GuardSettings {
     }
 }
 
+/// The shortest step of the renewal schedule.
+const MIN_RENEW_STEP: Duration = Duration::from_millis(1);
+
 impl GuardSettings {
-    fn margin(&self, lease: &Lease) -> Duration {
-        self.safety_margin.unwrap_or(lease.ttl().as_duration() / 10)
+    pub(crate) fn margin(&self, ttl: Ttl) -> Duration {
+        self.safety_margin.unwrap_or(ttl.as_duration() / 10)
     }
 
-    /// The last instant at which the lease may be trusted.
-    fn trust_until(&self, lease: &Lease) -> Instant {
-        let deadline = lease.deadline();
-        deadline
-            .checked_sub(self.margin(lease))
-            .unwrap_or(lease.sent_at())
-            .max(lease.sent_at())
+    /// Refuses a margin and TTL the renewal schedule cannot work with, before
+    /// any request: a margin of half the TTL or more leaves too little of the
+    /// lease to renew in and retry a failed renewal, and a window under two
+    /// renewal steps cannot be renewed at all.
+    pub(crate) fn validate(&self, ttl: Ttl) -> Result<(), LockError> {
+        let margin = self.margin(ttl);
+        if margin >= ttl.as_duration() / 2 {
+            return Err(LockError::InvalidArgument {
+                name: "safety_margin",
+                reason: format!(
+                    "a safety margin of {margin:?} is at least half of the {:?} TTL, so a guard would \
+                     stop trusting its lease before it could renew and retry; use a margin under \
+                     half the TTL, or a longer TTL",
+                    ttl.as_duration()
+                ),
+            });
+        }
+        let window = ttl
+            .as_duration()
+            .saturating_sub(BACKEND_CLOCK_GRANULARITY)
+            .saturating_sub(margin);
+        if window < MIN_RENEW_STEP * 2 {
+            return Err(LockError::InvalidTtl {
+                requested: ttl.as_duration(),
+                reason: format!(
+                    "a renewing guard needs at least {:?} of trusted lease (TTL less 1 ms less the \
+                     {margin:?} margin) to renew in; use a longer TTL",
+                    MIN_RENEW_STEP * 2
+                ),
+            });
+        }
+        Ok(())
     }
 
+    /// The lease as the guard trusts it: with this client's margin.
+    fn trusted(&self, lease: Lease) -> Lease {
+        let margin = self.margin(lease.ttl());
+        lease.with_safety_margin(margin)
+    }
+
+    /// When to renew after a confirmed request: every `TTL / n`, but never
+    /// later than halfway through the trust window, so a failed renewal can
+    /// still be retried before the deadline.
     fn renew_interval(&self, lease: &Lease) -> Duration {
-        (lease.ttl().as_duration() / self.renewals_per_ttl).max(Duration::from_millis(1))
+        let window = lease.trusted_until() - lease.sent_at();
+        (lease.ttl().as_duration() / self.renewals_per_ttl)
+            .min(window / 2)
+            .max(MIN_RENEW_STEP)
+    }
+
+    /// When to retry a failed renewal: soon, and at most halfway to the
+    /// deadline, so one more try still fits.
+    fn retry_in(&self, lease: &Lease) -> Duration {
+        let left = lease
+            .trusted_until()
+            .saturating_duration_since(Instant::now());
+        (lease.ttl().as_duration() / 10)
+            .min(left / 2)
+            .max(MIN_RENEW_STEP)
     }
 }
 
@@ -76,8 +151,17 @@ type ReleaseReply = oneshot::Sender<Result<ReleaseOutcome, LockError>>;
 ///     () = deploy(guard.fence().get()) => {}
 /// }
 /// guard.release().await?;
+///
+/// // CPU-bound work that may starve the runtime: check before each write.
+/// let guard = client.acquire("reindex", AcquireOptions::new(Duration::from_secs(15))).await?;
+/// for batch in 0..10 {
+///     let fence = guard.check()?; // LeaseLost once the local deadline passed
+///     write_batch(batch, fence.get());
+/// }
+/// guard.release().await?;
 /// # Ok(()) }
 /// # async fn deploy(_fence: u64) {}
+/// # fn write_batch(_batch: u32, _fence: u64) {}
 /// ```
 #[derive(Debug)]
 #[must_use = "dropping a guard releases the lock"]
@@ -85,9 +169,77 @@ pub struct LockGuard {
     key: LockKey,
     id: LeaseId,
     fence: FencingToken,
-    current: watch::Receiver<Lease>,
-    lost: CancellationToken,
+    view: LeaseView,
     stop: Option<oneshot::Sender<ReleaseReply>>,
+}
+
+/// The lease as last confirmed, with the local deadline it gives.
+#[derive(Clone, Debug)]
+struct Trusted {
+    lease: Lease,
+    until: Instant,
+}
+
+/// What every view of a lease shares — the guard, its handles, `with_lock`:
+/// the loss token and the last confirmed lease. Loss is judged here, on the
+/// caller's own clock, not only by the background task, which a paused
+/// process or a starved runtime may not have run for a long time.
+#[derive(Clone, Debug)]
+struct LeaseView {
+    key: LockKey,
+    fence: FencingToken,
+    current: watch::Receiver<Trusted>,
+    lost: CancellationToken,
+}
+
+impl LeaseView {
+    fn is_lost(&self) -> bool {
+        if self.lost.is_cancelled() {
+            return true;
+        }
+        if Instant::now() >= self.current.borrow().until {
+            // Sticky: once any view saw the deadline pass, the lease stays
+            // lost even if a late renewal reply arrives, and the task stops.
+            self.lost.cancel();
+            return true;
+        }
+        false
+    }
+
+    fn check(&self) -> Result<FencingToken, LockError> {
+        if self.is_lost() {
+            Err(LockError::LeaseLost {
+                key: self.key.clone(),
+                fence: self.fence,
+            })
+        } else {
+            Ok(self.fence)
+        }
+    }
+
+    fn lost(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let mut current = self.current.clone();
+        let lost = self.lost.clone();
+        async move {
+            let mut task_alive = true;
+            loop {
+                let until = current.borrow_and_update().until;
+                if lost.is_cancelled() {
+                    return;
+                }
+                if Instant::now() >= until {
+                    lost.cancel();
+                    return;
+                }
+                tokio::select! {
+                    () = lost.cancelled() => return,
+                    () = sleep_until(until) => {}
+                    // A renewal moved the deadline: sleep again until the new one.
+                    changed = current.changed(), if task_alive => task_alive = changed.is_ok(),
+                }
+            }
+        }
+    }
 }
 
 impl LockGuard {
@@ -96,18 +248,34 @@ impl LockGuard {
         lease: Lease,
         settings: GuardSettings,
     ) -> Self {
-        let (lease_tx, current) = watch::channel(lease.clone());
+        let lease = settings.trusted(lease);
+        let trusted = Trusted {
+            until: lease.trusted_until(),
+            lease: lease.clone(),
+        };
+        let (lease_tx, current) = watch::channel(trusted);
         let (stop_tx, stop_rx) = oneshot::channel();
         let lost = CancellationToken::new();
         let guard = Self {
             key: lease.key().clone(),
             id: lease.id(),
             fence: lease.fence(),
-            current,
-            lost: lost.clone(),
+            view: LeaseView {
+                key: lease.key().clone(),
+                fence: lease.fence(),
+                current,
+                lost: lost.clone(),
+            },
             stop: Some(stop_tx),
         };
-        tokio::spawn(keep_alive(store, lease, settings, lease_tx, lost, stop_rx));
+        // However the task ends — a panic in the store, the runtime shutting
+        // down (even before the task first ran), an abort — nobody renews the
+        // lease any more: its future drops this guard, which cancels `lost`.
+        let lost_when_task_ends = lost.clone().drop_guard();
+        tokio::spawn(async move {
+            let _lost_when_task_ends = lost_when_task_ends;
+            keep_alive(store, lease, settings, lease_tx, lost, stop_rx).await;
+        });
         guard
     }
 
@@ -128,33 +296,61 @@ impl LockGuard {
 
     /// The lease as of the last successful renewal.
     pub fn lease(&self) -> Lease {
-        self.current.borrow().clone()
+        self.view.current.borrow().lease.clone()
     }
 
-    /// Whether the lease is lost (or released).
+    /// The local deadline: the last instant this guard trusts its lease
+    /// (`sent + TTL − margin` of the last confirmed acquire or renewal).
+    pub fn trusted_until(&self) -> Instant {
+        self.view.current.borrow().until
+    }
+
+    /// Whether the lease is lost (or released): a renewal found it gone,
+    /// the background task ended, or the local deadline has passed.
+    ///
+    /// Judged here and now on this process's monotonic clock, so it is right
+    /// even when the background task has not run for a while (a paused
+    /// process, CPU-bound work on a `current_thread` runtime). Once it has
+    /// answered `true` it always does.
     pub fn is_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.view.is_lost()
     }
 
-    /// Resolves when the lease is lost: a renewal found it gone, or its
-    /// local deadline passed without a confirmed renewal.
-    pub fn lost(&self) -> WaitForCancellationFutureOwned {
-        self.lost.clone().cancelled_owned()
+    /// The fencing token if the lease is still trusted, else
+    /// [`LockError::LeaseLost`]: a cheap, synchronous check (no request) for
+    /// the moment just before a write.
+    ///
+    /// # Errors
+    /// [`LockError::LeaseLost`] when [`LockGuard::is_lost`] is true.
+    pub fn check(&self) -> Result<FencingToken, LockError> {
+        self.view.check()
+    }
+
+    /// Resolves when the lease is lost: a renewal found it gone, the
+    /// background task ended, or its local deadline passed without a
+    /// confirmed renewal. It has its own timer on the deadline, so it fires
+    /// in time even if the background task never runs.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        self.view.lost()
     }
 
     /// A token cancelled when the lease is lost or released, to hand to
     /// work that must stop then.
+    ///
+    /// Best effort: a token cannot watch a clock, so it is cancelled when the
+    /// loss is *seen* — by the background task, by [`LockGuard::lost`], or by
+    /// any `is_lost`/`check` call. In a starved or paused process that may be
+    /// after the deadline; call [`LockGuard::check`] before a write.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.lost.child_token()
+        self.view.lost.child_token()
     }
 
-    /// A cheap handle with the key, fence and loss token, for work running
+    /// A cheap handle with the key, fence and loss signal, for work running
     /// under the lock.
     pub fn handle(&self) -> LeaseHandle {
         LeaseHandle {
-            key: self.key.clone(),
-            fence: self.fence,
-            lost: self.lost.child_token(),
+            token: self.view.lost.child_token(),
+            view: self.view.clone(),
         }
     }
 
@@ -165,10 +361,9 @@ impl LockGuard {
     /// [`ReleaseOutcome::NotHeld`].
     pub async fn release(mut self) -> Result<ReleaseOutcome, LockError> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let stop = self
-            .stop
-            .take()
-            .expect("stop is only taken here and in drop");
+        let Some(stop) = self.stop.take() else {
+            return Err(task_gone());
+        };
         if stop.send(reply_tx).is_err() {
             return Err(task_gone());
         }
@@ -205,29 +400,49 @@ impl Drop for LockGuard {
     }
 }
 
-/// What work running under a lock needs: the key, the fencing token and a
-/// token that is cancelled when the lease is lost.
+/// What work running under a lock needs: the key, the fencing token and the
+/// loss signal, judged against the local deadline like the guard's own.
 #[derive(Clone, Debug)]
 pub struct LeaseHandle {
-    key: LockKey,
-    fence: FencingToken,
-    lost: CancellationToken,
+    view: LeaseView,
+    token: CancellationToken,
 }
 
 impl LeaseHandle {
     /// The locked key.
     pub fn key(&self) -> &LockKey {
-        &self.key
+        &self.view.key
     }
 
     /// The fencing token.
     pub fn fence(&self) -> FencingToken {
-        self.fence
+        self.view.fence
     }
 
-    /// Cancelled when the lease is lost or released.
+    /// Whether the lease is lost, as [`LockGuard::is_lost`].
+    pub fn is_lost(&self) -> bool {
+        self.view.is_lost()
+    }
+
+    /// The fencing token if the lease is still trusted, as
+    /// [`LockGuard::check`]: call it just before a write.
+    ///
+    /// # Errors
+    /// [`LockError::LeaseLost`] when the lease is lost.
+    pub fn check(&self) -> Result<FencingToken, LockError> {
+        self.view.check()
+    }
+
+    /// Resolves when the lease is lost, as [`LockGuard::lost`].
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        self.view.lost()
+    }
+
+    /// Cancelled when the lease is lost or released — best effort, as
+    /// [`LockGuard::cancellation_token`]: check [`LeaseHandle::check`]
+    /// before a write.
     pub fn cancellation_token(&self) -> &CancellationToken {
-        &self.lost
+        &self.token
     }
 }
 
@@ -235,16 +450,18 @@ async fn keep_alive<S: ?Sized + LockStore>(
     store: Arc<S>,
     mut lease: Lease,
     settings: GuardSettings,
-    lease_tx: watch::Sender<Lease>,
+    lease_tx: watch::Sender<Trusted>,
     lost: CancellationToken,
     mut stop: oneshot::Receiver<ReleaseReply>,
 ) {
     let mut next_renewal = lease.sent_at() + settings.renew_interval(&lease);
     let reply = loop {
-        let trust_until = settings.trust_until(&lease);
+        let trust_until = lease.trusted_until();
         tokio::select! {
             biased;
             reply = &mut stop => break reply.ok(),
+            // A view saw the deadline pass: stay lost, stop renewing.
+            () = lost.cancelled() => break (&mut stop).await.ok(),
             () = sleep_until(trust_until) => {
                 warn!(key = %lease.key(), fence = %lease.fence(), "lease lost: no renewal confirmed before the local deadline");
                 lost.cancel();
@@ -257,12 +474,16 @@ async fn keep_alive<S: ?Sized + LockStore>(
                 let renewal = tokio::select! {
                     biased;
                     () = sleep_until(trust_until) => continue,
+                    () = lost.cancelled() => continue,
                     renewal = store.renew(lease.key(), lease.id(), lease.ttl()) => renewal,
                 };
                 match renewal {
                     Ok(RenewOutcome::Renewed) => {
                         lease = lease.renewed(lease.ttl(), sent_at);
-                        lease_tx.send_replace(lease.clone());
+                        lease_tx.send_replace(Trusted {
+                            lease: lease.clone(),
+                            until: lease.trusted_until(),
+                        });
                         next_renewal = sent_at + settings.renew_interval(&lease);
                         debug!(key = %lease.key(), fence = %lease.fence(), "renewed");
                     }
@@ -273,7 +494,7 @@ async fn keep_alive<S: ?Sized + LockStore>(
                     }
                     Err(err) => {
                         // Keep trying until the deadline: a blip must not cost the lock.
-                        let retry_in = (lease.ttl().as_duration() / 10).max(Duration::from_millis(1));
+                        let retry_in = settings.retry_in(&lease);
                         warn!(key = %lease.key(), error = %err, ?retry_in, "renewal failed; retrying");
                         next_renewal = Instant::now() + retry_in;
                     }
@@ -302,5 +523,194 @@ async fn keep_alive<S: ?Sized + LockStore>(
                 warn!(key = %lease.key(), error = %err, "release on drop failed; the lease will expire by its TTL")
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use std::sync::atomic::Ordering;
+
+    use tokio::time::Instant;
+
+    use crate::test_store::{RenewBehaviour, TestStore, poll_once, stall};
+    use crate::{AcquireOptions, LockClient, LockError};
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn client(renew: RenewBehaviour) -> (Arc<TestStore>, LockClient<TestStore>) {
+        let store = Arc::new(TestStore::new(renew));
+        (Arc::clone(&store), LockClient::from_arc(store))
+    }
+
+    /// M1: a holder that was paused, or whose runtime never ran the renewal
+    /// task, sees the loss the moment it looks after its local deadline.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn every_view_reports_loss_by_the_local_deadline_without_the_task() {
+        let (_, client) = client(RenewBehaviour::Renew);
+        let guard = client
+            .acquire("paused", AcquireOptions::new(TTL))
+            .await
+            .unwrap();
+        let handle = guard.handle();
+        stall(TTL / 4);
+        assert!(!guard.is_lost(), "lost well inside the trust window");
+        assert_eq!(guard.check().unwrap(), guard.fence());
+        assert_eq!(handle.check().unwrap(), guard.fence());
+        stall(TTL);
+        assert!(
+            guard.is_lost(),
+            "is_lost() trusted a lease past its deadline"
+        );
+        assert!(
+            poll_once(guard.lost()).is_ready(),
+            "lost() did not fire although the deadline had passed"
+        );
+        assert!(matches!(guard.check(), Err(LockError::LeaseLost { .. })));
+        assert!(handle.is_lost() && handle.check().is_err());
+        assert!(
+            handle.cancellation_token().is_cancelled(),
+            "the handle's token was not cancelled once loss was seen"
+        );
+    }
+
+    /// M1: `with_lock` does not report success for work that finished after
+    /// the deadline, though the renewal task never ran.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn with_lock_work_finishing_past_the_deadline_is_lease_lost() {
+        let (_, client) = client(RenewBehaviour::Renew);
+        let outcome = client
+            .with_lock("starved", AcquireOptions::new(TTL), |handle| async move {
+                stall(TTL * 2);
+                assert!(
+                    handle.check().is_err(),
+                    "the work trusted a lease past its deadline"
+                );
+            })
+            .await;
+        assert!(
+            matches!(outcome, Err(LockError::LeaseLost { .. })),
+            "{outcome:?}"
+        );
+    }
+
+    /// M2: a store that panics kills the renewal task; the guard says the
+    /// lease is lost at once, long before its deadline.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn guard_reports_loss_when_its_task_panics() {
+        let (_, client) = client(RenewBehaviour::Panic);
+        let guard = client
+            .acquire("panics", AcquireOptions::new(TTL))
+            .await
+            .unwrap();
+        // The first renewal (at a third of the TTL) panics.
+        tokio::time::sleep(TTL / 2).await;
+        assert!(Instant::now() < guard.trusted_until());
+        assert!(
+            guard.is_lost(),
+            "the renewal task died and the guard still trusts its lease"
+        );
+        assert!(poll_once(guard.lost()).is_ready());
+    }
+
+    /// M2: the runtime that ran the renewal task is gone; the guard outlives
+    /// it and must not go on trusting a lease nobody renews.
+    #[test]
+    fn guard_reports_loss_when_its_runtime_shuts_down() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_, client) = client(RenewBehaviour::Renew);
+        let guard = runtime
+            .block_on(client.acquire("outlives", AcquireOptions::new(Duration::from_secs(3600))))
+            .unwrap();
+        drop(runtime);
+        assert!(guard.is_lost(), "no task renews this lease any more");
+        assert!(guard.cancellation_token().is_cancelled());
+    }
+
+    /// M8: a margin that leaves no room for the renewal schedule is refused
+    /// before any request, instead of giving a guard that flaps.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn margin_the_schedule_cannot_honour_is_rejected_before_any_request() {
+        let (store, client) = client(RenewBehaviour::Renew);
+        let client = client.with_safety_margin(Duration::from_millis(2500));
+        let outcome = client
+            .acquire("too-careful", AcquireOptions::new(Duration::from_secs(3)))
+            .await;
+        assert!(
+            matches!(
+                outcome,
+                Err(LockError::InvalidArgument {
+                    name: "safety_margin",
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+        let (_, default_margin) = self::client(RenewBehaviour::Renew);
+        let tiny = default_margin
+            .acquire("tiny", AcquireOptions::new(Duration::from_millis(2)))
+            .await;
+        assert!(
+            matches!(tiny, Err(LockError::InvalidTtl { .. })),
+            "{tiny:?}"
+        );
+        let outcome = client
+            .with_lock(
+                "too-careful",
+                AcquireOptions::new(Duration::from_secs(3)),
+                |_| async {},
+            )
+            .await;
+        assert!(matches!(outcome, Err(LockError::InvalidArgument { .. })));
+        assert_eq!(
+            store.acquires.load(Ordering::SeqCst),
+            0,
+            "a request was sent"
+        );
+    }
+
+    /// M8: with a wide margin the first renewal comes early enough that a
+    /// failed one can be retried inside the trust window.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn wide_margin_leaves_time_to_retry_a_failed_renewal() {
+        let (_, client) = client(RenewBehaviour::FailFirst(1));
+        let client = client
+            .with_renewals_per_ttl(2)
+            .with_safety_margin(Duration::from_millis(450));
+        let guard = client
+            .acquire("wide-margin", AcquireOptions::new(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!guard.is_lost(), "one failed renewal cost the lease");
+        guard.release().await.unwrap();
+    }
+
+    /// M1: `lost()` has its own timer on the deadline, re-armed by every
+    /// renewal: a lease that keeps being renewed never fires it.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn lost_follows_renewals_and_does_not_fire_while_renewed() {
+        let (_, client) = client(RenewBehaviour::Renew);
+        let guard = client
+            .acquire("renewed", AcquireOptions::new(TTL))
+            .await
+            .unwrap();
+        let first_deadline = guard.trusted_until();
+        let lost = tokio::spawn(guard.lost());
+        tokio::time::sleep(TTL * 5).await;
+        assert!(
+            !lost.is_finished(),
+            "lost() fired although every renewal succeeded"
+        );
+        assert!(guard.trusted_until() > first_deadline);
+        assert!(!guard.is_lost());
+        guard.release().await.unwrap();
+        // Released: the loss signal fires.
+        lost.await.unwrap();
     }
 }

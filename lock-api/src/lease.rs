@@ -9,9 +9,11 @@
 //!   every successful acquisition. Pass it to whatever the lock protects, and
 //!   have that resource reject a token lower than the highest it has seen: a
 //!   paused holder whose lease expired can then do no harm.
-//! * the **local deadline** — `request sent + TTL`, on the caller's monotonic
-//!   clock. The lease was certainly not yet expired on the server before then,
-//!   whatever the network did, so it is the latest moment a holder may trust it.
+//! * the **local deadline** — `request sent + TTL` (less 1 ms for backends
+//!   that keep whole milliseconds), on the caller's monotonic clock. The lease
+//!   was certainly not yet expired on the server before then, whatever the
+//!   network did. A holder trusts it until a safety margin before that
+//!   ([`Lease::trusted_until`]), for clock-rate differences and pauses.
 
 use std::fmt;
 use std::str::FromStr;
@@ -305,6 +307,11 @@ impl Holder {
     }
 }
 
+/// How far a backend's clock may lag the moment a request was sent because
+/// it keeps whole milliseconds (SQLite's `unixepoch('subsec')`, DynamoDB's
+/// `expires_at_ms`): the TTL can start up to this much before `sent`.
+pub(crate) const BACKEND_CLOCK_GRANULARITY: Duration = Duration::from_millis(1);
+
 /// A held lease: the key, the secret id, the fencing token, the TTL it was
 /// granted with, and the local deadline.
 ///
@@ -318,11 +325,13 @@ pub struct Lease {
     ttl: Ttl,
     owner: OwnerLabel,
     sent_at: Instant,
+    safety_margin: Duration,
 }
 
 impl Lease {
     /// Assembles a lease from its parts. `sent_at` must be taken *before* the
-    /// request that granted or renewed the lease was sent.
+    /// request that granted or renewed the lease was sent. The safety margin
+    /// is a tenth of the TTL; change it with [`Lease::with_safety_margin`].
     pub fn new(
         key: LockKey,
         id: LeaseId,
@@ -338,7 +347,14 @@ impl Lease {
             ttl,
             owner,
             sent_at,
+            safety_margin: ttl.as_duration() / 10,
         }
+    }
+
+    /// The same lease, trusted until `margin` before its deadline.
+    pub fn with_safety_margin(mut self, margin: Duration) -> Self {
+        self.safety_margin = margin;
+        self
     }
 
     /// The locked key.
@@ -371,15 +387,36 @@ impl Lease {
         self.sent_at
     }
 
-    /// `sent_at + ttl`: past this instant the backend may have let the lease
-    /// go, so the holder must not rely on it.
-    pub fn deadline(&self) -> Instant {
-        self.sent_at + self.ttl.as_duration()
+    /// How long before [`Lease::deadline`] the holder stops trusting the
+    /// lease: room for clock-rate differences and pauses.
+    pub fn safety_margin(&self) -> Duration {
+        self.safety_margin
     }
 
-    /// Whether the local deadline has passed.
+    /// `sent_at + ttl − 1 ms`: the backend may let the lease go from this
+    /// instant on. (Backends that keep whole milliseconds floor the moment
+    /// they start counting, so a TTL can begin up to 1 ms before `sent_at`.)
+    pub fn deadline(&self) -> Instant {
+        self.sent_at
+            + self
+                .ttl
+                .as_duration()
+                .saturating_sub(BACKEND_CLOCK_GRANULARITY)
+    }
+
+    /// The last instant the holder may trust the lease: the deadline minus
+    /// the safety margin, never before `sent_at`.
+    pub fn trusted_until(&self) -> Instant {
+        self.deadline()
+            .checked_sub(self.safety_margin)
+            .unwrap_or(self.sent_at)
+            .max(self.sent_at)
+    }
+
+    /// Whether the lease may no longer be trusted: now is at or past
+    /// [`Lease::trusted_until`] (the deadline minus the safety margin).
     pub fn is_expired(&self) -> bool {
-        Instant::now() >= self.deadline()
+        Instant::now() >= self.trusted_until()
     }
 
     /// The same lease after a renewal sent at `sent_at` for `ttl`.
@@ -444,5 +481,40 @@ mod tests {
         assert!(OwnerLabel::new("a".repeat(257)).is_err());
         assert!(OwnerLabel::new("a\0").is_err());
         assert!(OwnerLabel::for_this_process().as_str().contains("/pid-"));
+    }
+
+    fn lease(ttl: Duration) -> Lease {
+        Lease::new(
+            LockKey::new("k").unwrap(),
+            LeaseId::random(),
+            FencingToken::new(1),
+            Ttl::new(ttl).unwrap(),
+            OwnerLabel::new("me").unwrap(),
+            Instant::now(),
+        )
+    }
+
+    /// m1: a backend that floors its clock to whole milliseconds may start
+    /// the TTL up to 1 ms before the request was sent.
+    #[tokio::test(start_paused = true)]
+    async fn deadline_allows_for_a_backend_clock_floored_to_milliseconds() {
+        let lease = lease(Duration::from_secs(1));
+        assert_eq!(
+            lease.deadline(),
+            lease.sent_at() + Duration::from_secs(1) - Duration::from_millis(1)
+        );
+    }
+
+    /// m1: a bare lease stops being trusted a safety margin before its
+    /// deadline, as a guard does.
+    #[tokio::test(start_paused = true)]
+    async fn is_expired_counts_the_safety_margin() {
+        let lease = lease(Duration::from_secs(1));
+        tokio::time::advance(Duration::from_millis(850)).await;
+        assert!(!lease.is_expired());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(lease.is_expired(), "trusted inside the default margin");
+        let careful = lease.clone().with_safety_margin(Duration::from_millis(200));
+        assert!(careful.trusted_until() < lease.trusted_until());
     }
 }

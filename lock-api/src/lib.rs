@@ -55,6 +55,8 @@ mod key;
 mod lease;
 pub mod ledger;
 mod store;
+#[cfg(test)]
+mod test_store;
 
 pub use async_trait::async_trait;
 pub use backoff::Backoff;

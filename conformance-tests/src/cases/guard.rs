@@ -8,7 +8,7 @@ use tokio::time::{Instant, timeout};
 
 use super::{key, long_ttl, must_be_held, request};
 use crate::Ctx;
-use crate::fault::PartitionableStore;
+use crate::fault::{PanickingStore, PartitionableStore};
 
 /// A guard renews its lease so it outlives many TTLs.
 pub async fn guard_keeps_lease_alive_across_many_ttls(ctx: Ctx) {
@@ -192,4 +192,55 @@ pub async fn with_lock_runs_work_and_releases(ctx: Ctx) {
         .unwrap();
     assert!(again.fence() > fence);
     again.release().await.unwrap();
+}
+
+/// A holder that was paused or starved past its deadline — its renewal task
+/// did not run — sees the loss the moment it looks, before yielding once:
+/// `is_lost()`, `check()`, the handle and `lost()` all judge the deadline
+/// themselves (M1).
+pub async fn guard_reports_loss_by_its_deadline_when_starved(ctx: Ctx) {
+    let store = ctx.store().await;
+    let partitioned = Arc::new(PartitionableStore::new(store));
+    let client = LockClient::from_arc(Arc::clone(&partitioned));
+    let short = ctx.profile().short_ttl;
+    let guard = client
+        .acquire("starved", AcquireOptions::new(short))
+        .await
+        .unwrap();
+    let handle = guard.handle();
+    assert_eq!(guard.check().unwrap(), guard.fence());
+    // No renewal can confirm, even if another worker runs the task.
+    partitioned.cut();
+    ctx.stall(short + ctx.profile().tolerance);
+    assert!(
+        guard.is_lost(),
+        "a guard past its deadline still trusts its lease"
+    );
+    assert!(matches!(guard.check(), Err(LockError::LeaseLost { .. })));
+    assert!(handle.is_lost() && handle.check().is_err());
+    assert!(
+        futures::FutureExt::now_or_never(guard.lost()).is_some(),
+        "lost() did not resolve although the deadline had passed"
+    );
+    assert!(handle.cancellation_token().is_cancelled());
+}
+
+/// A guard whose background task died (here: the store panicked on
+/// renewal) reports the loss at once, not only at its deadline (M2).
+pub async fn guard_reports_loss_when_its_task_dies(ctx: Ctx) {
+    let store = ctx.store().await;
+    let client =
+        LockClient::from_arc(Arc::new(PanickingStore::new(store))).with_renewals_per_ttl(20);
+    let lease_ttl = long_ttl(&ctx);
+    let guard = client
+        .acquire("task-dies", AcquireOptions::new(lease_ttl))
+        .await
+        .unwrap();
+    // The first renewal, at a twentieth of the TTL, kills the task; the
+    // deadline is at nine tenths. Half the TTL leaves ample room between.
+    timeout(lease_ttl / 2, guard.lost())
+        .await
+        .expect("the renewal task died and the guard kept trusting its lease");
+    assert!(guard.is_lost());
+    drop(guard);
 }

@@ -1,5 +1,7 @@
 //! Acquire, inspect, renew, release and expiry.
 
+use std::time::Duration;
+
 use lockstore_api::{ReleaseOutcome, RenewOutcome};
 
 use super::{key, long_ttl, must_acquire, must_be_held, ttl};
@@ -40,8 +42,10 @@ pub async fn held_key_reports_its_holder(ctx: Ctx) {
     let store = ctx.store().await;
     let k = key("reports");
     let lease_ttl = long_ttl(&ctx);
+    let sent = tokio::time::Instant::now();
     let (_lease, fence) = must_acquire(&*store, &k, lease_ttl, "alice@host-1").await;
     let holder = must_be_held(&*store, &k, lease_ttl, "bob").await;
+    let elapsed = sent.elapsed();
     assert_eq!(holder.owner(), "alice@host-1");
     assert_eq!(holder.fence(), fence);
     assert!(
@@ -49,9 +53,14 @@ pub async fn held_key_reports_its_holder(ctx: Ctx) {
         "time left {:?} exceeds the TTL {lease_ttl:?}",
         holder.expires_in()
     );
+    // The server started counting no earlier than `sent` and answered no
+    // later than now; allow the profile's tolerance and 1 ms of clock
+    // granularity, nothing more.
+    let floor =
+        lease_ttl.saturating_sub(elapsed + ctx.profile().tolerance + Duration::from_millis(1));
     assert!(
-        holder.expires_in() >= lease_ttl / 2,
-        "time left {:?} is far below a fresh TTL {lease_ttl:?}",
+        holder.expires_in() >= floor,
+        "time left {:?} is below the {floor:?} a {lease_ttl:?} lease granted {elapsed:?} ago must have",
         holder.expires_in()
     );
     let inspected = store.inspect(&k).await.unwrap().expect("held");
@@ -122,11 +131,22 @@ pub async fn retried_acquire_with_same_lease_id_keeps_the_lease(ctx: Ctx) {
     let store = ctx.store().await;
     let k = key("retry");
     let (request, fence) = must_acquire(&*store, &k, long_ttl(&ctx), "alice").await;
+    // Retry a while later: the client stamps the lease with the retry's send
+    // time, so the retry must restart the TTL, not keep the first expiry.
+    ctx.sleep(ctx.profile().short_ttl).await;
+    let retry_sent = tokio::time::Instant::now();
     match store.try_acquire(&request).await.unwrap() {
         lockstore_api::AcquireOutcome::Acquired { fence: again } => assert_eq!(again, fence),
         other => panic!("a retried acquire by the holder was refused: {other:?}"),
     }
-    must_be_held(&*store, &k, long_ttl(&ctx), "bob").await;
+    let holder = must_be_held(&*store, &k, long_ttl(&ctx), "bob").await;
+    let floor = long_ttl(&ctx)
+        .saturating_sub(retry_sent.elapsed() + ctx.profile().tolerance + Duration::from_millis(1));
+    assert!(
+        holder.expires_in() >= floor,
+        "the retried acquire did not restart the TTL: {:?} left, at least {floor:?} expected",
+        holder.expires_in()
+    );
     assert_eq!(
         store.release(&k, request.lease_id).await.unwrap(),
         ReleaseOutcome::Released

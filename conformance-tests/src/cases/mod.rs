@@ -14,6 +14,7 @@ use lockstore_api::{
 
 use crate::Ctx;
 
+mod acquire_loop;
 mod fencing;
 mod guard;
 mod isolation;
@@ -25,6 +26,7 @@ mod waiting;
 pub use crate::concurrency::concurrent_holders_never_overlap;
 pub use crate::linearizability::lock_histories_are_linearizable;
 pub use crate::model::model_based_sequences;
+pub use acquire_loop::*;
 pub use fencing::*;
 pub use guard::*;
 pub use isolation::*;
@@ -69,10 +71,16 @@ macro_rules! __cases {
             (dropped_guard_releases_the_key, Default),
             (guard_signals_loss_when_renewal_finds_lease_gone, Default),
             (guard_signals_loss_before_takeover_when_partitioned, Default),
+            (guard_reports_loss_by_its_deadline_when_starved, Default),
+            (guard_reports_loss_when_its_task_dies, Default),
             (no_wait_acquire_fails_fast_naming_the_holder, Default),
             (waiting_acquire_times_out_naming_the_holder, Default),
             (waiting_acquire_wakes_promptly_on_release, Default),
             (waiting_acquire_takes_over_after_expiry, Default),
+            (acquire_with_lost_reply_leaves_no_orphan, Default),
+            (acquire_giving_up_after_errors_reports_the_backend_error, Default),
+            (acquire_retried_after_lost_reply_keeps_its_grant, Default),
+            (acquire_attempt_is_bounded_by_the_wait, Default),
             (with_lock_runs_work_and_releases, Default),
             (with_lock_stops_work_when_lease_is_lost, Default),
             (dyn_lock_store_works, Default),

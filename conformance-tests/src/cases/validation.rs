@@ -56,7 +56,6 @@ pub async fn invalid_ttls_are_rejected_before_any_request(ctx: Ctx) {
 
 /// A lease id that is not 32 hex digits fails to parse with `InvalidLeaseId`.
 pub async fn malformed_lease_ids_are_rejected(ctx: Ctx) {
-    let _ = ctx;
     for bad in [
         "",
         "not-a-lease",
@@ -68,6 +67,34 @@ pub async fn malformed_lease_ids_are_rejected(ctx: Ctx) {
         assert!(matches!(err, LockError::InvalidLeaseId { .. }), "{bad:?}");
         assert!(err.to_string().contains("32 hexadecimal digits"));
     }
-    let id = LeaseId::random();
-    assert_eq!(id.to_string().parse::<LeaseId>().unwrap(), id);
+    // The text form is what travels through a shell or a job queue: the
+    // backend must accept the round-tripped id as the lease's own, and
+    // refuse one that differs in a single digit.
+    let store = ctx.store().await;
+    let k = super::key("lease-id-text");
+    let (request, _) = super::must_acquire(&*store, &k, super::long_ttl(&ctx), "alice").await;
+    let text = request.lease_id.to_string();
+    let parsed: LeaseId = text.parse().unwrap();
+    assert_eq!(parsed, request.lease_id);
+    let last = if text.ends_with('0') { "1" } else { "0" };
+    let near_miss: LeaseId = format!("{}{last}", &text[..31]).parse().unwrap();
+    let ttl = Ttl::new(super::long_ttl(&ctx)).unwrap();
+    assert_eq!(
+        store.renew(&k, near_miss, ttl).await.unwrap(),
+        lockstore_api::RenewOutcome::Lost,
+        "a lease id one digit off renewed the lease"
+    );
+    assert_eq!(
+        store.release(&k, near_miss).await.unwrap(),
+        lockstore_api::ReleaseOutcome::NotHeld
+    );
+    assert_eq!(
+        store.renew(&k, parsed, ttl).await.unwrap(),
+        lockstore_api::RenewOutcome::Renewed,
+        "the lease id parsed back from its text was not the lease's own"
+    );
+    assert_eq!(
+        store.release(&k, parsed).await.unwrap(),
+        lockstore_api::ReleaseOutcome::Released
+    );
 }

@@ -298,6 +298,8 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
         request: BeginRequest,
         options: &RunOptions,
     ) -> Result<Begin, LockError> {
+        // The run's lease is kept by a guard: refuse what it cannot renew.
+        self.guard.validate(request.ttl)?;
         let sent_at = Instant::now();
         let outcome = match self.store.begin(&request).await {
             Err(err) if err.is_retryable() => {
@@ -519,6 +521,7 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                     key: key.clone(),
                     waited: started.elapsed(),
                     holder,
+                    last_error: None,
                 });
             }
             let mut delay = self.backoff.delay(attempt).min(give_up_at - now);
