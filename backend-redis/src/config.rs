@@ -36,6 +36,7 @@ pub struct RedisStoreBuilder {
     target: Target,
     pub(crate) key_prefix: String,
     pub(crate) idle_retention: Duration,
+    pub(crate) ledger_retention: Option<Duration>,
     pub(crate) notifications: bool,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
@@ -55,6 +56,7 @@ impl fmt::Debug for RedisStoreBuilder {
         f.debug_struct("RedisStoreBuilder")
             .field("key_prefix", &self.key_prefix)
             .field("idle_retention", &self.idle_retention)
+            .field("ledger_retention", &self.ledger_retention)
             .field("notifications", &self.notifications)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
@@ -72,6 +74,7 @@ impl RedisStoreBuilder {
             target,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             idle_retention: DEFAULT_IDLE_RETENTION,
+            ledger_retention: None,
             notifications: true,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Some(Duration::from_secs(5)),
@@ -110,6 +113,26 @@ impl RedisStoreBuilder {
     /// acquired more than a million times a second.
     pub fn idle_retention(mut self, retention: Duration) -> Self {
         self.idle_retention = retention.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long the execution ledger keeps a finished run record
+    /// (`succeeded` or `ignored`) after it finished. Without this setting
+    /// (the default) records stay until
+    /// [`purge`](lockstore_api::ledger::LedgerStore::purge) deletes them.
+    ///
+    /// With a retention the finishing script sets `PEXPIRE` on the record,
+    /// so Redis deletes it by itself; a record that goes back to `pending`
+    /// or `running` (retry) loses its expiry again. Fences do not go back:
+    /// the same script first raises the namespace's fence high-water to the
+    /// record's fence, and the next run of the key starts above it. A
+    /// replayed result is only available while the record lives, so choose
+    /// a retention longer than the longest redelivery window of the work
+    /// (e.g. an SQS queue's retention). `failed` records (attempts left)
+    /// never expire: they wait for their next attempt. Clamped to at least
+    /// 1 ms.
+    pub fn ledger_retention(mut self, retention: Duration) -> Self {
+        self.ledger_retention = Some(retention.max(Duration::from_millis(1)));
         self
     }
 
@@ -171,6 +194,13 @@ impl RedisStoreBuilder {
             key_prefix: self.key_prefix,
             channel,
             idle_retention_ms: u64::try_from(self.idle_retention.as_millis()).unwrap_or(u64::MAX),
+            // 0 = keep; PEXPIRE takes a 64-bit count, and Lua numbers are
+            // exact only up to 2^53.
+            ledger_retention_ms: self.ledger_retention.map_or(0, |r| {
+                u64::try_from(r.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .min(1 << 53)
+            }),
             notifications: self.notifications,
             listener,
         })))

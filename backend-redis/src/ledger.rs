@@ -11,7 +11,7 @@
 //! |--------------------------------------|----------------------------------------------|
 //! | `<prefix>{ledger}:run:<key>`         | the record of `<key>`, a hash                |
 //! | `<prefix>{ledger}:status:<status>`   | sorted set of keys, score = `updated_at` ms  |
-//! | `<prefix>{ledger}:fence-hw`          | the largest fence of a purged record         |
+//! | `<prefix>{ledger}:fence-hw`          | the largest fence of a purged or expiring record |
 //!
 //! The status sets are what make "unfinished, oldest first" a range read
 //! instead of a scan, and they are written by the same script as the
@@ -29,16 +29,26 @@
 //!
 //! All times come from the server's `TIME`. A run's fence is
 //! `max(last fence of the key + 1, server time in µs, high-water + 1)`:
-//! the scheme locks use, plus the high-water that purge raises to the
-//! fences it deletes. Fences therefore increase per key across takeover,
-//! retry, purge and a restart without persistence (given a server clock
-//! that does not go backwards); and since the lock's tokens follow the
-//! same clock, a run's token is above the lock tokens issued before it.
+//! the scheme locks use, plus the high-water that purge (and a finish that
+//! sets an expiry) raises to the fences it lets go. Fences therefore
+//! increase per key across takeover, retry, purge, retention expiry and a
+//! restart without persistence (given a server clock that does not go
+//! backwards); and since the lock's tokens follow the same clock, a run's
+//! token is above the lock tokens issued before it.
 //!
-//! # Records expire only by purge
+//! # Retention: finished records expire
 //!
-//! Records are deleted by [`LedgerStore::purge`] only; no `PEXPIRE` is set,
-//! so a record and its index entry always disappear together.
+//! By default records are deleted by [`LedgerStore::purge`] only. With
+//! [`ledger_retention`](crate::RedisStoreBuilder::ledger_retention) the
+//! finish script also sets `PEXPIRE` on a record that ends `succeeded` or
+//! `ignored`, so Redis deletes it by itself after that long; `begin` and
+//! `retry` (`PERSIST`) take the expiry off a record that goes back to work.
+//! Before setting the expiry, the script raises the fence high-water to the
+//! record's fence, because the deletion itself runs no script: the key's
+//! next run still gets a larger fence. The status-set entry of an expired
+//! record is left behind (expiry cannot touch another key); `query` and
+//! `purge` skip such entries and remove them, and a new record for the key
+//! removes its stale entry when it is created.
 //!
 //! # Waking waiters
 //!
@@ -222,7 +232,8 @@ impl LedgerStore for RedisStore {
         }
         invocation
             .arg(self.release_channel())
-            .arg(finish_message(&request.key));
+            .arg(finish_message(&request.key))
+            .arg(self.ledger_retention_ms());
         let reply = self.run_script(doing, invocation).await?;
         let bad = || unexpected_reply(&doing(), &reply);
         let Value::Array(items) = &reply else {
@@ -333,8 +344,9 @@ impl LedgerStore for RedisStore {
             let key = text(&pair[0])
                 .and_then(|k| LockKey::new(k).ok())
                 .ok_or_else(bad)?;
-            // A record deleted under its index entry cannot happen (one
-            // script writes both), so a missing one is an error.
+            // The script skips (and removes) entries whose record expired,
+            // and writes records and entries together otherwise, so a
+            // missing record here is an error.
             let record = parse_record(&key, now, &pair[1])
                 .and_then(|r| r.ok_or_else(|| "an indexed record is missing".to_owned()))
                 .map_err(|why| record_error(&doing(), &why))?;

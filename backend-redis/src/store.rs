@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) key_prefix: String,
     pub(crate) channel: String,
     pub(crate) idle_retention_ms: u64,
+    /// How long finished ledger records live, in ms; 0 = until purge.
+    pub(crate) ledger_retention_ms: u64,
     pub(crate) notifications: bool,
     pub(crate) listener: Arc<Listener>,
 }
@@ -98,6 +100,11 @@ impl RedisStore {
     }
 
     /// The namespace's key prefix (for the ledger's keys).
+    /// How long finished ledger records live, in ms; 0 = until purge.
+    pub(crate) fn ledger_retention_ms(&self) -> u64 {
+        self.inner.ledger_retention_ms
+    }
+
     pub(crate) fn key_prefix(&self) -> &str {
         &self.inner.key_prefix
     }
