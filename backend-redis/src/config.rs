@@ -17,6 +17,10 @@ pub const DEFAULT_KEY_PREFIX: &str = "lockstore:";
 /// How long an idle lock record (its fencing counter) is kept by default.
 pub const DEFAULT_IDLE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// How many finished ledger records one purge script deletes at most, by
+/// default.
+pub const DEFAULT_PURGE_BATCH_SIZE: u32 = 1_000;
+
 /// Settings for a [`RedisStore`]; made by [`RedisStore::builder`].
 ///
 /// ```no_run
@@ -37,6 +41,7 @@ pub struct RedisStoreBuilder {
     pub(crate) key_prefix: String,
     pub(crate) idle_retention: Duration,
     pub(crate) ledger_retention: Option<Duration>,
+    pub(crate) purge_batch_size: u32,
     pub(crate) notifications: bool,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
@@ -57,6 +62,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("key_prefix", &self.key_prefix)
             .field("idle_retention", &self.idle_retention)
             .field("ledger_retention", &self.ledger_retention)
+            .field("purge_batch_size", &self.purge_batch_size)
             .field("notifications", &self.notifications)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
@@ -75,6 +81,7 @@ impl RedisStoreBuilder {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             idle_retention: DEFAULT_IDLE_RETENTION,
             ledger_retention: None,
+            purge_batch_size: DEFAULT_PURGE_BATCH_SIZE,
             notifications: true,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Some(Duration::from_secs(5)),
@@ -133,6 +140,15 @@ impl RedisStoreBuilder {
     /// 1 ms.
     pub fn ledger_retention(mut self, retention: Duration) -> Self {
         self.ledger_retention = Some(retention.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// How many finished ledger records one purge script deletes at most
+    /// (default [`DEFAULT_PURGE_BATCH_SIZE`]); a purge runs as many scripts
+    /// as it needs. A script blocks the server while it runs, so this
+    /// bounds the pause a purge causes. At least 1.
+    pub fn purge_batch_size(mut self, records: u32) -> Self {
+        self.purge_batch_size = records.max(1);
         self
     }
 
@@ -196,6 +212,7 @@ impl RedisStoreBuilder {
             idle_retention_ms: u64::try_from(self.idle_retention.as_millis()).unwrap_or(u64::MAX),
             // 0 = keep; PEXPIRE takes a 64-bit count, and Lua numbers are
             // exact only up to 2^53.
+            purge_batch_size: self.purge_batch_size,
             ledger_retention_ms: self.ledger_retention.map_or(0, |r| {
                 u64::try_from(r.as_millis())
                     .unwrap_or(u64::MAX)

@@ -52,6 +52,16 @@
 //!
 //! # Waking waiters
 //!
+//! # Purge in batches
+//!
+//! `purge` deletes at most
+//! [`purge_batch_size`](crate::RedisStoreBuilder::purge_batch_size) records
+//! per script call and calls again until none are left, so a purge of a big
+//! ledger leaves room for other commands between batches instead of
+//! blocking the server (a script blocks it) for the whole purge.
+//!
+//! # Waking waiters
+//!
 //! `finish` (and `retry` of a stuck run) publishes `\u{1}run:<key>` on the
 //! store's release channel; the existing listener wakes the waiters
 //! registered for that text. The `\u{1}` prefix cannot start a lock key
@@ -360,18 +370,45 @@ impl LedgerStore for RedisStore {
         Ok(RunPage { records, next })
     }
 
+    /// In batches of at most
+    /// [`purge_batch_size`](crate::RedisStoreBuilder::purge_batch_size)
+    /// records, one `EVALSHA` each, so a large purge never blocks the
+    /// server for long. The cutoff is fixed by the first batch. An error
+    /// part-way leaves the batches before it done (each is atomic), and a
+    /// later purge continues.
     async fn purge(&self, older_than: Duration) -> Result<u64, LockError> {
         let doing = || "purge finished runs".to_owned();
-        let mut invocation = self.ledger_invocation(&PURGE, None);
-        invocation
-            .arg(
-                u64::try_from(older_than.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .min(1 << 53),
-            )
-            .arg(self.run_record_prefix());
-        let reply = self.run_script(doing, invocation).await?;
-        uint(&reply).ok_or_else(|| unexpected_reply(&doing(), &reply))
+        let age_ms = u64::try_from(older_than.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(1 << 53);
+        let mut cutoff: Option<u64> = None;
+        let mut total = 0u64;
+        loop {
+            let mut invocation = self.ledger_invocation(&PURGE, None);
+            invocation
+                .arg(age_ms)
+                .arg(self.run_record_prefix())
+                .arg(self.purge_batch_size());
+            match cutoff {
+                Some(ms) => invocation.arg(ms),
+                None => invocation.arg(""),
+            };
+            let reply = self.run_script(doing, invocation).await?;
+            let bad = || unexpected_reply(&doing(), &reply);
+            let Value::Array(items) = &reply else {
+                return Err(bad());
+            };
+            let [deleted, more, at] = items.as_slice() else {
+                return Err(bad());
+            };
+            total += uint(deleted).ok_or_else(bad)?;
+            cutoff = Some(uint(at).ok_or_else(bad)?);
+            match int(more) {
+                Some(0) => return Ok(total),
+                Some(1) => {}
+                _ => return Err(bad()),
+            }
+        }
     }
 
     fn finish_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {

@@ -155,5 +155,7 @@ mod notify;
 mod scripts;
 mod store;
 
-pub use config::{DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, RedisStoreBuilder};
+pub use config::{
+    DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, DEFAULT_PURGE_BATCH_SIZE, RedisStoreBuilder,
+};
 pub use store::RedisStore;

@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     pub(crate) idle_retention_ms: u64,
     /// How long finished ledger records live, in ms; 0 = until purge.
     pub(crate) ledger_retention_ms: u64,
+    /// Finished ledger records deleted per purge script, at most.
+    pub(crate) purge_batch_size: u32,
     pub(crate) notifications: bool,
     pub(crate) listener: Arc<Listener>,
 }
@@ -103,6 +105,11 @@ impl RedisStore {
     /// How long finished ledger records live, in ms; 0 = until purge.
     pub(crate) fn ledger_retention_ms(&self) -> u64 {
         self.inner.ledger_retention_ms
+    }
+
+    /// Finished ledger records deleted per purge script, at most.
+    pub(crate) fn purge_batch_size(&self) -> u32 {
+        self.inner.purge_batch_size
     }
 
     pub(crate) fn key_prefix(&self) -> &str {

@@ -558,3 +558,56 @@ async fn only_finished_records_expire_and_retry_keeps_the_record() {
     keeper.finish(&succeed(&run)).await.unwrap();
     assert_eq!(pttl(&mut raw, &keeper.run_record_key(&key)).await, -1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_runs_in_batches_and_deletes_every_old_record() {
+    let url = common::url();
+    let upstream = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection_info()
+        .addr()
+        .to_string();
+    let proxy = CountingProxy::start(upstream.clone()).await;
+    let proxied_url = url.replacen(&upstream, &proxy.addr.to_string(), 1);
+    let store = RedisStore::builder(proxied_url)
+        .key_prefix(common::fresh_prefix("ledger-purge-batches"))
+        .purge_batch_size(2)
+        .connect()
+        .await
+        .unwrap();
+    let mut fences = Vec::new();
+    for i in 0..5 {
+        let key = LockKey::new(format!("done-{i}")).unwrap();
+        let run = begin(&key, 30_000, 1, None);
+        fences.push(started(store.begin(&run).await.unwrap()).0);
+        // Succeeded and ignored records both go.
+        let end = if i % 2 == 0 {
+            succeed(&run)
+        } else {
+            failed(&key, run.lease_id, 1, false)
+        };
+        store.finish(&end).await.unwrap();
+    }
+    let pending = LockKey::new("waiting").unwrap();
+    store.enqueue(&pending, None).await.unwrap();
+    // Nothing is old enough: one batch finds nothing and ends. (The first
+    // call warms the script up: on a fresh server it adds a SCRIPT LOAD.)
+    assert_eq!(store.purge(Duration::from_secs(3600)).await.unwrap(), 0);
+    proxy.clear();
+    assert_eq!(store.purge(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(proxy.take(), ["EVALSHA"]);
+
+    assert_eq!(store.purge(Duration::ZERO).await.unwrap(), 5);
+    // 2 + 2 + 1: the short batch says there is no more.
+    assert_eq!(proxy.take(), ["EVALSHA", "EVALSHA", "EVALSHA"]);
+    for i in 0..5 {
+        let key = LockKey::new(format!("done-{i}")).unwrap();
+        assert!(store.get(&key).await.unwrap().is_none(), "{key:?}");
+    }
+    assert!(store.get(&pending).await.unwrap().is_some());
+    // Every batch raised the high-water: no purged key's fence comes back.
+    let highest = fences.into_iter().max().unwrap();
+    let key = LockKey::new("done-0").unwrap();
+    let (fence, _) = started(store.begin(&begin(&key, 30_000, 1, None)).await.unwrap());
+    assert!(fence > highest, "fence {fence} not above {highest}");
+}
