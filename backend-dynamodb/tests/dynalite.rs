@@ -2,7 +2,8 @@
 //! test server, lacks, and that the store copes with it (see
 //! `COMPATIBILITY.md`): no TTL operations, so `create_table` succeeds and
 //! says cleanup is off; no old item with a refused condition, so a refused
-//! acquire or begin reads it with one counted `GetItem`.
+//! acquire or begin reads it with one counted `GetItem`; no index added to
+//! an existing table, so `create_table` says to recreate it.
 
 mod common;
 
@@ -12,7 +13,9 @@ use aws_sdk_dynamodb::Client;
 use common::Server;
 use common::counting::RequestCounter;
 use lockstore_api::ledger::{BeginOutcome, BeginRequest, LedgerStore};
-use lockstore_api::{AcquireOutcome, AcquireRequest, LeaseId, LockKey, LockStore, OwnerLabel, Ttl};
+use lockstore_api::{
+    AcquireOutcome, AcquireRequest, LeaseId, LockError, LockKey, LockStore, OwnerLabel, Ttl,
+};
 use lockstore_dynamodb::{DynamoDbStore, TableProblem};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -139,4 +142,57 @@ async fn refused_begin_reads_the_record_with_one_counted_get_item() {
         "dynalite does not return the old record with a refusal"
     );
     assert_eq!(store.ledger_reads(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_table_without_the_ledger_index_is_a_config_error_saying_recreate() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let table = Server::Dynalite.table(&common::fresh_prefix("no-index"));
+    let store = common::builder_on(Server::Dynalite, &table)
+        .build()
+        .await
+        .unwrap();
+    // A table made elsewhere: only the key, no ledger index.
+    store
+        .client()
+        .create_table()
+        .table_name(&table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("lock_key")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("lock_key")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    let err = store.create_table().await.unwrap_err();
+    assert!(matches!(err, LockError::Config { .. }), "{err:?}");
+    let words = err.to_string();
+    assert!(
+        words.contains("exec_status-index") && words.contains("create_table"),
+        "{words}"
+    );
+    // Locks do not need the index: they work on that table all the same.
+    let request = AcquireRequest {
+        key: key("lock-only"),
+        lease_id: LeaseId::random(),
+        ttl: Ttl::new(LONG).unwrap(),
+        owner: owner("alice"),
+    };
+    assert!(matches!(
+        store.try_acquire(&request).await.unwrap(),
+        AcquireOutcome::Acquired { .. }
+    ));
 }
