@@ -137,7 +137,9 @@ impl RedisStoreBuilder {
     /// a retention longer than the longest redelivery window of the work
     /// (e.g. an SQS queue's retention). `failed` records (attempts left)
     /// never expire: they wait for their next attempt. Clamped to at least
-    /// 1 ms.
+    /// 1 ms. The retention is the namespace's (key prefix's) in effect, so
+    /// give every store of one prefix the same: a record expires after the
+    /// retention of the store that finished it.
     pub fn ledger_retention(mut self, retention: Duration) -> Self {
         self.ledger_retention = Some(retention.max(Duration::from_millis(1)));
         self
