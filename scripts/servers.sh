@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Real test servers for lockstore: Redis, PostgreSQL and moto (DynamoDB), all on
-# 127.0.0.1, on free ports, without Docker.  Run it (don't source it):
+# Real test servers for lockstore: Redis, PostgreSQL, moto and dynalite (two independent
+# DynamoDB-compatible servers), all on 127.0.0.1, on free ports, without Docker.
+# Run it (don't source it):
 #
 #   eval "$(scripts/servers.sh start)"     # install + start what is missing, export LOCKSTORE_TEST_*
 #   scripts/servers.sh run cargo test      # same, then run a command with those variables set
@@ -8,15 +9,20 @@
 #
 # stdout carries only `export ...` lines; all progress and errors go to stderr.
 # If start fails, stdout ends with `false`, so the eval fails too (and stops a `set -e` caller).
-# A URL already set in the environment (LOCKSTORE_TEST_{REDIS,POSTGRES,DYNAMODB}_URL) means
-# "use that server": we neither start nor export that one.
+# A URL already set in the environment (LOCKSTORE_TEST_{REDIS,POSTGRES,DYNAMODB,DYNALITE}_URL)
+# means "use that server": we neither start nor export that one.
 # Servers are recorded in $LOCKSTORE_SERVERS_DIR (default /tmp/lockstore-servers); a second
 # start reuses them if they still answer, otherwise starts fresh ones on new free ports.
+# dynalite (npm, pinned below) is installed once into $LOCKSTORE_DYNALITE_HOME (default
+# .cache/dynalite-<version> in the checkout, git-ignored), which `stop` keeps.
 set -euo pipefail
 
 DIR=${LOCKSTORE_SERVERS_DIR:-/tmp/lockstore-servers}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${LOCKSTORE_PYTHON:-python3}
+# 3.2.2, not 4.x: 4.x needs node >= 20, and Debian 12's nodejs is 18.
+DYNALITE_VERSION=3.2.2
+DYNALITE_HOME=${LOCKSTORE_DYNALITE_HOME:-$HERE/../.cache/dynalite-$DYNALITE_VERSION}
 
 log() { echo "servers.sh: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -85,6 +91,8 @@ pg_bin_dir() {
   echo "$d"
 }
 
+has_dynalite() { [[ -f $DYNALITE_HOME/node_modules/dynalite/package.json ]]; }
+
 has_moto() { "$PY" -c 'import importlib.util as u; assert u.find_spec("moto") and u.find_spec("werkzeug")' 2>/dev/null; }
 
 install_missing() {
@@ -96,6 +104,10 @@ install_missing() {
     want_moto=1
     "$PY" -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
   fi
+  if [[ -z ${LOCKSTORE_TEST_DYNALITE_URL:-} ]]; then
+    command -v node >/dev/null || pkgs+=(nodejs)
+    has_dynalite || command -v npm >/dev/null || pkgs+=(npm)
+  fi
   ((${#pkgs[@]} == 0)) || apt_install "${pkgs[@]}"
   # Resolve pyenv-style shims once: each later python call is then ~100ms cheaper.
   PY=$("$PY" -c 'import sys; print(sys.executable)')
@@ -104,6 +116,17 @@ install_missing() {
     # Debian 12's python is "externally managed" (PEP 668); this is a throwaway test box.
     PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install 'moto[server]' >"$DIR/pip.log" 2>&1 ||
       fail_with_log "pip install moto[server] failed" "$DIR/pip.log"
+  fi
+  if [[ -z ${LOCKSTORE_TEST_DYNALITE_URL:-} ]] && ! has_dynalite; then
+    log "installing dynalite@$DYNALITE_VERSION via npm into $DYNALITE_HOME (log: $DIR/npm.log)"
+    # Into a fresh directory, renamed into place only when complete: an interrupted install
+    # never looks installed.
+    local tmp=$DYNALITE_HOME.tmp.$$
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    (cd "$tmp" && npm install --no-audit --no-fund --no-save --loglevel=error \
+      "dynalite@$DYNALITE_VERSION") >"$DIR/npm.log" 2>&1 ||
+      { rm -rf "$tmp"; fail_with_log "npm install dynalite@$DYNALITE_VERSION failed" "$DIR/npm.log"; }
+    rm -rf "$DYNALITE_HOME" && mv "$tmp" "$DYNALITE_HOME"
   fi
 }
 
@@ -220,20 +243,66 @@ finish_moto() {
   emit LOCKSTORE_TEST_DYNAMODB_URL "http://127.0.0.1:$port"
 }
 
+# The same ListTables call; dynalite also wants a date header beside the signature.
+dynalite_ready() {
+  "$PY" - "$1" <<'EOF'
+import sys, urllib.request
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/", data=b"{}", headers={
+    "X-Amz-Target": "DynamoDB_20120810.ListTables",
+    "Content-Type": "application/x-amz-json-1.0",
+    "X-Amz-Date": "20240101T000000Z",
+    "Authorization": "AWS4-HMAC-SHA256 Credential=test/20240101/us-east-1/dynamodb/aws4_request, SignedHeaders=host, Signature=0",
+})
+assert b"TableNames" in urllib.request.urlopen(req, timeout=5).read()
+EOF
+}
+
+# Spawned early like moto (node takes a moment to load), waited for at the end.
+spawn_dynalite() {
+  [[ -z ${LOCKSTORE_TEST_DYNALITE_URL:-} ]] || return 0
+  if alive "$DIR/dynalite.pid" && [[ -f $DIR/dynalite.port ]] && dynalite_ready "$(<"$DIR/dynalite.port")" 2>/dev/null; then
+    return 0
+  fi
+  rm -f "$DIR/dynalite.port"
+  # Our launcher binds port 0 on 127.0.0.1 (dynalite's own CLI listens on every interface)
+  # and writes the real port to dynalite.port once listening.
+  setsid node "$HERE/dynalite_server.js" "$DYNALITE_HOME" "$DIR/dynalite.port" </dev/null \
+    >"$DIR/dynalite.log" 2>&1 9>&- &
+  echo $! >"$DIR/dynalite.pid"
+  DYNALITE_SPAWNED=1
+}
+
+finish_dynalite() {
+  [[ -z ${LOCKSTORE_TEST_DYNALITE_URL:-} ]] || { log "dynalite: using LOCKSTORE_TEST_DYNALITE_URL from env"; return 0; }
+  local port
+  if [[ -n ${DYNALITE_SPAWNED:-} ]]; then
+    wait_ready dynalite "$DIR/dynalite.pid" "$DIR/dynalite.log" test -s "$DIR/dynalite.port"
+    port=$(<"$DIR/dynalite.port")
+    wait_ready dynalite "$DIR/dynalite.pid" "$DIR/dynalite.log" dynalite_ready "$port"
+    log "dynalite: started on 127.0.0.1:$port"
+  else
+    port=$(<"$DIR/dynalite.port")
+    log "dynalite: reusing 127.0.0.1:$port"
+  fi
+  emit LOCKSTORE_TEST_DYNALITE_URL "http://127.0.0.1:$port"
+}
+
 start_all() {
   mkdir -p "$DIR"
   chmod 755 "$DIR" # the postgres user must be able to reach $DIR/pg
   install_missing
   spawn_moto
+  spawn_dynalite
   start_redis
   start_postgres
   finish_moto
+  finish_dynalite
 }
 
 stop_all() {
   [[ -d $DIR ]] || { log "nothing to stop ($DIR does not exist)"; return 0; }
   local f pid i
-  for f in "$DIR/redis.pid" "$DIR/moto.pid"; do
+  for f in "$DIR/redis.pid" "$DIR/moto.pid" "$DIR/dynalite.pid"; do
     if alive "$f"; then
       pid=$(<"$f")
       kill "$pid"

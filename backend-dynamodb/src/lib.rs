@@ -26,7 +26,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! For a local emulator (DynamoDB Local, moto), add
+//! For a local emulator (DynamoDB Local, moto, dynalite), add
 //! `.endpoint_url("http://127.0.0.1:8000").region("us-east-1")
 //! .static_credentials("test", "test")`. To bring your own SDK client (own
 //! interceptors, retry policy, HTTP client), use
@@ -139,7 +139,10 @@
 //! [`create_table`](DynamoDbStore::create_table) makes one (on-demand
 //! billing, DynamoDB TTL on the cleanup attribute);
 //! [`check_table`](DynamoDbStore::check_table) explains what is wrong with
-//! an existing one. The store needs `dynamodb:UpdateItem` and
+//! an existing one. On a DynamoDB-compatible server without TTL operations
+//! (dynalite) the table is still created, TTL cleanup stays off, and both
+//! say so (a `tracing` warning, [`TableProblem::TtlUnsupported`]); what each
+//! test server lacks and how the store copes is in [`compatibility`]. The store needs `dynamodb:UpdateItem` and
 //! `dynamodb:GetItem`; the helpers also `DescribeTable`,
 //! `DescribeTimeToLive`, `CreateTable` and `UpdateTimeToLive`.
 
@@ -148,6 +151,8 @@
 mod config;
 mod error;
 mod expressions;
+#[doc = include_str!("../COMPATIBILITY.md")]
+pub mod compatibility {}
 pub mod layout;
 pub mod ledger;
 mod ledger_expressions;

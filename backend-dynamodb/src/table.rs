@@ -3,10 +3,12 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
     TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use lockstore_api::{LockError, UnexpectedReply};
 
 use crate::error::{map_sdk_error, missing_table_message};
@@ -59,6 +61,20 @@ pub enum TableProblem {
         /// What is wrong and how to fix it.
         problem: String,
     },
+    /// The server has no TTL operations at all (dynalite answers
+    /// `UnknownOperationException` to `UpdateTimeToLive`), so TTL cleanup is
+    /// off and cannot be turned on: idle lock items and finished ledger
+    /// records stay until deleted. Locks and the ledger still work (fencing
+    /// does not depend on TTL), which is why this is the one problem
+    /// [`check_table`](DynamoDbStore::check_table) reports without failing;
+    /// see [`TableProblem::is_advisory`]. Only emulators lack TTL; real
+    /// DynamoDB never reports this.
+    TtlUnsupported {
+        /// The table name.
+        table: String,
+        /// The attribute TTL would be enabled on.
+        attribute: String,
+    },
     /// DynamoDB TTL is on, but on another attribute than the store writes.
     TtlOnOtherAttribute {
         /// The table name.
@@ -68,6 +84,16 @@ pub enum TableProblem {
         /// The attribute TTL is enabled on.
         found: String,
     },
+}
+
+impl TableProblem {
+    /// Whether the store works fully despite this problem, so
+    /// [`check_table`](DynamoDbStore::check_table) logs it (a `tracing`
+    /// warning) instead of failing: only [`TableProblem::TtlUnsupported`],
+    /// a server without TTL operations, where nothing can be fixed.
+    pub fn is_advisory(&self) -> bool {
+        matches!(self, Self::TtlUnsupported { .. })
+    }
 }
 
 impl fmt::Display for TableProblem {
@@ -99,6 +125,13 @@ impl fmt::Display for TableProblem {
                  update-time-to-live --table-name {table} --time-to-live-specification \
                  Enabled=true,AttributeName={attribute}"
             ),
+            Self::TtlUnsupported { table, attribute } => write!(
+                f,
+                "table {table:?}: this server has no TTL operations (UpdateTimeToLive is unknown \
+                 to it, as on dynalite), so TTL cleanup on attribute {attribute:?} is off: idle \
+                 lock items and finished ledger records are kept until deleted; locks and the \
+                 ledger work regardless (real DynamoDB supports TTL)"
+            ),
             Self::TtlOnOtherAttribute {
                 table,
                 expected,
@@ -115,9 +148,9 @@ impl fmt::Display for TableProblem {
 
 impl DynamoDbStore {
     /// Lists what is wrong with the table for this store: missing, not
-    /// active, a wrong key schema, DynamoDB TTL off or on another attribute,
-    /// the execution ledger's status index missing or unusable.
-    /// Empty when all is well.
+    /// active, a wrong key schema, DynamoDB TTL off, on another attribute or
+    /// not supported by the server, the execution ledger's status index
+    /// missing or unusable. Empty when all is well.
     ///
     /// # Errors
     /// When DynamoDB cannot be asked (network, credentials, throttling).
@@ -154,11 +187,23 @@ impl DynamoDbStore {
 
     /// Checks the table at start-up.
     ///
+    /// An [advisory](TableProblem::is_advisory) problem (a server without
+    /// TTL operations, such as dynalite) is logged as a `tracing` warning
+    /// and does not fail the check; call
+    /// [`table_problems`](Self::table_problems) to see it.
+    ///
     /// # Errors
-    /// [`LockError::Config`] listing every [`TableProblem`], each saying
-    /// what to do; or a backend error when DynamoDB cannot be asked.
+    /// [`LockError::Config`] listing every other [`TableProblem`], each
+    /// saying what to do; or a backend error when DynamoDB cannot be asked.
     pub async fn check_table(&self) -> Result<(), LockError> {
-        let problems = self.table_problems().await?;
+        let (advisory, problems): (Vec<_>, Vec<_>) = self
+            .table_problems()
+            .await?
+            .into_iter()
+            .partition(TableProblem::is_advisory);
+        for problem in &advisory {
+            tracing::warn!(table = %self.config().table, "{problem}");
+        }
         if problems.is_empty() {
             return Ok(());
         }
@@ -174,6 +219,11 @@ impl DynamoDbStore {
     /// none, and waits until it is active.
     ///
     /// Calling it on a table that is already right changes nothing.
+    ///
+    /// On a server without TTL operations (dynalite) the table is still
+    /// created and usable, but TTL cleanup stays off: a `tracing` warning
+    /// says so, and [`table_problems`](Self::table_problems) keeps listing
+    /// [`TableProblem::TtlUnsupported`].
     ///
     /// # Errors
     /// [`LockError::Config`] when an existing table has another key schema
@@ -219,6 +269,10 @@ impl DynamoDbStore {
         match self.ttl_problem().await? {
             None => Ok(()),
             Some(TableProblem::TtlDisabled { .. }) => self.enable_ttl().await,
+            Some(problem @ TableProblem::TtlUnsupported { .. }) => {
+                tracing::warn!(table = %c.table, "{problem}");
+                Ok(())
+            }
             Some(problem) => Err(LockError::config(BACKEND, problem.to_string())),
         }
     }
@@ -313,15 +367,34 @@ impl DynamoDbStore {
         })
     }
 
+    fn ttl_unsupported(&self) -> TableProblem {
+        let c = self.config();
+        TableProblem::TtlUnsupported {
+            table: c.table.clone(),
+            attribute: c.cleanup_attribute.clone(),
+        }
+    }
+
     async fn ttl_problem(&self) -> Result<Option<TableProblem>, LockError> {
         let c = self.config();
-        let out = self
+        let out = match self
             .client()
             .describe_time_to_live()
             .table_name(&c.table)
             .send()
             .await
-            .map_err(|e| map_sdk_error(e, "describe time to live", &c.table, &c.partition_key))?;
+        {
+            Ok(out) => out,
+            Err(e) if is_unknown_operation(&e) => return Ok(Some(self.ttl_unsupported())),
+            Err(e) => {
+                return Err(map_sdk_error(
+                    e,
+                    "describe time to live",
+                    &c.table,
+                    &c.partition_key,
+                ));
+            }
+        };
         let description = out.time_to_live_description();
         let status = description.and_then(|d| d.time_to_live_status());
         let attribute = description.and_then(|d| d.attribute_name());
@@ -336,11 +409,38 @@ impl DynamoDbStore {
                 }
                 _ => None,
             },
+            _ if !self.ttl_operations_exist().await => Some(self.ttl_unsupported()),
             _ => Some(TableProblem::TtlDisabled {
                 table: c.table.clone(),
                 attribute: c.cleanup_attribute.clone(),
             }),
         })
+    }
+
+    /// Whether the server knows `UpdateTimeToLive`. dynalite answers
+    /// `DescribeTimeToLive` with "DISABLED" but has no `UpdateTimeToLive`,
+    /// so "disabled" alone cannot tell "turn it on" from "cannot be had".
+    /// The probe names a table that cannot exist (a `:` is not allowed in
+    /// table names), so it can never change anything: DynamoDB refuses it
+    /// as invalid, a server without the operation as unknown. Any answer
+    /// but "unknown operation" (a network error or a denied permission
+    /// included) counts as "exists", which keeps the usual advice.
+    async fn ttl_operations_exist(&self) -> bool {
+        let Ok(spec) = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(&self.config().cleanup_attribute)
+            .build()
+        else {
+            return true;
+        };
+        let probe = self
+            .client()
+            .update_time_to_live()
+            .table_name("lockstore:ttl-probe")
+            .time_to_live_specification(spec)
+            .send()
+            .await;
+        !probe.as_ref().is_err_and(is_unknown_operation)
     }
 
     async fn enable_ttl(&self) -> Result<(), LockError> {
@@ -350,13 +450,34 @@ impl DynamoDbStore {
             .attribute_name(&c.cleanup_attribute)
             .build()
             .map_err(|e| LockError::permanent(BACKEND, "building UpdateTimeToLive", e))?;
-        self.client()
+        match self
+            .client()
             .update_time_to_live()
             .table_name(&c.table)
             .time_to_live_specification(spec)
             .send()
             .await
-            .map_err(|e| map_sdk_error(e, "enable time to live", &c.table, &c.partition_key))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_unknown_operation(&e) => {
+                tracing::warn!(table = %c.table, "{}", self.ttl_unsupported());
+                Ok(())
+            }
+            Err(e) => Err(map_sdk_error(
+                e,
+                "enable time to live",
+                &c.table,
+                &c.partition_key,
+            )),
+        }
     }
+}
+
+/// The server does not implement the operation at all (emulators).
+fn is_unknown_operation<E: ProvideErrorMetadata>(
+    error: &aws_sdk_dynamodb::error::SdkError<E, HttpResponse>,
+) -> bool {
+    error
+        .as_service_error()
+        .is_some_and(|e| e.code() == Some("UnknownOperationException"))
 }

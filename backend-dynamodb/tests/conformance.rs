@@ -1,7 +1,10 @@
-//! The shared conformance suite against a DynamoDB-compatible server (moto
-//! or DynamoDB Local, from `LOCKSTORE_TEST_DYNAMODB_URL`).
-//!
-//! One table for the whole run; each namespace is a key prefix.
+//! The shared conformance suite against two independent DynamoDB-compatible
+//! servers: moto (or DynamoDB Local, from `LOCKSTORE_TEST_DYNAMODB_URL`),
+//! as `dynamodb::…`, and dynalite (from `LOCKSTORE_TEST_DYNALITE_URL`), as
+//! `dynalite::…`. Each server has its own table; each namespace is a key
+//! prefix. dynalite lacks TTL operations and does not return the old item
+//! on a refused condition (see `COMPATIBILITY.md`); the suite must pass
+//! unchanged regardless.
 //!
 //! Profile differences from `Profile::real_server()`, each for a reason:
 //! * `release_notifications: false` — DynamoDB has no notifications, waiters
@@ -19,10 +22,11 @@ mod common;
 
 use std::sync::Arc;
 
+use common::Server;
 use lockstore_api::LockStore;
 use lockstore_conformance::{Harness, Profile};
 
-struct DynamoDbHarness;
+struct DynamoDbHarness(Server);
 
 #[async_trait::async_trait]
 impl Harness for DynamoDbHarness {
@@ -35,8 +39,9 @@ impl Harness for DynamoDbHarness {
     }
 
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
-        Arc::new(common::store(namespace).await)
+        Arc::new(common::store_on(self.0, namespace).await)
     }
 }
 
-lockstore_conformance::suite!(dynamodb, DynamoDbHarness);
+lockstore_conformance::suite!(dynamodb, DynamoDbHarness(Server::Moto));
+lockstore_conformance::suite!(dynalite, DynamoDbHarness(Server::Dynalite));

@@ -20,6 +20,10 @@ const MAX_RETENTION: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 /// How long an idle lock record (its fencing counter) is kept by default.
 pub const DEFAULT_IDLE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// How many finished ledger records one purge script deletes at most, by
+/// default.
+pub const DEFAULT_PURGE_BATCH_SIZE: u32 = 1_000;
+
 /// Settings for a [`RedisStore`]; made by [`RedisStore::builder`].
 ///
 /// ```no_run
@@ -39,6 +43,8 @@ pub struct RedisStoreBuilder {
     target: Target,
     pub(crate) key_prefix: String,
     pub(crate) idle_retention: Duration,
+    pub(crate) ledger_retention: Option<Duration>,
+    pub(crate) purge_batch_size: u32,
     pub(crate) notifications: bool,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
@@ -79,6 +85,8 @@ impl fmt::Debug for RedisStoreBuilder {
         f.debug_struct("RedisStoreBuilder")
             .field("key_prefix", &self.key_prefix)
             .field("idle_retention", &self.idle_retention)
+            .field("ledger_retention", &self.ledger_retention)
+            .field("purge_batch_size", &self.purge_batch_size)
             .field("notifications", &self.notifications)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
@@ -97,6 +105,8 @@ impl RedisStoreBuilder {
             target,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             idle_retention: DEFAULT_IDLE_RETENTION,
+            ledger_retention: None,
+            purge_batch_size: DEFAULT_PURGE_BATCH_SIZE,
             notifications: true,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Some(Duration::from_secs(5)),
@@ -140,6 +150,37 @@ impl RedisStoreBuilder {
         // Clamped: PEXPIRE of more than ~10 years reaches Lua as a float in
         // exponent form, which Redis refuses on every acquire.
         self.idle_retention = retention.clamp(Duration::from_millis(1), MAX_RETENTION);
+        self
+    }
+
+    /// How long the execution ledger keeps a finished run record
+    /// (`succeeded` or `ignored`) after it finished. Without this setting
+    /// (the default) records stay until
+    /// [`purge`](lockstore_api::ledger::LedgerStore::purge) deletes them.
+    ///
+    /// With a retention the finishing script sets `PEXPIRE` on the record,
+    /// so Redis deletes it by itself; a record that goes back to `pending`
+    /// or `running` (retry) loses its expiry again. Fences do not go back:
+    /// the same script first raises the namespace's fence high-water to the
+    /// record's fence, and the next run of the key starts above it. A
+    /// replayed result is only available while the record lives, so choose
+    /// a retention longer than the longest redelivery window of the work
+    /// (e.g. an SQS queue's retention). `failed` records (attempts left)
+    /// never expire: they wait for their next attempt. Clamped to at least
+    /// 1 ms. The retention is the namespace's (key prefix's) in effect, so
+    /// give every store of one prefix the same: a record expires after the
+    /// retention of the store that finished it.
+    pub fn ledger_retention(mut self, retention: Duration) -> Self {
+        self.ledger_retention = Some(retention.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// How many finished ledger records one purge script deletes at most
+    /// (default [`DEFAULT_PURGE_BATCH_SIZE`]); a purge runs as many scripts
+    /// as it needs. A script blocks the server while it runs, so this
+    /// bounds the pause a purge causes. At least 1.
+    pub fn purge_batch_size(mut self, records: u32) -> Self {
+        self.purge_batch_size = records.max(1);
         self
     }
 
@@ -221,6 +262,14 @@ impl RedisStoreBuilder {
             key_prefix: self.key_prefix,
             channel,
             idle_retention_ms: u64::try_from(self.idle_retention.as_millis()).unwrap_or(u64::MAX),
+            // 0 = keep; PEXPIRE takes a 64-bit count, and Lua numbers are
+            // exact only up to 2^53.
+            purge_batch_size: self.purge_batch_size,
+            ledger_retention_ms: self.ledger_retention.map_or(0, |r| {
+                u64::try_from(r.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .min(1 << 53)
+            }),
             notifications: self.notifications,
             listener,
             eviction_policy,

@@ -11,7 +11,7 @@
 //! |--------------------------------------|----------------------------------------------|
 //! | `<prefix>{ledger}:run:<key>`         | the record of `<key>`, a hash                |
 //! | `<prefix>{ledger}:status:<status>`   | sorted set of keys, score = `updated_at` ms  |
-//! | `<prefix>{ledger}:fence-hw`          | the largest fence of a purged record         |
+//! | `<prefix>{ledger}:fence-hw`          | the largest fence of a purged or expiring record |
 //!
 //! The status sets are what make "unfinished, oldest first" a range read
 //! instead of a scan, and they are written by the same script as the
@@ -29,16 +29,36 @@
 //!
 //! All times come from the server's `TIME`. A run's fence is
 //! `max(last fence of the key + 1, server time in µs, high-water + 1)`:
-//! the scheme locks use, plus the high-water that purge raises to the
-//! fences it deletes. Fences therefore increase per key across takeover,
-//! retry, purge and a restart without persistence (given a server clock
-//! that does not go backwards); and since the lock's tokens follow the
-//! same clock, a run's token is above the lock tokens issued before it.
+//! the scheme locks use, plus the high-water that purge (and a finish that
+//! sets an expiry) raises to the fences it lets go. Fences therefore
+//! increase per key across takeover, retry, purge, retention expiry and a
+//! restart without persistence (given a server clock that does not go
+//! backwards); and since the lock's tokens follow the same clock, a run's
+//! token is above the lock tokens issued before it.
 //!
-//! # Records expire only by purge
+//! # Retention: finished records expire
 //!
-//! Records are deleted by [`LedgerStore::purge`] only; no `PEXPIRE` is set,
-//! so a record and its index entry always disappear together.
+//! By default records are deleted by [`LedgerStore::purge`] only. With
+//! [`ledger_retention`](crate::RedisStoreBuilder::ledger_retention) the
+//! finish script also sets `PEXPIRE` on a record that ends `succeeded` or
+//! `ignored`, so Redis deletes it by itself after that long; `begin` and
+//! `retry` (`PERSIST`) take the expiry off a record that goes back to work.
+//! Before setting the expiry, the script raises the fence high-water to the
+//! record's fence, because the deletion itself runs no script: the key's
+//! next run still gets a larger fence. The status-set entry of an expired
+//! record is left behind (expiry cannot touch another key); `query` and
+//! `purge` skip such entries and remove them, and a new record for the key
+//! removes its stale entry when it is created.
+//!
+//! # Waking waiters
+//!
+//! # Purge in batches
+//!
+//! `purge` deletes at most
+//! [`purge_batch_size`](crate::RedisStoreBuilder::purge_batch_size) records
+//! per script call and calls again until none are left, so a purge of a big
+//! ledger leaves room for other commands between batches instead of
+//! blocking the server (a script blocks it) for the whole purge.
 //!
 //! # Waking waiters
 //!
@@ -222,7 +242,8 @@ impl LedgerStore for RedisStore {
         }
         invocation
             .arg(self.release_channel())
-            .arg(finish_message(&request.key));
+            .arg(finish_message(&request.key))
+            .arg(self.ledger_retention_ms());
         let reply = self.run_script(doing, invocation).await?;
         let bad = || unexpected_reply(&doing(), &reply);
         let Value::Array(items) = &reply else {
@@ -333,8 +354,9 @@ impl LedgerStore for RedisStore {
             let key = text(&pair[0])
                 .and_then(|k| LockKey::new(k).ok())
                 .ok_or_else(bad)?;
-            // A record deleted under its index entry cannot happen (one
-            // script writes both), so a missing one is an error.
+            // The script skips (and removes) entries whose record expired,
+            // and writes records and entries together otherwise, so a
+            // missing record here is an error.
             let record = parse_record(&key, now, &pair[1])
                 .and_then(|r| r.ok_or_else(|| "an indexed record is missing".to_owned()))
                 .map_err(|why| record_error(&doing(), &why))?;
@@ -348,18 +370,45 @@ impl LedgerStore for RedisStore {
         Ok(RunPage { records, next })
     }
 
+    /// In batches of at most
+    /// [`purge_batch_size`](crate::RedisStoreBuilder::purge_batch_size)
+    /// records, one `EVALSHA` each, so a large purge never blocks the
+    /// server for long. The cutoff is fixed by the first batch. An error
+    /// part-way leaves the batches before it done (each is atomic), and a
+    /// later purge continues.
     async fn purge(&self, older_than: Duration) -> Result<u64, LockError> {
         let doing = || "purge finished runs".to_owned();
-        let mut invocation = self.ledger_invocation(&PURGE, None);
-        invocation
-            .arg(
-                u64::try_from(older_than.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .min(1 << 53),
-            )
-            .arg(self.run_record_prefix());
-        let reply = self.run_script(doing, invocation).await?;
-        uint(&reply).ok_or_else(|| unexpected_reply(&doing(), &reply))
+        let age_ms = u64::try_from(older_than.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(1 << 53);
+        let mut cutoff: Option<u64> = None;
+        let mut total = 0u64;
+        loop {
+            let mut invocation = self.ledger_invocation(&PURGE, None);
+            invocation
+                .arg(age_ms)
+                .arg(self.run_record_prefix())
+                .arg(self.purge_batch_size());
+            match cutoff {
+                Some(ms) => invocation.arg(ms),
+                None => invocation.arg(""),
+            };
+            let reply = self.run_script(doing, invocation).await?;
+            let bad = || unexpected_reply(&doing(), &reply);
+            let Value::Array(items) = &reply else {
+                return Err(bad());
+            };
+            let [deleted, more, at] = items.as_slice() else {
+                return Err(bad());
+            };
+            total += uint(deleted).ok_or_else(bad)?;
+            cutoff = Some(uint(at).ok_or_else(bad)?);
+            match int(more) {
+                Some(0) => return Ok(total),
+                Some(1) => {}
+                _ => return Err(bad()),
+            }
+        }
     }
 
     fn finish_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {

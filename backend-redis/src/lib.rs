@@ -62,9 +62,8 @@
 //! | `expires_at_us` | the lease's end, server time in microseconds          |
 //!
 //! A release deletes only `lease_id`, `owner` and `expires_at_us`; the
-//! scripts read fields by name and ignore others, so the next version's
-//! execution ledger (`status`, `attempts`, `result`, …) can be added to the
-//! same hash without breaking locks stored by this one. The hash itself
+//! scripts read fields by name and ignore others, so fields added by later
+//! versions do not break locks stored by this one. The hash itself
 //! expires (Redis `PEXPIRE`) `TTL + idle retention` after the last acquire
 //! or renew, and `idle retention` after a release (default one day,
 //! [`RedisStoreBuilder::idle_retention`]), so memory is bounded by the keys
@@ -108,6 +107,60 @@
 //! about one round trip; if the listener is down, waiters poll with the
 //! client's jittered backoff.
 //!
+//! # Execution ledger ("run once")
+//!
+//! The store is also a [`LedgerStore`](lockstore_api::ledger::LedgerStore):
+//! one run record per key (its status, attempts, fence, stored result or
+//! errors), so a piece of work runs at most once successfully, a duplicate
+//! gets the stored result, and a crashed run is taken over when its lease
+//! expires. Every transition (begin, renew, finish, enqueue, retry) is one
+//! `EVALSHA`, judged by the server's `TIME`; status queries read per-status
+//! sorted sets written by the same scripts, so they never drift; a finish
+//! wakes waiters through the same pub/sub connection as a release. A
+//! namespace's ledger lives under one hash tag, `<prefix>{ledger}`, so it is
+//! cluster-slot-safe. Finished records stay until
+//! [`purge`](lockstore_api::ledger::LedgerStore::purge), or expire by
+//! themselves after [`RedisStoreBuilder::ledger_retention`] without the
+//! key's next fence going backwards. Keys, fences and retention in detail:
+//! [`ledger`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lockstore_api::ledger::{BeginOutcome, BeginRequest, Finish, FinishRequest, LedgerStore};
+//! use lockstore_api::{LeaseId, LockKey, OwnerLabel, Ttl};
+//! use lockstore_redis::RedisStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisStore::builder("redis://127.0.0.1:6379/0")
+//!     .key_prefix("billing:")
+//!     .ledger_retention(Duration::from_secs(14 * 24 * 3600))
+//!     .connect()
+//!     .await?;
+//! let request = BeginRequest {
+//!     key: LockKey::new("invoice-2026-11-0042")?,
+//!     lease_id: LeaseId::random(),
+//!     ttl: Ttl::new(Duration::from_secs(60))?,
+//!     owner: OwnerLabel::new("worker-7")?,
+//!     max_attempts: 3,
+//!     request_hash: None,
+//! };
+//! match store.begin(&request).await? {
+//!     BeginOutcome::Started { fence, .. } => {
+//!         // ... do the work, writing with `fence` ...
+//!         let done = Finish::Succeeded { result: Some(b"sent".to_vec()) };
+//!         store
+//!             .finish(&FinishRequest { key: request.key.clone(), lease_id: request.lease_id, finish: done })
+//!             .await?;
+//!     }
+//!     BeginOutcome::Existing(record) => println!("already {:?}", record.status),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Most applications use the ledger through the client layer
+//! ([`Ledger`](lockstore_api::ledger::Ledger): run once, wait, replay) rather
+//! than these calls.
+//!
 //! # Connections and errors
 //!
 //! Commands go over one multiplexed [`ConnectionManager`](redis::aio::ConnectionManager)
@@ -123,10 +176,13 @@
 
 mod config;
 mod error;
-mod ledger;
+pub mod ledger;
 mod notify;
 mod scripts;
 mod store;
 
-pub use config::{DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, EvictionCheck, RedisStoreBuilder};
+pub use config::{
+    DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, DEFAULT_PURGE_BATCH_SIZE, EvictionCheck,
+    RedisStoreBuilder,
+};
 pub use store::RedisStore;

@@ -35,6 +35,10 @@ pub(crate) struct Inner {
     pub(crate) key_prefix: String,
     pub(crate) channel: String,
     pub(crate) idle_retention_ms: u64,
+    /// How long finished ledger records live, in ms; 0 = until purge.
+    pub(crate) ledger_retention_ms: u64,
+    /// Finished ledger records deleted per purge script, at most.
+    pub(crate) purge_batch_size: u32,
     pub(crate) notifications: bool,
     pub(crate) listener: Arc<Listener>,
     /// `maxmemory-policy` as the server reported it at connect time.
@@ -107,6 +111,16 @@ impl RedisStore {
     }
 
     /// The namespace's key prefix (for the ledger's keys).
+    /// How long finished ledger records live, in ms; 0 = until purge.
+    pub(crate) fn ledger_retention_ms(&self) -> u64 {
+        self.inner.ledger_retention_ms
+    }
+
+    /// Finished ledger records deleted per purge script, at most.
+    pub(crate) fn purge_batch_size(&self) -> u32 {
+        self.inner.purge_batch_size
+    }
+
     pub(crate) fn key_prefix(&self) -> &str {
         &self.inner.key_prefix
     }

@@ -415,3 +415,199 @@ async fn run_fences_increase_across_a_restart_that_lost_all_data() {
     assert!(after > before, "fence went from {before} to {after}");
     assert_eq!(attempt, 1);
 }
+
+/// A store under a fresh prefix whose finished ledger records expire after
+/// `retention`.
+async fn store_with_retention(label: &str, retention: Duration) -> (RedisStore, String) {
+    let prefix = common::fresh_prefix(label);
+    let store = RedisStore::builder(common::url())
+        .key_prefix(prefix.clone())
+        .ledger_retention(retention)
+        .connect()
+        .await
+        .expect("connect to the test Redis");
+    (store, prefix)
+}
+
+async fn pttl(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(raw).await.unwrap()
+}
+
+fn succeed(request: &BeginRequest) -> FinishRequest {
+    FinishRequest {
+        key: request.key.clone(),
+        lease_id: request.lease_id,
+        finish: Finish::Succeeded { result: None },
+    }
+}
+
+/// Polls until the record is gone. No timing assertion: only a generous
+/// deadline against hanging forever.
+async fn wait_until_expired(store: &RedisStore, key: &LockKey) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while store.get(key).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "record {key:?} still there a minute after its retention"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn finished_records_expire_after_the_retention_without_losing_the_fence() {
+    let (store, prefix) =
+        store_with_retention("ledger-retention", Duration::from_millis(150)).await;
+    let mut raw = common::raw_connection(&common::url()).await;
+    let again = LockKey::new("again").unwrap();
+    let listed = LockKey::new("listed").unwrap();
+
+    let first = begin(&again, 30_000, 3, None);
+    let (fence, _) = started(store.begin(&first).await.unwrap());
+    // A key's last fence can be above the server clock (the clock stepped
+    // back, or many runs within one microsecond); then only the high-water
+    // keeps the next fence above it once the record is gone. Put it there:
+    // about 11 days ahead (and below 2^53, where Lua's numbers are exact).
+    let ahead = fence + 1_000_000_000_000;
+    let _: () = redis::cmd("HSET")
+        .arg(store.run_record_key(&again))
+        .arg("fence")
+        .arg(ahead)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.finish(&succeed(&first)).await.unwrap(),
+        FinishOutcome::Finished(RunStatus::Succeeded)
+    );
+    assert!(pttl(&mut raw, &store.run_record_key(&again)).await > 0);
+    let other = begin(&listed, 30_000, 3, None);
+    started(store.begin(&other).await.unwrap());
+    store.finish(&succeed(&other)).await.unwrap();
+
+    wait_until_expired(&store, &again).await;
+    wait_until_expired(&store, &listed).await;
+
+    // The next run starts above the expired record's fence, as a fresh
+    // first attempt, and its record no longer expires.
+    let next = begin(&again, 30_000, 3, None);
+    let (fence, attempt) = started(store.begin(&next).await.unwrap());
+    assert!(fence > ahead, "fence {fence} went back below {ahead}");
+    assert_eq!(attempt, 1);
+    assert_eq!(pttl(&mut raw, &store.run_record_key(&again)).await, -1);
+
+    // Queries list each key once, by its live record, and skip (and drop)
+    // the entries whose record expired; purge has nothing left to count.
+    let page = store
+        .query(&RunQuery::new(StatusFilter::All))
+        .await
+        .unwrap();
+    let keys: Vec<(&str, RunStatus)> = page
+        .records
+        .iter()
+        .map(|r| (r.key.as_str(), r.status))
+        .collect();
+    assert_eq!(keys, [("again", RunStatus::Running)]);
+    let succeeded_set = format!("{prefix}{{ledger}}:status:succeeded");
+    let left: u64 = redis::cmd("ZCARD")
+        .arg(&succeeded_set)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "expired records' entries were not removed");
+    assert_eq!(store.purge(Duration::ZERO).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn only_finished_records_expire_and_retry_keeps_the_record() {
+    let (store, _) = store_with_retention("ledger-persist", Duration::from_secs(3600)).await;
+    let mut raw = common::raw_connection(&common::url()).await;
+    let key = LockKey::new("job").unwrap();
+    let record = store.run_record_key(&key);
+
+    // A retryable failure with attempts left waits for its next attempt.
+    let first = begin(&key, 30_000, 2, None);
+    started(store.begin(&first).await.unwrap());
+    assert_eq!(
+        store
+            .finish(&failed(&key, first.lease_id, 1, true))
+            .await
+            .unwrap(),
+        FinishOutcome::Finished(RunStatus::Failed)
+    );
+    assert_eq!(pttl(&mut raw, &record).await, -1, "failed");
+    // The last attempt fails: ignored, finished, expiring.
+    let second = begin(&key, 30_000, 2, None);
+    started(store.begin(&second).await.unwrap());
+    assert_eq!(
+        store
+            .finish(&failed(&key, second.lease_id, 2, true))
+            .await
+            .unwrap(),
+        FinishOutcome::Finished(RunStatus::Ignored)
+    );
+    assert!(pttl(&mut raw, &record).await > 0, "ignored");
+    // An operator's retry puts it back to work: no expiry any more.
+    assert_eq!(store.retry(&key).await.unwrap(), RetryOutcome::Requeued);
+    assert_eq!(pttl(&mut raw, &record).await, -1, "requeued");
+
+    // Without a retention nothing expires.
+    let keeper = common::store("ledger-keep").await;
+    let run = begin(&key, 30_000, 1, None);
+    started(keeper.begin(&run).await.unwrap());
+    keeper.finish(&succeed(&run)).await.unwrap();
+    assert_eq!(pttl(&mut raw, &keeper.run_record_key(&key)).await, -1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_runs_in_batches_and_deletes_every_old_record() {
+    let url = common::url();
+    let upstream = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection_info()
+        .addr()
+        .to_string();
+    let proxy = CountingProxy::start(upstream.clone()).await;
+    let proxied_url = url.replacen(&upstream, &proxy.addr.to_string(), 1);
+    let store = RedisStore::builder(proxied_url)
+        .key_prefix(common::fresh_prefix("ledger-purge-batches"))
+        .purge_batch_size(2)
+        .connect()
+        .await
+        .unwrap();
+    let mut fences = Vec::new();
+    for i in 0..5 {
+        let key = LockKey::new(format!("done-{i}")).unwrap();
+        let run = begin(&key, 30_000, 1, None);
+        fences.push(started(store.begin(&run).await.unwrap()).0);
+        // Succeeded and ignored records both go.
+        let end = if i % 2 == 0 {
+            succeed(&run)
+        } else {
+            failed(&key, run.lease_id, 1, false)
+        };
+        store.finish(&end).await.unwrap();
+    }
+    let pending = LockKey::new("waiting").unwrap();
+    store.enqueue(&pending, None).await.unwrap();
+    // Nothing is old enough: one batch finds nothing and ends. (The first
+    // call warms the script up: on a fresh server it adds a SCRIPT LOAD.)
+    assert_eq!(store.purge(Duration::from_secs(3600)).await.unwrap(), 0);
+    proxy.clear();
+    assert_eq!(store.purge(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(proxy.take(), ["EVALSHA"]);
+
+    assert_eq!(store.purge(Duration::ZERO).await.unwrap(), 5);
+    // 2 + 2 + 1: the short batch says there is no more.
+    assert_eq!(proxy.take(), ["EVALSHA", "EVALSHA", "EVALSHA"]);
+    for i in 0..5 {
+        let key = LockKey::new(format!("done-{i}")).unwrap();
+        assert!(store.get(&key).await.unwrap().is_none(), "{key:?}");
+    }
+    assert!(store.get(&pending).await.unwrap().is_some());
+    // Every batch raised the high-water: no purged key's fence comes back.
+    let highest = fences.into_iter().max().unwrap();
+    let key = LockKey::new("done-0").unwrap();
+    let (fence, _) = started(store.begin(&begin(&key, 30_000, 1, None)).await.unwrap());
+    assert!(fence > highest, "fence {fence} not above {highest}");
+}

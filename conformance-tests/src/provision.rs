@@ -13,7 +13,9 @@
 //! the label `lockstore-test` and go with
 //! `docker rm -f -v $(docker ps -aq --filter label=lockstore-test)`.
 //!
-//! `eval "$(scripts/servers.sh start)"` starts all three servers locally without Docker.
+//! `eval "$(scripts/servers.sh start)"` starts all three servers locally without Docker
+//! (and dynalite, a second DynamoDB-compatible server the DynamoDB tests read from
+//! `LOCKSTORE_TEST_DYNALITE_URL`; it has no container fallback).
 
 use std::sync::OnceLock;
 

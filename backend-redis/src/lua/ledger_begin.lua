@@ -35,6 +35,7 @@ if hw and hw + 1 > fence then fence = hw + 1 end
 if not status then
   redis.call('HSET', REC, 'created_ms', int(now_ms))
 end
+keep_record()
 redis.call('HSET', REC, 'status', 'running', 'attempts', int(attempts + 1),
   'max_attempts', ARGV[5], 'fence', int(fence), 'owner', ARGV[3],
   'lease_id', ARGV[2], 'expires_at_us', int(now + ttl * 1000),

@@ -20,8 +20,21 @@ local REC = KEYS[7]
 local function int(n) return string.format('%.0f', n) end
 
 -- Moves `member` between the status sets in the same script as the
--- transition, so the sets never drift from the records.
+-- transition, so the sets never drift from the records. A record created
+-- anew (`old` nil) may be the successor of one that expired by the
+-- ledger retention (PEXPIRE) and left its finished-set entry behind:
+-- drop that entry, or the key would be listed twice.
 local function set_status(member, old, new)
   if old and old ~= new then redis.call('ZREM', IDX[old], member) end
+  if not old then
+    redis.call('ZREM', IDX.succeeded, member)
+    redis.call('ZREM', IDX.ignored, member)
+  end
   redis.call('ZADD', IDX[new], now_ms, member)
+end
+
+-- A record leaving `succeeded`/`ignored` must not keep the expiry the
+-- ledger retention gave it.
+local function keep_record()
+  redis.call('PERSIST', REC)
 end

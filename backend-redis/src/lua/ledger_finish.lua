@@ -1,7 +1,8 @@
 -- finish: ARGV key, lease id, 's'|'f', result present '1'|'0', result,
---         error JSON, error slot, retryable '1'|'0', channel, message
+--         error JSON, error slot, retryable '1'|'0', channel, message,
+--         retention ms ('0' = keep until purge)
 -- Returns {1, new status} or {0} (not held).
-local r = redis.call('HMGET', REC, 'status', 'lease_id', 'attempts', 'max_attempts')
+local r = redis.call('HMGET', REC, 'status', 'lease_id', 'attempts', 'max_attempts', 'fence')
 if r[1] ~= 'running' or r[2] ~= ARGV[2] then return {0} end
 local new
 if ARGV[3] == 's' then
@@ -22,5 +23,15 @@ end
 redis.call('HDEL', REC, 'lease_id', 'expires_at_us')
 redis.call('HSET', REC, 'status', new, 'updated_ms', int(now_ms), 'finished_ms', int(now_ms))
 set_status(ARGV[1], r[1], new)
+local retention = tonumber(ARGV[11]) or 0
+if retention > 0 and new ~= 'failed' then
+  -- The record, and with it the key's last fence, will vanish without a
+  -- script seeing it: raise the high-water to that fence now, as purge
+  -- does, so the key's next run still starts above it.
+  local fence = tonumber(r[5])
+  local hw = tonumber(redis.call('GET', HW))
+  if fence and not (hw and hw >= fence) then redis.call('SET', HW, int(fence)) end
+  redis.call('PEXPIRE', REC, int(retention))
+end
 redis.call('PUBLISH', ARGV[9], ARGV[10])
 return {1, new}

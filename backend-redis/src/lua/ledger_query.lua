@@ -2,6 +2,8 @@
 --        limit, cursor ms ('' = none), cursor key, record key prefix
 -- Returns {now µs, more 0|1, key1, HGETALL1, key2, HGETALL2, ...}.
 -- Records are read by key prefix + member: same hash tag, same slot.
+-- An entry whose record expired (ledger retention) is skipped and removed
+-- from its set here, lazily: expiry runs no script that could remove it.
 local filter = ARGV[1]
 local desc = ARGV[2] == 'desc'
 local limit = tonumber(ARGV[3])
@@ -36,6 +38,7 @@ local function keep(m)
 end
 
 local got = {}
+local gone = {}
 local batch = limit + 1
 for _, st in ipairs(sets) do
   local n, offset = 0, 0
@@ -50,15 +53,21 @@ for _, st in ipairs(sets) do
     end
     for i = 1, #page, 2 do
       local m, s = page[i], tonumber(page[i + 1])
-      if n <= limit and after_cursor(s, m) and keep(m) then
-        got[#got + 1] = {s, m}
-        n = n + 1
+      if n <= limit and after_cursor(s, m) then
+        if redis.call('EXISTS', ARGV[6] .. m) == 0 then
+          gone[#gone + 1] = {st, m}
+        elseif keep(m) then
+          got[#got + 1] = {s, m}
+          n = n + 1
+        end
       end
     end
     if #page < 2 * batch then break end
     offset = offset + batch
   end
 end
+-- Removed only now: removing while paging by offset would skip entries.
+for _, g in ipairs(gone) do redis.call('ZREM', IDX[g[1]], g[2]) end
 table.sort(got, function(a, b)
   if a[1] ~= b[1] then
     if desc then return a[1] > b[1] end

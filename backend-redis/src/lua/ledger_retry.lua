@@ -7,6 +7,7 @@ local stuck = status == 'running' and not (expires and expires > now)
 if not (status == 'failed' or status == 'ignored' or stuck) then return {0, status} end
 redis.call('HDEL', REC, 'lease_id', 'expires_at_us')
 redis.call('HSET', REC, 'status', 'pending', 'updated_ms', int(now_ms))
+keep_record()
 set_status(ARGV[1], status, 'pending')
 -- A stuck run ends here; a waiter should look again.
 if stuck then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
