@@ -590,10 +590,6 @@ fn percent_decode(text: &str) -> Result<String, String> {
                 out.push(hex);
                 i += 3;
             }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
             b => {
                 out.push(b);
                 i += 1;
