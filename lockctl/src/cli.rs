@@ -110,6 +110,7 @@ pub enum Command {
     /// If the lease is lost, CMD is sent SIGTERM, then SIGKILL after
     /// --kill-grace, and lockctl exits 201. Otherwise lockctl exits with
     /// CMD's exit code.
+    #[command(after_help = help_footer())]
     Run(RunArgs),
     /// Take KEY's lock and print its lease id and fencing token.
     ///
