@@ -34,6 +34,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! To pick the backend from configuration instead, open it from a URL with
+//! [`open`] (`sqlite:/var/lib/app/locks.db`, `postgres://…`, `redis://…`,
+//! `dynamodb://Table?region=…`): it returns a [`Store`] with the lock store
+//! and the execution ledger as trait objects.
+//!
 //! The rules every backend keeps — one live lease per key, ownership by a
 //! secret lease id, strictly increasing fencing tokens, expiry by the
 //! backend's clock — are described in [`lockstore_api`] and checked for every
@@ -42,6 +47,9 @@
 #![forbid(unsafe_code)]
 
 pub use lockstore_api::*;
+
+mod open;
+pub use open::{OpenError, Store, open};
 
 /// The in-process backend.
 #[cfg(feature = "memory")]

@@ -1,0 +1,817 @@
+//! Opening a store from a URL, so a service (or the `lockctl` tool) picks its
+//! backend from configuration instead of from code.
+//!
+//! | URL | backend | cargo feature |
+//! |-----|---------|---------------|
+//! | `memory:` (`?namespace=NAME`) | in-process, gone when the process ends | `memory` |
+//! | `sqlite:PATH`, `sqlite:///abs/path`, `sqlite::memory:` (`?table=T`) | one file per host | `sqlite` |
+//! | `postgres://user:pw@host/db` (`?schema=S&table=T`, plus libpq options such as `sslmode`) | PostgreSQL | `postgres` |
+//! | `redis://host:6379/0`, `rediss://…` (`?prefix=P`) | Redis | `redis` |
+//! | `dynamodb://TABLE?region=R&endpoint=URL&profile=P&prefix=X&partition_key=K` | DynamoDB | `dynamodb` |
+//!
+//! The parameters in brackets are lockstore's own and are removed before
+//! the URL reaches the backend's driver; a PostgreSQL or Redis URL keeps its
+//! other parameters. For DynamoDB, anything not in the URL comes from the
+//! standard AWS chain (environment, profile, SSO, container or instance
+//! role); `access_key_id` and `secret_access_key` parameters exist for local
+//! emulators, which accept any.
+
+use std::fmt;
+use std::sync::Arc;
+
+use lockstore_api::ledger::{Ledger, LedgerStore};
+use lockstore_api::{LockClient, LockError, LockStore};
+
+/// Why [`open`] could not give a store. Each message says what to write
+/// instead; URLs in messages never show a password.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The URL does not have a form lockstore knows.
+    Malformed {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+    /// The URL names a backend this build was compiled without.
+    FeatureDisabled {
+        /// The backend named by the URL.
+        backend: &'static str,
+        /// The cargo feature of the `lockstore` crate that adds it.
+        feature: &'static str,
+    },
+    /// The backend refused to open (unreachable server, bad file, invalid
+    /// table name, no AWS region).
+    Backend(LockError),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Malformed { url, reason } => {
+                write!(f, "invalid store URL {url:?}: {reason}")
+            }
+            OpenError::FeatureDisabled { backend, feature } => write!(
+                f,
+                "this build has no {backend} backend: enable the cargo feature \
+                 `{feature}` of the `lockstore` crate (lockstore = {{ features = [\"{feature}\"] }}), \
+                 or use a URL of a backend it has: {}",
+                compiled_schemes()
+            ),
+            OpenError::Backend(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Backend(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<LockError> for OpenError {
+    fn from(err: LockError) -> Self {
+        OpenError::Backend(err)
+    }
+}
+
+/// The URL forms of the backends compiled in, for error messages.
+fn compiled_schemes() -> String {
+    let mut forms: Vec<&str> = Vec::new();
+    if cfg!(feature = "memory") {
+        forms.push("memory:");
+    }
+    if cfg!(feature = "sqlite") {
+        forms.push("sqlite:PATH");
+    }
+    if cfg!(feature = "postgres") {
+        forms.push("postgres://…");
+    }
+    if cfg!(feature = "redis") {
+        forms.push("redis://…");
+    }
+    if cfg!(feature = "dynamodb") {
+        forms.push("dynamodb://TABLE?region=…");
+    }
+    if forms.is_empty() {
+        "none (no backend feature is enabled)".into()
+    } else {
+        forms.join(", ")
+    }
+}
+
+/// A store opened from a URL: the lock store and the execution ledger of one
+/// backend, as trait objects.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use lockstore::AcquireOptions;
+///
+/// // From configuration: "sqlite:/var/lib/app/locks.db", "postgres://…", "redis://…",
+/// // "dynamodb://Locks?region=eu-west-1", …
+/// let store = lockstore::open("memory:").await?;
+/// store.ensure_schema().await?; // creates tables where the backend has them; idempotent
+///
+/// let guard = store
+///     .lock_client()
+///     .acquire("nightly-report", AcquireOptions::new(Duration::from_secs(30)))
+///     .await?;
+/// println!("holding with fence {}", guard.fence());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Store {
+    locks: Arc<dyn LockStore>,
+    ledger: Arc<dyn LedgerStore>,
+    schema: Schema,
+}
+
+/// What `ensure_schema` does for the backend opened.
+#[derive(Clone, Debug)]
+enum Schema {
+    /// Memory, Redis: nothing to create.
+    #[allow(dead_code)] // unused when no backend feature is on
+    Nothing,
+    #[cfg(feature = "sqlite")]
+    Sqlite(crate::sqlite::SqliteStore),
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::PostgresStore),
+    #[cfg(feature = "dynamodb")]
+    DynamoDb(Arc<crate::dynamodb::DynamoDbStore>),
+}
+
+impl Store {
+    /// Opens the store `url` names; see [`open`].
+    ///
+    /// # Errors
+    /// As [`open`].
+    pub async fn open(url: &str) -> Result<Store, OpenError> {
+        open(url).await
+    }
+
+    /// The lock store.
+    pub fn locks(&self) -> Arc<dyn LockStore> {
+        Arc::clone(&self.locks)
+    }
+
+    /// The execution ledger's store.
+    pub fn ledger(&self) -> Arc<dyn LedgerStore> {
+        Arc::clone(&self.ledger)
+    }
+
+    /// A [`LockClient`] over the lock store.
+    pub fn lock_client(&self) -> LockClient {
+        LockClient::from_arc(self.locks())
+    }
+
+    /// A [`Ledger`] over the ledger's store.
+    pub fn ledger_client(&self) -> Ledger {
+        Ledger::from_arc(self.ledger())
+    }
+
+    /// The backend's short name: `"memory"`, `"sqlite"`, `"postgres"`,
+    /// `"redis"` or `"dynamodb"`.
+    pub fn backend_name(&self) -> &'static str {
+        self.locks.backend_name()
+    }
+
+    /// Creates what the backend needs if it is missing — the SQLite or
+    /// PostgreSQL tables, the DynamoDB table with its ledger index and TTL —
+    /// and does nothing on memory and Redis. Idempotent.
+    ///
+    /// # Errors
+    /// Backend errors (no privilege, unreachable server, an existing
+    /// DynamoDB table with another key schema).
+    pub async fn ensure_schema(&self) -> Result<(), LockError> {
+        match &self.schema {
+            Schema::Nothing => Ok(()),
+            #[cfg(feature = "sqlite")]
+            Schema::Sqlite(store) => store.ensure_schema().await,
+            #[cfg(feature = "postgres")]
+            Schema::Postgres(store) => store.ensure_schema().await,
+            #[cfg(feature = "dynamodb")]
+            Schema::DynamoDb(store) => store.create_table().await,
+        }
+    }
+
+    #[allow(dead_code)] // unused when no backend feature is on
+    fn from_store<S: LockStore + LedgerStore>(store: Arc<S>, schema: Schema) -> Store {
+        Store {
+            locks: store.clone(),
+            ledger: store,
+            schema,
+        }
+    }
+}
+
+/// Opens the lock store and ledger a URL names.
+///
+/// | URL | backend (cargo feature) |
+/// |-----|-------------------------|
+/// | `memory:` (`?namespace=NAME`) | in-process (`memory`) |
+/// | `sqlite:PATH`, `sqlite:///abs/path`, `sqlite::memory:` (`?table=T`) | SQLite file (`sqlite`) |
+/// | `postgres://user@host/db` (`?schema=S&table=T`) | PostgreSQL (`postgres`) |
+/// | `redis://host:6379/0`, `rediss://…` (`?prefix=P`) | Redis (`redis`) |
+/// | `dynamodb://TABLE` (`?region=R&endpoint=URL&profile=P&prefix=X&partition_key=K`) | DynamoDB (`dynamodb`) |
+///
+/// Nothing is created: call [`Store::ensure_schema`] once (or run the DDL as
+/// a migration). PostgreSQL and Redis are connected to here; DynamoDB sends
+/// no request until first used.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockstore::OpenError> {
+/// let store = lockstore::open("memory:?namespace=billing").await?;
+/// assert_eq!(store.backend_name(), "memory");
+///
+/// let err = lockstore::open("postgress://db/app").await.unwrap_err();
+/// assert!(err.to_string().contains("postgres://"));
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`OpenError::Malformed`] for a URL of no known form or with an unknown
+/// lockstore parameter; [`OpenError::FeatureDisabled`] for a backend not
+/// compiled in; [`OpenError::Backend`] when the backend refuses.
+pub async fn open(url: &str) -> Result<Store, OpenError> {
+    let target = Target::parse(url)?;
+    target.open().await
+}
+
+/// A parsed URL: which backend, and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    Memory {
+        namespace: Option<String>,
+    },
+    Sqlite {
+        location: String,
+        table: Option<String>,
+    },
+    Postgres {
+        url: String,
+        schema: Option<String>,
+        table: Option<String>,
+    },
+    Redis {
+        url: String,
+        prefix: Option<String>,
+    },
+    DynamoDb(DynamoDbTarget),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct DynamoDbTarget {
+    table: String,
+    region: Option<String>,
+    endpoint: Option<String>,
+    profile: Option<String>,
+    prefix: Option<String>,
+    partition_key: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+}
+
+const FORMS: &str = "memory:, sqlite:PATH, sqlite::memory:, postgres://user@host/db, \
+                     redis://host:port, rediss://host:port, dynamodb://TABLE?region=…";
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, OpenError> {
+        let malformed = |reason: String| OpenError::Malformed {
+            url: redact(url),
+            reason,
+        };
+        let url = url.trim();
+        if url.is_empty() {
+            return Err(malformed(format!("it is empty; write one of {FORMS}")));
+        }
+        let Some((scheme, rest)) = url.split_once(':') else {
+            return Err(malformed(format!(
+                "it has no scheme; write one of {FORMS} (a plain file path is written sqlite:PATH)"
+            )));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "memory" => {
+                let (path, params) = split_query(rest);
+                let mut params = Params::parse(params).map_err(&malformed)?;
+                if !matches!(path, "" | "//") {
+                    return Err(malformed(format!(
+                        "a memory store has no path ({path:?}); write memory: or memory:?namespace=NAME"
+                    )));
+                }
+                let namespace = params.take("namespace");
+                params
+                    .reject_rest("memory", "namespace")
+                    .map_err(&malformed)?;
+                Ok(Target::Memory { namespace })
+            }
+            "sqlite" => {
+                let (path, params) = split_query(rest);
+                let mut params = Params::parse(params).map_err(&malformed)?;
+                let table = params.take("table");
+                params.reject_rest("sqlite", "table").map_err(&malformed)?;
+                let location = if path == ":memory:" || path == "//:memory:" {
+                    "sqlite::memory:".to_owned()
+                } else {
+                    // sqlite://relative/path, sqlite:///abs/path, sqlite:path
+                    let path = path.strip_prefix("//").unwrap_or(path);
+                    if path.is_empty() {
+                        return Err(malformed(
+                            "it names no file; write sqlite:PATH (e.g. sqlite:/var/lib/app/locks.db) \
+                             or sqlite::memory:"
+                                .into(),
+                        ));
+                    }
+                    percent_decode(path).map_err(&malformed)?
+                };
+                Ok(Target::Sqlite { location, table })
+            }
+            "postgres" | "postgresql" => {
+                if !rest.starts_with("//") {
+                    return Err(malformed(
+                        "write postgres://user[:password]@host[:port]/database".into(),
+                    ));
+                }
+                let (base, params) = split_query(url);
+                let mut params = Params::parse(params).map_err(&malformed)?;
+                let schema = params.take("schema");
+                let table = params.take("table");
+                Ok(Target::Postgres {
+                    url: params.reattach(base),
+                    schema,
+                    table,
+                })
+            }
+            "redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "unix" => {
+                let (base, params) = split_query(url);
+                let mut params = Params::parse(params).map_err(&malformed)?;
+                let prefix = params.take("prefix");
+                Ok(Target::Redis {
+                    url: params.reattach(base),
+                    prefix,
+                })
+            }
+            "dynamodb" | "dynamo" => {
+                let Some(rest) = rest.strip_prefix("//") else {
+                    return Err(malformed(
+                        "write dynamodb://TABLE?region=REGION (and &endpoint=http://host:port for an emulator)"
+                            .into(),
+                    ));
+                };
+                let (table, params) = split_query(rest);
+                let table = percent_decode(table.trim_end_matches('/')).map_err(&malformed)?;
+                if table.is_empty() {
+                    return Err(malformed(
+                        "it names no table; write dynamodb://TABLE?region=REGION".into(),
+                    ));
+                }
+                let mut params = Params::parse(params).map_err(&malformed)?;
+                let target = DynamoDbTarget {
+                    table,
+                    region: params.take("region"),
+                    endpoint: params.take("endpoint"),
+                    profile: params.take("profile"),
+                    prefix: params.take("prefix"),
+                    partition_key: params.take("partition_key"),
+                    access_key_id: params.take("access_key_id"),
+                    secret_access_key: params.take("secret_access_key"),
+                };
+                params
+                    .reject_rest(
+                        "dynamodb",
+                        "region, endpoint, profile, prefix, partition_key, access_key_id, secret_access_key",
+                    )
+                    .map_err(&malformed)?;
+                if target.access_key_id.is_some() != target.secret_access_key.is_some() {
+                    return Err(malformed(
+                        "give both access_key_id and secret_access_key, or neither (then the AWS chain is used)"
+                            .into(),
+                    ));
+                }
+                Ok(Target::DynamoDb(target))
+            }
+            other => {
+                let hint = match other {
+                    "postgress" | "pg" | "psql" | "postgre" => " (did you mean postgres://?)",
+                    "sqlite3" | "file" => " (did you mean sqlite:PATH?)",
+                    "ddb" | "dynamo-db" | "aws" => " (did you mean dynamodb://TABLE?)",
+                    "mem" | "inmemory" => " (did you mean memory:?)",
+                    "http" | "https" => {
+                        " (for a DynamoDB endpoint write dynamodb://TABLE?endpoint=http://…)"
+                    }
+                    _ => "",
+                };
+                Err(malformed(format!(
+                    "unknown scheme {other:?}{hint}; write one of {FORMS}"
+                )))
+            }
+        }
+    }
+
+    async fn open(self) -> Result<Store, OpenError> {
+        match self {
+            #[cfg(feature = "memory")]
+            Target::Memory { namespace } => {
+                let store = crate::memory::MemoryStore::new();
+                let store = match namespace {
+                    Some(name) => store.namespace(&name),
+                    None => store,
+                };
+                Ok(Store::from_store(Arc::new(store), Schema::Nothing))
+            }
+            #[cfg(feature = "sqlite")]
+            Target::Sqlite { location, table } => {
+                let mut builder = crate::sqlite::SqliteStore::builder(location);
+                if let Some(table) = table {
+                    builder = builder.table(table);
+                }
+                let store = builder.build().await?;
+                Ok(Store::from_store(
+                    Arc::new(store.clone()),
+                    Schema::Sqlite(store),
+                ))
+            }
+            #[cfg(feature = "postgres")]
+            Target::Postgres { url, schema, table } => {
+                let mut builder = crate::postgres::PostgresStore::builder(url);
+                if let Some(schema) = schema {
+                    builder = builder.schema(schema);
+                }
+                if let Some(table) = table {
+                    builder = builder.table(table);
+                }
+                let store = builder.build().await?;
+                Ok(Store::from_store(
+                    Arc::new(store.clone()),
+                    Schema::Postgres(store),
+                ))
+            }
+            #[cfg(feature = "redis")]
+            Target::Redis { url, prefix } => {
+                let mut builder = crate::redis::RedisStore::builder(url);
+                if let Some(prefix) = prefix {
+                    builder = builder.key_prefix(prefix);
+                }
+                let store = builder.connect().await?;
+                Ok(Store::from_store(Arc::new(store), Schema::Nothing))
+            }
+            #[cfg(feature = "dynamodb")]
+            Target::DynamoDb(t) => {
+                let mut builder = crate::dynamodb::DynamoDbStore::builder(t.table);
+                if let Some(region) = t.region {
+                    builder = builder.region(region);
+                }
+                if let Some(endpoint) = t.endpoint {
+                    builder = builder.endpoint_url(endpoint);
+                }
+                if let Some(profile) = t.profile {
+                    builder = builder.profile(profile);
+                }
+                if let Some(prefix) = t.prefix {
+                    builder = builder.key_prefix(prefix);
+                }
+                if let Some(partition_key) = t.partition_key {
+                    builder = builder.partition_key(partition_key);
+                }
+                if let (Some(id), Some(secret)) = (t.access_key_id, t.secret_access_key) {
+                    builder = builder.static_credentials(id, secret);
+                }
+                let store = Arc::new(builder.build().await?);
+                Ok(Store::from_store(
+                    Arc::clone(&store),
+                    Schema::DynamoDb(store),
+                ))
+            }
+            #[allow(unreachable_patterns)] // reached when a backend feature is off
+            other => Err(OpenError::FeatureDisabled {
+                backend: other.backend(),
+                feature: other.backend(),
+            }),
+        }
+    }
+
+    #[allow(dead_code)] // unused when every backend feature is on
+    fn backend(&self) -> &'static str {
+        match self {
+            Target::Memory { .. } => "memory",
+            Target::Sqlite { .. } => "sqlite",
+            Target::Postgres { .. } => "postgres",
+            Target::Redis { .. } => "redis",
+            Target::DynamoDb(_) => "dynamodb",
+        }
+    }
+}
+
+/// Splits `text` at its first `?` into the part before and the query.
+fn split_query(text: &str) -> (&str, Option<&str>) {
+    match text.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (text, None),
+    }
+}
+
+/// A URL's query: lockstore's parameters are taken out, the rest kept in
+/// order for the backend's driver.
+struct Params {
+    pairs: Vec<(String, String, String)>, // (decoded name, decoded value, raw pair)
+}
+
+impl Params {
+    fn parse(query: Option<&str>) -> Result<Params, String> {
+        let mut pairs = Vec::new();
+        for raw in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = raw.split_once('=').unwrap_or((raw, ""));
+            pairs.push((
+                percent_decode(name)?,
+                percent_decode(value)?,
+                raw.to_owned(),
+            ));
+        }
+        Ok(Params { pairs })
+    }
+
+    /// Removes parameter `name` and returns its (last) value; an empty value
+    /// counts as absent.
+    fn take(&mut self, name: &str) -> Option<String> {
+        let mut found = None;
+        self.pairs.retain(|(n, v, _)| {
+            if n == name {
+                found = Some(v.clone());
+                false
+            } else {
+                true
+            }
+        });
+        found.filter(|v| !v.is_empty())
+    }
+
+    fn reject_rest(&self, backend: &str, known: &str) -> Result<(), String> {
+        match self.pairs.first() {
+            None => Ok(()),
+            Some((name, _, _)) => Err(format!(
+                "unknown parameter {name:?} for {backend}; its parameters are: {known}"
+            )),
+        }
+    }
+
+    /// `base` with the parameters not taken.
+    fn reattach(&self, base: &str) -> String {
+        if self.pairs.is_empty() {
+            return base.to_owned();
+        }
+        let query: Vec<&str> = self.pairs.iter().map(|(_, _, raw)| raw.as_str()).collect();
+        format!("{base}?{}", query.join("&"))
+    }
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "{text:?} has a '%' not followed by two hex digits; write %25 for '%'"
+                        )
+                    })?;
+                out.push(hex);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{text:?} does not decode to UTF-8"))
+}
+
+/// `url` with the password of its user info, if any, replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_secret_params(url);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let tail = redact_secret_params(tail);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return format!("{scheme}://{authority}{tail}");
+    };
+    let userinfo = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => userinfo.to_owned(),
+    };
+    format!("{scheme}://{userinfo}@{host}{tail}")
+}
+
+fn redact_secret_params(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.contains("secret") || name.contains("password") => {
+                format!("{name}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", query.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Target {
+        Target::parse(url).unwrap_or_else(|err| panic!("{url}: {err}"))
+    }
+
+    fn reason(url: &str) -> String {
+        match Target::parse(url) {
+            Err(err @ OpenError::Malformed { .. }) => err.to_string(),
+            other => panic!("{url}: expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_urls() {
+        assert_eq!(parse("memory:"), Target::Memory { namespace: None });
+        assert_eq!(parse("memory://"), Target::Memory { namespace: None });
+        assert_eq!(
+            parse("memory:?namespace=billing"),
+            Target::Memory {
+                namespace: Some("billing".into())
+            }
+        );
+        assert!(reason("memory:foo").contains("memory:?namespace=NAME"));
+        assert!(reason("memory:?name=x").contains("\"name\""));
+    }
+
+    #[test]
+    fn sqlite_urls_name_a_file() {
+        let file = |url: &str| match parse(url) {
+            Target::Sqlite { location, .. } => location,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            file("sqlite:/var/lib/app/locks.db"),
+            "/var/lib/app/locks.db"
+        );
+        assert_eq!(
+            file("sqlite:///var/lib/app/locks.db"),
+            "/var/lib/app/locks.db"
+        );
+        assert_eq!(file("sqlite://locks.db"), "locks.db");
+        assert_eq!(file("sqlite:locks.db"), "locks.db");
+        assert_eq!(file("sqlite:my%20locks.db"), "my locks.db");
+        assert_eq!(file("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(
+            parse("sqlite:locks.db?table=jobs"),
+            Target::Sqlite {
+                location: "locks.db".into(),
+                table: Some("jobs".into())
+            }
+        );
+        assert!(reason("sqlite:").contains("sqlite:PATH"));
+        assert!(reason("sqlite:x.db?tabel=jobs").contains("its parameters are: table"));
+    }
+
+    #[test]
+    fn postgres_keeps_driver_parameters_and_takes_its_own() {
+        assert_eq!(
+            parse("postgres://app:pw@db:5432/app?sslmode=require&schema=locking&table=leases"),
+            Target::Postgres {
+                url: "postgres://app:pw@db:5432/app?sslmode=require".into(),
+                schema: Some("locking".into()),
+                table: Some("leases".into()),
+            }
+        );
+        assert!(matches!(
+            parse("postgresql://db/app"),
+            Target::Postgres {
+                schema: None,
+                table: None,
+                ..
+            }
+        ));
+        assert!(reason("postgres:db").contains("postgres://user"));
+    }
+
+    #[test]
+    fn redis_prefix_is_taken_out() {
+        assert_eq!(
+            parse("rediss://:pw@cache:6380/2?prefix=billing%3A&protocol=resp3"),
+            Target::Redis {
+                url: "rediss://:pw@cache:6380/2?protocol=resp3".into(),
+                prefix: Some("billing:".into()),
+            }
+        );
+        assert!(matches!(
+            parse("redis://127.0.0.1"),
+            Target::Redis { prefix: None, .. }
+        ));
+    }
+
+    #[test]
+    fn dynamodb_table_and_settings() {
+        let Target::DynamoDb(t) = parse(
+            "dynamodb://Locks?region=eu-west-1&endpoint=http%3A%2F%2F127.0.0.1%3A8000&profile=ops&prefix=app:&partition_key=pk",
+        ) else {
+            panic!("not dynamodb")
+        };
+        assert_eq!(t.table, "Locks");
+        assert_eq!(t.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(t.endpoint.as_deref(), Some("http://127.0.0.1:8000"));
+        assert_eq!(t.profile.as_deref(), Some("ops"));
+        assert_eq!(t.prefix.as_deref(), Some("app:"));
+        assert_eq!(t.partition_key.as_deref(), Some("pk"));
+        let Target::DynamoDb(t) = parse("dynamodb://Locks?endpoint=http://127.0.0.1:8000") else {
+            panic!("not dynamodb")
+        };
+        assert_eq!(t.endpoint.as_deref(), Some("http://127.0.0.1:8000"));
+        assert!(reason("dynamodb://").contains("dynamodb://TABLE"));
+        assert!(reason("dynamodb:Locks").contains("dynamodb://TABLE"));
+        assert!(reason("dynamodb://Locks?regoin=x").contains("region, endpoint"));
+        assert!(reason("dynamodb://Locks?access_key_id=x").contains("secret_access_key"));
+    }
+
+    #[test]
+    fn unknown_and_missing_schemes_say_what_to_write() {
+        assert!(reason("").contains("memory:"));
+        assert!(reason("/var/lib/locks.db").contains("sqlite:PATH"));
+        assert!(reason("postgress://db/app").contains("did you mean postgres://"));
+        assert!(reason("mysql://db/app").contains("unknown scheme \"mysql\""));
+        assert!(reason("http://127.0.0.1:8000").contains("dynamodb://TABLE?endpoint="));
+        assert!(reason("sqlite:x%2").contains("%25"));
+    }
+
+    #[test]
+    fn messages_never_show_a_password() {
+        let err = reason("mysql://app:hunter2@db/app");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("app:***@db"), "{err}");
+        let err = reason("dynamodb://T?access_key_id=a&secret_access_key=hunter2&x=1");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
+    }
+
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn memory_store_opens_and_locks() {
+        let a = open("memory:?namespace=a").await.unwrap();
+        assert_eq!(a.backend_name(), "memory");
+        a.ensure_schema().await.unwrap();
+        let guard = a
+            .lock_client()
+            .acquire(
+                "k",
+                crate::AcquireOptions::new(std::time::Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        assert!(a.locks().inspect(guard.key()).await.unwrap().is_some());
+        guard.release().await.unwrap();
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn a_backend_compiled_out_names_its_feature() {
+        let err = open("postgres://db/app").await.unwrap_err();
+        assert!(matches!(
+            err,
+            OpenError::FeatureDisabled {
+                feature: "postgres",
+                ..
+            }
+        ));
+        assert!(
+            err.to_string().contains("features = [\"postgres\"]"),
+            "{err}"
+        );
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn sqlite_in_memory_opens_with_its_schema() {
+        let store = open("sqlite::memory:").await.unwrap();
+        store.ensure_schema().await.unwrap();
+        assert_eq!(store.backend_name(), "sqlite");
+        let ledger = store.ledger_client();
+        assert!(ledger.get("nothing").await.unwrap().is_none());
+    }
+}
