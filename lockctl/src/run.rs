@@ -85,6 +85,7 @@ async fn run_locked(
             key,
             waited,
             holder,
+            ..
         }) => {
             let holder = holder.map_or_else(|| "held".to_owned(), |h| holder_text(&h));
             return Err(Failure {

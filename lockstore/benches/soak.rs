@@ -232,7 +232,10 @@ async fn main() {
                 .unwrap();
             stores.push(Arc::new(store));
         }
-        println!("{}", soak("DynamoDB (emulator)", stores, target, limit).await);
+        println!(
+            "{}",
+            soak("DynamoDB (emulator)", stores, target, limit).await
+        );
     }
 }
 
