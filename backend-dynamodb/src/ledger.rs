@@ -108,6 +108,7 @@ use lockstore_api::{
 
 use crate::error::{bad_item, map_sdk_error};
 use crate::ledger_expressions as lx;
+use crate::store::{number, string};
 use crate::{BACKEND, DynamoDbStore};
 
 type Item = std::collections::HashMap<String, AttributeValue>;
@@ -443,29 +444,6 @@ impl DynamoDbStore {
 fn held_by(item: &Item, lease_id: LeaseId) -> bool {
     matches!(item.get("exec_state"), Some(AttributeValue::S(state)) if state == "running")
         && matches!(item.get("lease_id"), Some(AttributeValue::S(id)) if *id == lease_id.to_string())
-}
-
-fn number(item: &Item, name: &str) -> Result<Option<u64>, String> {
-    match item.get(name) {
-        None => Ok(None),
-        Some(AttributeValue::N(text)) => text
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("attribute {name} = {text:?} is not a non-negative integer")),
-        Some(other) => Err(format!(
-            "attribute {name} should be a number, found {other:?}"
-        )),
-    }
-}
-
-fn string<'i>(item: &'i Item, name: &str) -> Result<Option<&'i str>, String> {
-    match item.get(name) {
-        None => Ok(None),
-        Some(AttributeValue::S(text)) => Ok(Some(text)),
-        Some(other) => Err(format!(
-            "attribute {name} should be a string, found {other:?}"
-        )),
-    }
 }
 
 fn count(value: Option<u64>) -> u32 {

@@ -356,7 +356,8 @@ enum Judgement {
     Held(Holder),
 }
 
-fn number(item: &Item, name: &str) -> Result<Option<u64>, String> {
+/// A number attribute, strictly parsed (shared with the ledger's items).
+pub(crate) fn number(item: &Item, name: &str) -> Result<Option<u64>, String> {
     match item.get(name) {
         None => Ok(None),
         Some(AttributeValue::N(text)) => text
@@ -369,7 +370,8 @@ fn number(item: &Item, name: &str) -> Result<Option<u64>, String> {
     }
 }
 
-fn string<'i>(item: &'i Item, name: &str) -> Result<Option<&'i str>, String> {
+/// A string attribute (shared with the ledger's items).
+pub(crate) fn string<'i>(item: &'i Item, name: &str) -> Result<Option<&'i str>, String> {
     match item.get(name) {
         None => Ok(None),
         Some(AttributeValue::S(text)) => Ok(Some(text)),

@@ -9,7 +9,9 @@
 //! store supplies `release_row()` (runs its release statement, true if a
 //! row was released) and `waiters()` (the in-process wake-ups, if
 //! any). Everything else comes from `inner.pool`, `inner.sql` and
-//! `inner.errors`, which both stores have.
+//! `inner.errors`, which both stores have. The bodies of both stores'
+//! `ensure_schema` and `purge_idle` are here too; the stores keep the
+//! public, documented methods.
 
 /// Implements `LockStore` for `$store` (see the module docs for what the
 /// store provides); `$backend` is its backend name, `$classify` its error
@@ -17,6 +19,34 @@
 macro_rules! impl_lock_store {
     ($store:ty, $backend:expr, $classify:path) => {
         impl $store {
+            /// `ensure_schema`'s work: the lock and ledger DDL as one
+            /// simple-protocol query (one implicit transaction).
+            async fn run_schema(&self) -> Result<(), lockstore_api::LockError> {
+                let schema = format!("{}\n{}", self.inner.sql.schema, self.inner.ledger.schema);
+                sqlx::raw_sql(&schema)
+                    .execute(&self.inner.pool)
+                    .await
+                    .map_err(|err| {
+                        self.inner
+                            .errors
+                            .map("creating the lock table", err, $classify)
+                    })?;
+                Ok(())
+            }
+
+            /// `purge_idle`'s work: the purge statement, rows deleted.
+            async fn run_purge_idle(
+                &self,
+                older_than: std::time::Duration,
+            ) -> Result<u64, lockstore_api::LockError> {
+                let result = sqlx::query(&self.inner.sql.purge)
+                    .bind($crate::shared::idle_millis(older_than)?)
+                    .execute(&self.inner.pool)
+                    .await
+                    .map_err(|err| self.inner.errors.map("purging idle locks", err, $classify))?;
+                Ok(result.rows_affected())
+            }
+
             fn map_err(
                 &self,
                 what: &str,

@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::lock::impl_lock_store;
-use crate::shared::{DbErrorKind, ErrorContext, Waiters, idle_millis};
+use crate::shared::{DbErrorKind, ErrorContext, Waiters};
 
 const BACKEND: &str = "postgres";
 
@@ -356,16 +356,7 @@ impl PostgresStore {
     pub async fn ensure_schema(&self) -> Result<(), LockError> {
         // One simple-protocol query: the ledger's table is created in the
         // same transaction, under the same advisory lock, as the locks'.
-        let schema = format!("{}\n{}", self.inner.sql.schema, self.inner.ledger.schema);
-        sqlx::raw_sql(&schema)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(|err| {
-                self.inner
-                    .errors
-                    .map("creating the lock table", err, classify)
-            })?;
-        Ok(())
+        self.run_schema().await
     }
 
     /// Deletes the rows of keys whose last lease ended more than `older_than`
@@ -380,12 +371,7 @@ impl PostgresStore {
     /// # Errors
     /// A [`LockError::Backend`] when the statement fails.
     pub async fn purge_idle(&self, older_than: Duration) -> Result<u64, LockError> {
-        let result = sqlx::query(&self.inner.sql.purge)
-            .bind(idle_millis(older_than)?)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(|err| self.inner.errors.map("purging idle locks", err, classify))?;
-        Ok(result.rows_affected())
+        self.run_purge_idle(older_than).await
     }
 
     /// The pool, to share with the application or to close.

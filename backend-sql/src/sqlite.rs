@@ -23,7 +23,7 @@ use sqlx::sqlite::{
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::lock::impl_lock_store;
-use crate::shared::{DbErrorKind, ErrorContext, Waiters, idle_millis};
+use crate::shared::{DbErrorKind, ErrorContext, Waiters};
 
 const BACKEND: &str = "sqlite";
 
@@ -290,16 +290,7 @@ impl SqliteStore {
     /// # Errors
     /// A [`LockError::Backend`] when the DDL fails.
     pub async fn ensure_schema(&self) -> Result<(), LockError> {
-        let schema = format!("{}\n{}", self.inner.sql.schema, self.inner.ledger.schema);
-        sqlx::raw_sql(&schema)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(|err| {
-                self.inner
-                    .errors
-                    .map("creating the lock table", err, classify)
-            })?;
-        Ok(())
+        self.run_schema().await
     }
 
     /// Deletes the rows of keys whose last lease ended more than `older_than`
@@ -312,12 +303,7 @@ impl SqliteStore {
     /// # Errors
     /// A [`LockError::Backend`] when the statement fails.
     pub async fn purge_idle(&self, older_than: Duration) -> Result<u64, LockError> {
-        let result = sqlx::query(&self.inner.sql.purge)
-            .bind(idle_millis(older_than)?)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(|err| self.inner.errors.map("purging idle locks", err, classify))?;
-        Ok(result.rows_affected())
+        self.run_purge_idle(older_than).await
     }
 
     /// The pool, to close it or run other statements on the same file.

@@ -363,6 +363,26 @@ async fn notify_wakes_other_stores_and_survives_listener_loss() {
 
 // ------------------------------------------------------------ errors
 
+/// A releasing store on a fresh table, a fault proxy to the server, and a
+/// waiting store on the same table behind the proxy.
+async fn proxied_waiter() -> (
+    PostgresStore,
+    lockstore_conformance::proxy::FaultProxy,
+    PostgresStore,
+) {
+    let harness = PostgresHarness::default();
+    let releaser = harness.postgres_store(&fresh_table()).await;
+    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
+    let proxy = lockstore_conformance::proxy::FaultProxy::start(format!(
+        "{}:{}",
+        options.get_host(),
+        options.get_port()
+    ))
+    .await;
+    let waiter = store_behind_proxy(&proxy, &releaser).await;
+    (releaser, proxy, waiter)
+}
+
 /// A store whose every connection (the listener's included) goes through a
 /// fault proxy, on the table of `releaser`, with a fast listener probe.
 async fn store_behind_proxy(
@@ -420,16 +440,7 @@ async fn release_wakes(releaser: &PostgresStore, waiter: &PostgresStore, key: &s
 /// every reconnect waited for that slot forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_comes_back_after_a_connection_reset() {
-    let harness = PostgresHarness::default();
-    let releaser = harness.postgres_store(&fresh_table()).await;
-    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
-    let proxy = lockstore_conformance::proxy::FaultProxy::start(format!(
-        "{}:{}",
-        options.get_host(),
-        options.get_port()
-    ))
-    .await;
-    let waiter = store_behind_proxy(&proxy, &releaser).await;
+    let (releaser, proxy, waiter) = proxied_waiter().await;
     release_wakes(&releaser, &waiter, "reset").await;
 
     let signal = waiter
@@ -447,16 +458,7 @@ async fn listener_comes_back_after_a_connection_reset() {
 /// woken and the listener comes back. Without the probe, wake-ups just stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_notices_a_silent_connection() {
-    let harness = PostgresHarness::default();
-    let releaser = harness.postgres_store(&fresh_table()).await;
-    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
-    let proxy = lockstore_conformance::proxy::FaultProxy::start(format!(
-        "{}:{}",
-        options.get_host(),
-        options.get_port()
-    ))
-    .await;
-    let waiter = store_behind_proxy(&proxy, &releaser).await;
+    let (releaser, proxy, waiter) = proxied_waiter().await;
     release_wakes(&releaser, &waiter, "silent").await;
 
     let signal = waiter

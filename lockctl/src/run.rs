@@ -70,15 +70,18 @@ async fn run_locked(
             }
         })
     });
-    let acquired = tokio::select! {
-        acquired = client.acquire(&key, options) => acquired,
-        signal = signals.next() => {
-            drop(progress);
-            eprintln!("lockctl: {signal} while waiting for {key}; the command was not run");
-            return Ok(signal_code(signal));
-        }
+    let waiting = format!("waiting for {key}");
+    let acquired = match unless_signalled(
+        client.acquire(&key, options),
+        signals,
+        &waiting,
+        progress.flatten(),
+    )
+    .await
+    {
+        Ok(acquired) => acquired,
+        Err(code) => return Ok(code),
     };
-    drop(progress);
     let guard = match acquired {
         Ok(guard) => guard,
         Err(LockError::Timeout {
@@ -156,13 +159,12 @@ async fn run_once(
         _ => None,
     };
     let run = loop {
-        let begun = tokio::select! {
-            begun = ledger.begin(&key, &options) => begun,
-            signal = signals.next() => {
-                eprintln!("lockctl: {signal} while starting {key}; the command was not run");
-                return Ok(signal_code(signal));
-            }
-        };
+        let starting = format!("starting {key}");
+        let begun =
+            match unless_signalled(ledger.begin(&key, &options), signals, &starting, None).await {
+                Ok(begun) => begun,
+                Err(code) => return Ok(code),
+            };
         let record = match begun.map_err(|err| Failure::store(codes, &err))? {
             Begin::Started(run) => break run,
             Begin::AlreadySucceeded(record) => {
@@ -218,15 +220,12 @@ async fn run_once(
                 }
             })
         };
-        let waited = tokio::select! {
-            waited = ledger.wait(&key, left) => waited,
-            signal = signals.next() => {
-                drop(progress);
-                eprintln!("lockctl: {signal} while waiting for {key}; the command was not run");
-                return Ok(signal_code(signal));
-            }
-        };
-        drop(progress);
+        let waiting = format!("waiting for {key}");
+        let waited =
+            match unless_signalled(ledger.wait(&key, left), signals, &waiting, progress).await {
+                Ok(waited) => waited,
+                Err(code) => return Ok(code),
+            };
         match waited {
             Ok(_) => continue, // it ended: begin again decides
             Err(LockError::Timeout { waited, .. }) => {
@@ -466,6 +465,29 @@ fn exit_code(status: ExitStatus) -> u8 {
         (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(u8::MAX),
         (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(u8::MAX),
         (None, None) => exit::ERROR,
+    }
+}
+
+/// Awaits `step` (a wait before the command starts) unless a signal comes
+/// first: then says so, naming what was being `doing`, and gives the exit
+/// code for that signal, the command not run. The progress line, if any,
+/// is cleared either way.
+async fn unless_signalled<T>(
+    step: impl Future<Output = T>,
+    signals: &mut Forwarded,
+    doing: &str,
+    progress: Option<Progress>,
+) -> Result<T, u8> {
+    tokio::select! {
+        done = step => {
+            drop(progress);
+            Ok(done)
+        }
+        signal = signals.next() => {
+            drop(progress);
+            eprintln!("lockctl: {signal} while {doing}; the command was not run");
+            Err(signal_code(signal))
+        }
     }
 }
 

@@ -109,19 +109,17 @@ pub async fn guard_signals_loss_before_takeover_when_partitioned(ctx: Ctx) {
         .unwrap();
     partitioned.cut();
     let lost = guard.lost();
-    let lost_at = tokio::spawn(async move {
-        lost.await;
-        Instant::now()
-    });
     let give_up = Instant::now() + short * 4 + ctx.profile().tolerance * 4;
+    // When the takeover's reply arrives, the server has granted the key:
+    // by then the guard must already distrust its lease. Both checks read
+    // the guard's own deadline, not when a task happened to be scheduled.
     let taken_at = loop {
-        let sent = Instant::now();
         let attempt = store
             .try_acquire(&request(&k, long_ttl(&ctx), "bob"))
             .await
             .unwrap();
         if matches!(attempt, lockstore_api::AcquireOutcome::Acquired { .. }) {
-            break sent;
+            break Instant::now();
         }
         assert!(
             Instant::now() < give_up,
@@ -129,14 +127,23 @@ pub async fn guard_signals_loss_before_takeover_when_partitioned(ctx: Ctx) {
         );
         ctx.sleep(short / 40).await;
     };
-    let lost_at = timeout(Duration::from_millis(1), lost_at)
-        .await
-        .expect("the key was taken over while the cut-off guard still believed it held it")
-        .unwrap();
     assert!(
-        lost_at <= taken_at,
-        "guard gave up at {lost_at:?}, after the takeover request at {taken_at:?}"
+        guard.is_lost(),
+        "the key was taken over while the cut-off guard still believed it held it"
     );
+    assert!(
+        guard.trusted_until() <= taken_at,
+        "the guard trusted its lease until {:?}, after the takeover at {taken_at:?}",
+        guard.trusted_until()
+    );
+    assert!(
+        guard.check().is_err(),
+        "check() handed out the fence of a lost lease"
+    );
+    // `lost()` has its own timer on the deadline, which has passed.
+    timeout(short * 4, lost)
+        .await
+        .expect("lost() never resolved although the guard's deadline had passed");
     drop(guard);
 }
 
