@@ -1,19 +1,23 @@
 //! End-to-end tests: the built `lockctl` binary against SQLite (a temporary
-//! file) and, when their URLs are set, PostgreSQL, Redis and DynamoDB
-//! (`LOCKSTORE_TEST_POSTGRES_URL`, `LOCKSTORE_TEST_REDIS_URL`,
-//! `LOCKSTORE_TEST_DYNAMODB_URL`, an emulator endpoint such as moto's).
+//! file) and every server backend: PostgreSQL, Redis, DynamoDB on moto and
+//! on dynalite. Servers are found as the conformance suite finds them
+//! (`lockstore_conformance::provision`: a `LOCKSTORE_TEST_*_URL`, else a
+//! container, else the test fails saying how to provide one); dynalite
+//! comes from `LOCKSTORE_TEST_DYNALITE_URL`. Nothing is skipped.
 //!
 //! Every case runs on every backend, as its own named test
 //! (`postgres::lease_loss_stops_the_child`, …). Nothing here asserts on
 //! durations: waits are on conditions, with generous limits.
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lockstore_conformance::provision::{Service, server_url};
 use serde_json::Value;
 
 const LOCKCTL: &str = env!("CARGO_BIN_EXE_lockctl");
@@ -28,47 +32,47 @@ struct Backend {
 }
 
 impl Backend {
-    fn sqlite() -> Option<Backend> {
+    fn sqlite() -> Backend {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let url = format!("sqlite:{}", dir.path().join("locks.db").display());
-        Some(Backend { url, dir })
+        Backend { url, dir }
     }
 
-    fn postgres() -> Option<Backend> {
-        Self::server("postgres", "LOCKSTORE_TEST_POSTGRES_URL", |url| {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            format!("{url}{sep}table=lockctl_e2e")
-        })
+    fn postgres() -> Backend {
+        let url = server_url(Service::Postgres);
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Self::server("postgres", format!("{url}{sep}table=lockctl_e2e"))
     }
 
-    fn redis() -> Option<Backend> {
-        Self::server("redis", "LOCKSTORE_TEST_REDIS_URL", |url| {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            format!("{url}{sep}prefix=lockctl-e2e:")
-        })
+    fn redis() -> Backend {
+        let url = server_url(Service::Redis);
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Self::server("redis", format!("{url}{sep}prefix=lockctl-e2e:"))
     }
 
-    fn dynamodb() -> Option<Backend> {
-        Self::server("dynamodb", "LOCKSTORE_TEST_DYNAMODB_URL", |endpoint| {
-            format!(
-                "dynamodb://lockctl_e2e?endpoint={endpoint}&region=us-east-1\
-                 &access_key_id=test&secret_access_key=test"
-            )
-        })
+    fn dynamodb() -> Backend {
+        Self::server("dynamodb", dynamodb_url(&server_url(Service::DynamoDb)))
     }
 
-    /// A server backend from its env URL, set up once per test process; a
-    /// loud note and `None` when the URL is not set (CI always sets it).
-    fn server(name: &str, var: &str, to_url: fn(&str) -> String) -> Option<Backend> {
-        let Some(server) = std::env::var(var).ok().filter(|v| !v.is_empty()) else {
-            eprintln!(
-                "\n!!! {var} is not set: this {name} end-to-end test did NOT run. \
-                 CI sets it; locally, `source` the test servers' env file. !!!\n"
-            );
-            return None;
-        };
+    fn dynalite() -> Backend {
+        let endpoint = std::env::var("LOCKSTORE_TEST_DYNALITE_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no dynalite server for the lockctl end-to-end tests: set \
+                     LOCKSTORE_TEST_DYNALITE_URL=<url> (`eval \"$(scripts/servers.sh start)\"` \
+                     starts one on 127.0.0.1)"
+                )
+            });
+        Self::server("dynalite", dynamodb_url(&endpoint))
+    }
+
+    /// A server backend at `url`, set up (`lockctl setup`) once per test
+    /// process.
+    fn server(name: &str, url: String) -> Backend {
         let backend = Backend {
-            url: to_url(&server),
+            url,
             dir: tempfile::tempdir().expect("a temporary directory"),
         };
         static SET_UP: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
@@ -81,7 +85,7 @@ impl Backend {
             assert_eq!(out.code(), 0, "lockctl setup on {name}: {}", out.stderr);
             done.push(backend.url.clone());
         }
-        Some(backend)
+        backend
     }
 
     /// `lockctl ARGS` on this store (through LOCKSTORE_URL, so a child
@@ -99,6 +103,14 @@ impl Backend {
     fn file(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+/// The lockctl URL of a DynamoDB-compatible endpoint.
+fn dynamodb_url(endpoint: &str) -> String {
+    format!(
+        "dynamodb://lockctl_e2e?endpoint={endpoint}&region=us-east-1\
+         &access_key_id=test&secret_access_key=test"
+    )
 }
 
 /// A key no other test (or earlier run on a shared server) uses.
@@ -131,8 +143,12 @@ impl Output {
 
 impl Lockctl {
     fn spawn(mut self, stdin: Stdio) -> Running {
+        // Its own process group: a case that fails by timing out kills the
+        // group, so a command lockctl failed to stop cannot hold the pipes
+        // open and hang the test instead of failing it.
         let mut child = self
             .0
+            .process_group(0)
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -180,6 +196,12 @@ impl Running {
                 break status;
             }
             if started.elapsed() > limit {
+                if let Ok(pid) = i32::try_from(self.child.id()) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 panic!(
@@ -506,11 +528,21 @@ fn stdin_reaches_the_child(b: &Backend) {
 }
 
 fn sigterm_is_forwarded_to_the_child(b: &Backend) {
-    let key = unique("sigterm");
+    signal_is_forwarded_to_the_child(b, "TERM");
+}
+
+fn sigint_is_forwarded_to_the_child(b: &Backend) {
+    signal_is_forwarded_to_the_child(b, "INT");
+}
+
+/// `kill -SIGNAL` to lockctl alone reaches the child, whose own exit code
+/// comes back, and the lock is released on the way out.
+fn signal_is_forwarded_to_the_child(b: &Backend, signal: &str) {
+    let key = unique(&format!("sig{signal}"));
     let ready = b.file("ready");
     let got = b.file("got");
     let script = format!(
-        r#"trap 'echo term > "{g}"; kill $! 2>/dev/null; exit 9' TERM
+        r#"trap 'echo {signal} > "{g}"; kill $! 2>/dev/null; exit 9' {signal}
 sleep 100 & echo up > "{r}"; wait"#,
         g = got.display(),
         r = ready.display()
@@ -519,21 +551,94 @@ sleep 100 & echo up > "{r}"; wait"#,
         .lockctl(&["run", &key, "--", "sh", "-c", &script])
         .spawn(Stdio::null());
     wait_for_file(&ready);
-    let pid = running.child.id().to_string();
-    // Only lockctl is signalled; the child hears it because lockctl forwards.
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
+    send_signal(&running, signal);
     let out = running.wait_within(PATIENCE);
     assert_eq!(out.code(), 9, "the child's own exit code: {}", out.stderr);
-    assert_eq!(read(&got).trim(), "term");
-    // The lock was released on the way out.
+    assert_eq!(read(&got).trim(), signal);
     let free = b
         .lockctl(&["run", &key, "--no-wait", "--", "true"])
         .output();
     assert_eq!(free.code(), 0, "{}", free.stderr);
+}
+
+/// A `--once` run whose lockctl is paused (SIGSTOP) past its lease: another
+/// run takes the key over and succeeds; when the paused lockctl continues,
+/// it sees its lease is gone, stops its command (SIGTERM) and exits with the
+/// lost code — and its stale run records nothing over the takeover's.
+fn once_lease_loss_stops_the_child(b: &Backend) {
+    let key = unique("once-lost");
+    let ready = b.file("once-ready");
+    let marker = b.file("once-term");
+    let script = format!(
+        r#"trap 'echo term > "{m}"; kill $! 2>/dev/null; exit 0' TERM
+sleep 100 & echo up > "{r}"; wait"#,
+        m = marker.display(),
+        r = ready.display()
+    );
+    let first = b
+        .lockctl(&[
+            "run",
+            "--once",
+            &key,
+            "--ttl",
+            "2s",
+            "--kill-grace",
+            "30s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn(Stdio::null());
+    wait_for_file(&ready);
+    // Paused, the first lockctl renews nothing: its run lease runs out.
+    send_signal(&first, "STOP");
+    let started = Instant::now();
+    let second = loop {
+        let out = b
+            .lockctl(&["run", "--once", &key, "--", "sh", "-c", "echo second"])
+            .output();
+        match out.code() {
+            0 => break out,
+            200 => {
+                assert!(
+                    started.elapsed() < PATIENCE,
+                    "the paused run's lease never ran out: {}",
+                    out.stderr
+                );
+                thread::sleep(Duration::from_millis(100));
+            }
+            other => panic!("the takeover run exited {other}: {}", out.stderr),
+        }
+    };
+    assert_eq!(second.stdout.trim(), "second");
+    send_signal(&first, "CONT");
+    let out = first.wait_within(PATIENCE);
+    assert_eq!(out.code(), 201, "{}", out.stderr);
+    assert!(out.stderr.contains("lost"), "{}", out.stderr);
+    assert_eq!(
+        read(&marker).trim(),
+        "term",
+        "the stale command got SIGTERM"
+    );
+
+    let status = b.lockctl(&["--json", "status", &key]).output();
+    let run = status.json()["run"].clone();
+    assert_eq!(
+        run["status"], "succeeded",
+        "the takeover's success stands: {run}"
+    );
+    assert_eq!(run["attempts"], 2, "{run}");
+    let skipped = b.lockctl(&["run", "--once", &key, "--", "true"]).output();
+    assert_eq!(skipped.code(), 202, "{}", skipped.stderr);
+}
+
+fn send_signal(running: &Running, signal: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), running.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -{signal} failed");
 }
 
 macro_rules! suite {
@@ -542,7 +647,7 @@ macro_rules! suite {
             $(
                 #[test]
                 fn $case() {
-                    let Some(backend) = super::Backend::$backend() else { return };
+                    let backend = super::Backend::$backend();
                     super::$case(&backend);
                 }
             )*
@@ -556,6 +661,7 @@ macro_rules! every_backend {
         suite!(postgres: $($case),*);
         suite!(redis: $($case),*);
         suite!(dynamodb: $($case),*);
+        suite!(dynalite: $($case),*);
     };
 }
 
@@ -569,6 +675,8 @@ every_backend!(
     lease_loss_kills_a_child_that_ignores_sigterm,
     stdin_reaches_the_child,
     sigterm_is_forwarded_to_the_child,
+    sigint_is_forwarded_to_the_child,
+    once_lease_loss_stops_the_child,
 );
 
 // ------------------------------------------------- backend-independent cases
