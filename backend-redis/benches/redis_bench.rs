@@ -179,13 +179,52 @@ async fn handoff_table(setup: &Arc<Setup>, rounds: usize) {
             move |_| handoff(s.store.clone(), s.polling.clone())
         }),
     ];
+    let mut variants = variants;
+    variants.push(Variant::self_timed("PING after 20 ms idle (a cold RTT)", {
+        let s = Arc::clone(setup);
+        move |_| {
+            let mut manager = s.manager.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let started = Instant::now();
+                let _: String = redis::cmd("PING")
+                    .query_async(&mut manager)
+                    .await
+                    .expect("PING");
+                started.elapsed()
+            }
+        }
+    }));
+    if std::env::var_os("BENCH_DIAG").is_some() {
+        variants.push(Variant::self_timed(
+            "diag: release sent → the signal fires",
+            {
+                let s = Arc::clone(setup);
+                move |_| signal_latency(s.store.clone())
+            },
+        ));
+        variants.push(Variant::self_timed(
+            "diag: raw PUBLISH sent → a subscriber has it",
+            {
+                let s = Arc::clone(setup);
+                move |_| publish_latency(Arc::clone(&s))
+            },
+        ));
+    }
     let figures = bench::sequential(&variants, plan).await;
     let mut table = Table::new(
         format!(
             "Redis hand-off: release sent → the waiter holds ({} rounds × {} hand-offs; unit: PING p50 of the same round)",
             plan.rounds, plan.per_round
         ),
-        &["variant", "p50", "p99", "p50 in RTT", "goal ≤ 3 RTT"],
+        &[
+            "variant",
+            "p50",
+            "p99",
+            "p50 in RTT",
+            "p50 in cold RTT",
+            "goal ≤ 3 RTT",
+        ],
     );
     for f in &figures[1..] {
         let ratio = f.p50_in(&figures[0]);
@@ -194,6 +233,7 @@ async fn handoff_table(setup: &Arc<Setup>, rounds: usize) {
             us(f.p50()),
             us(f.p99()),
             format!("{ratio:.2}"),
+            format!("{:.2}", f.p50_in(&figures[3])),
             if f.name.contains("notification") {
                 at_most(ratio, 3.0)
             } else {
@@ -445,6 +485,64 @@ async fn handoff(holder_store: RedisStore, waiter_store: RedisStore) -> Duration
     holder.release(&held).await.expect("release");
     let acquired = waiting.await.expect("waiter task");
     acquired - released
+}
+
+/// Release sent → the store's release signal fires, for a waiter that
+/// subscribed and was refused.
+async fn signal_latency(store: RedisStore) -> Duration {
+    let key = LockKey::new("signal").expect("key");
+    let holder = AcquireRequest {
+        key: key.clone(),
+        lease_id: LeaseId::random(),
+        ttl: Ttl::new(TTL).expect("ttl"),
+        owner: OwnerLabel::new("holder").expect("owner"),
+    };
+    assert!(matches!(
+        store.try_acquire(&holder).await.expect("acquire"),
+        AcquireOutcome::Acquired { .. }
+    ));
+    let signal = store.release_signal(&key).expect("notifications on");
+    let waiter = AcquireRequest {
+        lease_id: LeaseId::random(),
+        ..holder.clone()
+    };
+    assert!(matches!(
+        store.try_acquire(&waiter).await.expect("acquire"),
+        AcquireOutcome::Held(_)
+    ));
+    let fired = tokio::spawn(async move {
+        signal.await;
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let released = Instant::now();
+    store.release(&key, holder.lease_id).await.expect("release");
+    fired.await.expect("signal task") - released
+}
+
+/// The floor of any pub/sub hand-off with this client library: `PUBLISH`
+/// sent → a subscribed connection has the message.
+async fn publish_latency(s: Arc<Setup>) -> Duration {
+    use futures::StreamExt as _;
+    let client = redis::Client::open(s.url.as_str()).expect("url");
+    let channel = format!("{}diag-publish", s.prefix);
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(&channel).await.expect("subscribe");
+    let received = tokio::spawn(async move {
+        let mut stream = pubsub.on_message();
+        stream.next().await.expect("a message");
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut manager = s.manager.clone();
+    let sent = Instant::now();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg("x")
+        .query_async(&mut manager)
+        .await
+        .expect("PUBLISH");
+    received.await.expect("subscriber task") - sent
 }
 
 async fn contention(setup: &Arc<Setup>, rounds: usize) {
