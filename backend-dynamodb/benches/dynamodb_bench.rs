@@ -403,6 +403,7 @@ async fn on_server(name: &str, url: &str, rounds: usize) {
         .expect("get")
         .item
         .expect("the item");
+    counter.take();
     store.release(&k, alice.lease_id).await.expect("release");
     rows.push(("release", counter.take()));
     store.try_acquire(&alice).await.expect("acquire");

@@ -454,10 +454,8 @@ async fn contention(setup: &Arc<Setup>, rounds: usize) {
                     async move {
                         let started = Instant::now();
                         let conn = s.peer_pool.acquire().await.expect("connection");
-                        let guard = advisory(&s, &name)
-                            .acquire(conn)
-                            .await
-                            .expect("advisory lock");
+                        let lock = advisory(&s, &name);
+                        let guard = lock.acquire(conn).await.expect("advisory lock");
                         let took = started.elapsed();
                         guard.release_now().await.expect("unlock");
                         took
