@@ -46,6 +46,7 @@ pub struct DynamoDbStore {
 struct Inner {
     client: Client,
     config: StoreConfig,
+    operations: Operations,
     observations: Observations,
     holder_reads: AtomicU64,
     ledger_reads: AtomicU64,
@@ -87,9 +88,11 @@ impl DynamoDbStore {
 
     pub(crate) fn new(client: Client, config: StoreConfig) -> Self {
         let observations = Observations::new(config.max_observations);
+        let operations = Operations::new(&config);
         Self {
             inner: Arc::new(Inner {
                 client,
+                operations,
                 config,
                 observations,
                 holder_reads: AtomicU64::new(0),
@@ -156,20 +159,12 @@ impl DynamoDbStore {
 
     /// An `UpdateItem` on `pk` with exactly the names and values its
     /// expressions use.
-    fn update(
-        &self,
-        pk: &str,
-        condition: &str,
-        update: &str,
-        values: &Values,
-    ) -> UpdateItemFluentBuilder {
+    fn update(&self, pk: &str, operation: &Prepared, values: &Values) -> UpdateItemFluentBuilder {
         let c = &self.inner.config;
-        let names = expr::names_for(&[condition, update], &c.partition_key, &c.cleanup_attribute);
-        let used = expr::placeholders(&[condition, update], ':');
         let values: HashMap<String, AttributeValue> = values
             .0
             .iter()
-            .filter(|(name, _)| used.contains(name))
+            .filter(|(name, _)| operation.values.iter().any(|used| used == name))
             .map(|(name, value)| ((*name).to_owned(), value.clone()))
             .collect();
         self.inner
@@ -177,9 +172,9 @@ impl DynamoDbStore {
             .update_item()
             .table_name(&c.table)
             .key(&c.partition_key, AttributeValue::S(pk.to_owned()))
-            .condition_expression(condition)
-            .update_expression(update)
-            .set_expression_attribute_names(Some(names))
+            .condition_expression(&operation.condition)
+            .update_expression(operation.update)
+            .set_expression_attribute_names(Some(operation.names.clone()))
             .set_expression_attribute_values(Some(values))
     }
 
@@ -277,14 +272,75 @@ impl DynamoDbStore {
         values: &Values,
     ) -> Result<Option<FencingToken>, LockError> {
         let reply = self
-            .update(pk, expr::REFRESH_CONDITION, expr::REFRESH_UPDATE, values)
+            .update(pk, &self.inner.operations.refresh, values)
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
         match reply {
-            Ok(out) => fence_of(out.attributes(), &format!("acquire {}", request.key)).map(Some),
+            Ok(out) => fence_of(out.attributes(), || format!("acquire {}", request.key)).map(Some),
             Err(e) if is_condition_failure(&e) => Ok(None),
             Err(e) => Err(self.map_err("acquire", &request.key, e)),
+        }
+    }
+}
+
+/// One operation's expressions with the attribute names and the value
+/// placeholders they use, worked out once per store rather than parsed again
+/// for every request.
+struct Prepared {
+    condition: String,
+    update: &'static str,
+    names: HashMap<String, String>,
+    values: Vec<String>,
+}
+
+impl Prepared {
+    fn new(condition: String, update: &'static str, config: &StoreConfig) -> Self {
+        let expressions = [condition.as_str(), update];
+        Self {
+            names: expr::names_for(
+                &expressions,
+                &config.partition_key,
+                &config.cleanup_attribute,
+            ),
+            values: expr::placeholders(&expressions, ':')
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            condition,
+            update,
+        }
+    }
+}
+
+/// Every operation's [`Prepared`] expressions.
+struct Operations {
+    acquire: Prepared,
+    acquire_skew_free: Prepared,
+    acquire_seen_version: Prepared,
+    refresh: Prepared,
+    renew: Prepared,
+    release: Prepared,
+}
+
+impl Operations {
+    fn new(c: &StoreConfig) -> Self {
+        let prepare = |condition: &str, update| Prepared::new(condition.to_owned(), update, c);
+        Self {
+            acquire: prepare(expr::ACQUIRE_CONDITION, expr::ACQUIRE_UPDATE),
+            acquire_skew_free: prepare(expr::ACQUIRE_CONDITION_SKEW_FREE, expr::ACQUIRE_UPDATE),
+            acquire_seen_version: Prepared::new(
+                format!(
+                    "{}{}",
+                    expr::ACQUIRE_CONDITION_SKEW_FREE,
+                    expr::ACQUIRE_CONDITION_SEEN_VERSION
+                ),
+                expr::ACQUIRE_UPDATE,
+                c,
+            ),
+            refresh: prepare(expr::REFRESH_CONDITION, expr::REFRESH_UPDATE),
+            renew: prepare(expr::RENEW_CONDITION, expr::RENEW_UPDATE),
+            release: prepare(expr::RELEASE_CONDITION, expr::RELEASE_UPDATE),
         }
     }
 }
@@ -408,18 +464,22 @@ fn read_lease(item: &Item) -> Result<StoredLease, String> {
 /// successful grant is reported as a retryable error: the caller does not
 /// get a lease it cannot fence, and its retry with the same lease id finds
 /// the grant and reads the token.
-fn fence_of(attributes: Option<&Item>, what: &str) -> Result<FencingToken, LockError> {
+fn fence_of(
+    attributes: Option<&Item>,
+    what: impl Fn() -> String,
+) -> Result<FencingToken, LockError> {
     let fence = attributes
         .map(|a| number(a, layout::FENCE))
         .transpose()
-        .map_err(|problem| bad_item(what, problem))?
+        .map_err(|problem| bad_item(&what(), problem))?
         .flatten();
     match fence {
         Some(fence) => Ok(FencingToken::new(fence)),
         None => Err(LockError::retryable(
             BACKEND,
             format!(
-                "{what}: the grant's reply did not include the fencing token; retry with the same lease id"
+                "{}: the grant's reply did not include the fencing token; retry with the same lease id",
+                what()
             ),
             lockstore_api::UnexpectedReply("UpdateItem reply without the fence attribute".into()),
         )),
@@ -440,13 +500,15 @@ impl LockStore for DynamoDbStore {
 
     async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
         let pk = self.item_key(&request.key);
-        let what = format!("acquire {}", request.key);
+        // Only errors need it: not formatted on the way to a grant.
+        let what = || format!("acquire {}", request.key);
         for _ in 0..ACQUIRE_ROUNDS {
             let now = self.config().wall_now()?;
             let mut values =
                 self.lease_values(request.lease_id, request.owner.as_str(), request.ttl, now);
-            let condition = match self.config().takeover {
-                TakeoverMode::WallClock => expr::ACQUIRE_CONDITION.to_owned(),
+            let operations = &self.inner.operations;
+            let operation = match self.config().takeover {
+                TakeoverMode::WallClock => &operations.acquire,
                 TakeoverMode::SkewFree => {
                     match self
                         .inner
@@ -455,18 +517,14 @@ impl LockStore for DynamoDbStore {
                     {
                         Some(version) => {
                             values.0.push((":seen_version", s(version)));
-                            format!(
-                                "{}{}",
-                                expr::ACQUIRE_CONDITION_SKEW_FREE,
-                                expr::ACQUIRE_CONDITION_SEEN_VERSION
-                            )
+                            &operations.acquire_seen_version
                         }
-                        None => expr::ACQUIRE_CONDITION_SKEW_FREE.to_owned(),
+                        None => &operations.acquire_skew_free,
                     }
                 }
             };
             let reply = self
-                .update(&pk, &condition, expr::ACQUIRE_UPDATE, &values)
+                .update(&pk, operation, &values)
                 .return_values(ReturnValue::UpdatedNew)
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
@@ -476,7 +534,7 @@ impl LockStore for DynamoDbStore {
             let refusal = match reply {
                 Ok(out) => {
                     self.inner.observations.forget(&pk);
-                    let fence = fence_of(out.attributes(), &what)?;
+                    let fence = fence_of(out.attributes(), what)?;
                     return Ok(AcquireOutcome::Acquired { fence });
                 }
                 Err(e) if is_condition_failure(&e) => e.into_service_error(),
@@ -487,7 +545,7 @@ impl LockStore for DynamoDbStore {
                 // Deleted between the write and the read: go round.
                 continue;
             };
-            let lease = read_lease(&item).map_err(|problem| bad_item(&what, problem))?;
+            let lease = read_lease(&item).map_err(|problem| bad_item(&what(), problem))?;
             if lease
                 .live
                 .as_ref()
@@ -508,7 +566,10 @@ impl LockStore for DynamoDbStore {
         }
         Err(LockError::retryable(
             BACKEND,
-            format!("{what}: the lock item changed under {ACQUIRE_ROUNDS} attempts in a row"),
+            format!(
+                "{}: the lock item changed under {ACQUIRE_ROUNDS} attempts in a row",
+                what()
+            ),
             lockstore_api::UnexpectedReply("heavy contention on one key".into()),
         ))
     }
@@ -524,7 +585,7 @@ impl LockStore for DynamoDbStore {
         // The owner is not rewritten by a renewal; its value is unused here.
         let values = self.lease_values(lease_id, "", ttl, now);
         let reply = self
-            .update(&pk, expr::RENEW_CONDITION, expr::RENEW_UPDATE, &values)
+            .update(&pk, &self.inner.operations.renew, &values)
             .send()
             .await;
         match reply {
@@ -545,7 +606,7 @@ impl LockStore for DynamoDbStore {
             (":cleanup_at", n((now + c.cleanup_after).as_secs())),
         ]);
         let reply = self
-            .update(&pk, expr::RELEASE_CONDITION, expr::RELEASE_UPDATE, &values)
+            .update(&pk, &self.inner.operations.release, &values)
             .return_values(ReturnValue::AllOld)
             .send()
             .await;

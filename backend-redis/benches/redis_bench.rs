@@ -1,27 +1,38 @@
-//! Redis backend figures on one local server, printed as a table:
+//! The Redis backend next to its peers, on one server, in one run, variants
+//! interleaved over rounds, with the server's `PING` round trip (RTT) as the
+//! unit (see `lockstore_conformance::bench`):
 //!
-//! * uncontended acquire+release latency next to the `PING` round trip;
-//! * acquire+release cycles/s next to a hand-written `SET NX PX` + Lua
-//!   compare-and-delete and next to `rslock` (Redlock on one instance);
-//! * hand-off latency (release → waiter holds) with pub/sub notification and
-//!   with polling only.
+//! * uncontended acquire+release: p50, p99, in RTTs, cycles/s, next to a
+//!   hand-written `SET NX PX` + Lua compare-and-delete and next to `rslock`
+//!   (Redlock on one instance);
+//! * hand-off (release → the next waiter holds) with pub/sub notification
+//!   and with polling only;
+//! * contention: 1, 8 and 64 clients on one key and on 64 keys, cycles/s and
+//!   p99 acquire latency, against the same peers (each waiting its own way:
+//!   lockstore by notification, `SET NX PX` with lockstore's default
+//!   backoff, rslock with its own retry loop);
+//! * connections a store holds.
 //!
-//! Run with `cargo bench -p lockstore-redis` and a server in
-//! `LOCKSTORE_TEST_REDIS_URL` (or `scripts/servers.sh run cargo bench …`).
+//! `scripts/servers.sh run cargo bench -p lockstore-redis --bench redis_bench`
+//! (or a server in `LOCKSTORE_TEST_REDIS_URL`). `BENCH_ROUNDS` overrides the
+//! number of rounds, `BENCH_SECTIONS` (comma-separated: uncontended,
+//! handoff, contention, connections) runs only some tables, `BENCH_DIAG=1`
+//! adds rows that show where a cycle's time goes. Prints tables; asserts nothing about time.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lockstore_api::{
-    AcquireOptions, AcquireOutcome, AcquireRequest, LeaseId, LockClient, LockKey, LockStore,
-    OwnerLabel, Ttl,
+    AcquireOptions, AcquireOutcome, AcquireRequest, Backoff, LeaseId, LockClient, LockKey,
+    LockStore, OwnerLabel, Ttl,
 };
+use lockstore_conformance::bench::{self, Figures, Plan, Table, Variant, at_least, at_most, us};
 use lockstore_conformance::provision::{Service, server_url};
 use lockstore_redis::RedisStore;
+use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
-const LATENCY_SAMPLES: usize = 5_000;
-const THROUGHPUT_CYCLES: usize = 5_000;
-const HANDOFF_SAMPLES: usize = 30;
+const TTL: Duration = Duration::from_secs(30);
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -32,6 +43,24 @@ fn main() {
     runtime.block_on(run());
 }
 
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(15)
+}
+
+/// Everything the variants share.
+struct Setup {
+    url: String,
+    prefix: String,
+    store: RedisStore,
+    polling: RedisStore,
+    manager: ConnectionManager,
+    rslock: rslock::LockManager,
+    cad: redis::Script,
+}
+
 async fn run() {
     let url = server_url(Service::Redis);
     let prefix = format!("lockstore-bench:{:08x}:", rand::random::<u32>());
@@ -40,12 +69,297 @@ async fn run() {
         .connect()
         .await
         .expect("connect");
-    let mut rows: Vec<(String, String)> = Vec::new();
+    let polling = RedisStore::builder(url.clone())
+        .key_prefix(prefix.clone())
+        .notifications(false)
+        .connect()
+        .await
+        .expect("connect");
+    let setup = Arc::new(Setup {
+        manager: store.connection_manager(),
+        rslock: rslock::LockManager::new(vec![url.clone()]),
+        cad: redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+        ),
+        url,
+        prefix,
+        store,
+        polling,
+    });
+    let rounds = rounds();
+    println!(
+        "lockstore-redis bench: {rounds} rounds (BENCH_ROUNDS), sections: {}",
+        bench::sections()
+    );
+    if bench::section("uncontended") {
+        uncontended(&setup, rounds).await;
+    }
+    if bench::section("handoff") {
+        handoff_table(&setup, rounds).await;
+    }
+    if bench::section("contention") {
+        contention(&setup, rounds.div_ceil(3).max(3)).await;
+    }
+    if bench::section("connections") {
+        connections_table(&setup).await;
+    }
+}
 
-    // Latency: PING versus one acquire + one release, sequential.
-    let mut manager = store.connection_manager();
-    let ping = sample(LATENCY_SAMPLES, || {
-        let mut manager = manager.clone();
+async fn uncontended(setup: &Arc<Setup>, rounds: usize) {
+    let plan = Plan {
+        rounds,
+        per_round: 400,
+        warm_up: 40,
+    };
+    let variants = vec![
+        ping(setup),
+        Variant::timed("lockstore store: try_acquire + release", {
+            let s = Arc::clone(setup);
+            move |_| {
+                let s = Arc::clone(&s);
+                async move { store_cycle(&s.store, "uncontended").await }
+            }
+        }),
+        Variant::timed("lockstore client: acquire_lease + release", {
+            let client = LockClient::new(setup.store.clone());
+            move |_| {
+                let client = client.clone();
+                async move {
+                    let lease = client
+                        .acquire_lease("uncontended-client", AcquireOptions::new(TTL))
+                        .await
+                        .expect("acquire");
+                    client.release(&lease).await.expect("release");
+                }
+            }
+        }),
+        Variant::timed("peer: SET NX PX + Lua delete", {
+            let s = Arc::clone(setup);
+            move |_| {
+                let s = Arc::clone(&s);
+                async move {
+                    assert!(set_nx_try(&s, "uncontended").await.is_some(), "held");
+                }
+            }
+        }),
+        Variant::timed("peer: rslock lock + unlock", {
+            let s = Arc::clone(setup);
+            move |_| {
+                let s = Arc::clone(&s);
+                async move {
+                    let resource = format!("{}rslock-uncontended", s.prefix);
+                    let lock = s.rslock.lock(resource.as_str(), TTL).await.expect("rslock");
+                    s.rslock.unlock(&lock).await;
+                }
+            }
+        }),
+    ];
+    let mut variants = variants;
+    if std::env::var_os("BENCH_DIAG").is_some() {
+        variants.extend(diagnostics(setup));
+    }
+    let figures = bench::sequential(&variants, plan).await;
+    print_uncontended(&figures, plan);
+}
+
+async fn handoff_table(setup: &Arc<Setup>, rounds: usize) {
+    let plan = Plan {
+        rounds,
+        per_round: 8,
+        warm_up: 1,
+    };
+    let variants = vec![
+        ping(setup),
+        Variant::self_timed("hand-off, pub/sub notification", {
+            let s = Arc::clone(setup);
+            move |_| handoff(s.store.clone(), s.store.clone())
+        }),
+        Variant::self_timed("hand-off, polling only (default backoff)", {
+            let s = Arc::clone(setup);
+            move |_| handoff(s.store.clone(), s.polling.clone())
+        }),
+    ];
+    let mut variants = variants;
+    variants.push(Variant::self_timed("PING after 20 ms idle (a cold RTT)", {
+        let s = Arc::clone(setup);
+        move |_| {
+            let mut manager = s.manager.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let started = Instant::now();
+                let _: String = redis::cmd("PING")
+                    .query_async(&mut manager)
+                    .await
+                    .expect("PING");
+                started.elapsed()
+            }
+        }
+    }));
+    if std::env::var_os("BENCH_DIAG").is_some() {
+        variants.push(Variant::self_timed(
+            "diag: release sent → the signal fires",
+            {
+                let s = Arc::clone(setup);
+                move |_| signal_latency(s.store.clone())
+            },
+        ));
+        variants.push(Variant::self_timed(
+            "diag: raw PUBLISH sent → a subscriber has it",
+            {
+                let s = Arc::clone(setup);
+                move |_| publish_latency(Arc::clone(&s))
+            },
+        ));
+    }
+    let figures = bench::sequential(&variants, plan).await;
+    let mut table = Table::new(
+        format!(
+            "Redis hand-off: release sent → the waiter holds ({} rounds × {} hand-offs; unit: PING p50 of the same round)",
+            plan.rounds, plan.per_round
+        ),
+        &[
+            "variant",
+            "p50",
+            "p99",
+            "p50 in RTT",
+            "p50 in cold RTT",
+            "goal ≤ 3 RTT",
+        ],
+    );
+    for f in &figures[1..] {
+        let ratio = f.p50_in(&figures[0]);
+        table.row(vec![
+            f.name.clone(),
+            us(f.p50()),
+            us(f.p99()),
+            format!("{ratio:.2}"),
+            format!("{:.2}", f.p50_in(&figures[3])),
+            if f.name.contains("notification") {
+                at_most(ratio, 3.0)
+            } else {
+                "(no goal)".into()
+            },
+        ]);
+    }
+    table.print();
+}
+
+/// Connections of a fresh store: after connecting, and while a waiter waits
+/// (the listener connects on the first wait).
+async fn connections_table(setup: &Setup) {
+    let before = connections(&setup.url).await;
+    let store = RedisStore::builder(setup.url.clone())
+        .key_prefix(setup.prefix.clone())
+        .connect()
+        .await
+        .expect("connect");
+    let after_connect = connections(&setup.url).await;
+    let client = LockClient::new(store);
+    let held = client
+        .acquire_lease("connections", AcquireOptions::new(TTL))
+        .await
+        .expect("holder");
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let _ = client
+                .acquire_lease(
+                    "connections",
+                    AcquireOptions::new(TTL).wait_up_to(Duration::from_millis(500)),
+                )
+                .await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let while_waiting = connections(&setup.url).await;
+    client.release(&held).await.expect("release");
+    waiting.await.expect("waiter");
+    let mut table = Table::new(
+        "Redis connections held by one store",
+        &["state", "connections"],
+    );
+    table.row(vec![
+        "after connect (one multiplexed connection for every operation)".into(),
+        (after_connect - before).to_string(),
+    ]);
+    table.row(vec![
+        "while waiters wait (+ one pub/sub listener shared by all of them)".into(),
+        (while_waiting - before).to_string(),
+    ]);
+    table.print();
+}
+
+/// Where the time of a cycle goes (`BENCH_DIAG=1`): lockstore's own
+/// scripts sent by hand, and two empty scripts (the cost of Lua itself).
+fn diagnostics(setup: &Arc<Setup>) -> Vec<Variant> {
+    let acquire = Arc::new(redis::Script::new(include_str!("../src/lua/acquire.lua")));
+    let release = Arc::new(redis::Script::new(include_str!("../src/lua/release.lua")));
+    let empty = Arc::new(redis::Script::new("return 1"));
+    vec![
+        Variant::timed("diag: lockstore's scripts by hand", {
+            let s = Arc::clone(setup);
+            move |_| {
+                let (s, acquire, release) =
+                    (Arc::clone(&s), Arc::clone(&acquire), Arc::clone(&release));
+                async move {
+                    let mut manager = s.manager.clone();
+                    let key = format!("{}{{diag}}", s.prefix);
+                    let id = LeaseId::random().to_string();
+                    let _: redis::Value = acquire
+                        .key(&key)
+                        .arg(&id)
+                        .arg("bench")
+                        .arg(30_000)
+                        .arg(60_000)
+                        .invoke_async(&mut manager)
+                        .await
+                        .expect("acquire");
+                    let _: redis::Value = release
+                        .key(&key)
+                        .arg(&id)
+                        .arg(60_000)
+                        .arg("diag-channel")
+                        .arg("diag")
+                        .invoke_async(&mut manager)
+                        .await
+                        .expect("release");
+                }
+            }
+        }),
+        Variant::timed("diag: EVALSHA 'return 1' twice", {
+            let s = Arc::clone(setup);
+            move |_| {
+                let (s, empty) = (Arc::clone(&s), Arc::clone(&empty));
+                async move {
+                    let mut manager = s.manager.clone();
+                    for _ in 0..2 {
+                        let _: i64 = empty.invoke_async(&mut manager).await.expect("script");
+                    }
+                }
+            }
+        }),
+        Variant::timed("diag: PING twice", {
+            let s = Arc::clone(setup);
+            move |_| {
+                let s = Arc::clone(&s);
+                async move {
+                    let mut manager = s.manager.clone();
+                    for _ in 0..2 {
+                        let _: String = redis::cmd("PING")
+                            .query_async(&mut manager)
+                            .await
+                            .expect("PING");
+                    }
+                }
+            }
+        }),
+    ]
+}
+
+fn ping(setup: &Arc<Setup>) -> Variant {
+    let s = Arc::clone(setup);
+    Variant::timed("PING (the unit: 1 RTT)", move |_| {
+        let mut manager = s.manager.clone();
         async move {
             let _: String = redis::cmd("PING")
                 .query_async(&mut manager)
@@ -53,181 +367,296 @@ async fn run() {
                 .expect("PING");
         }
     })
-    .await;
-    let key = LockKey::new("latency").unwrap();
-    let cycle = sample(LATENCY_SAMPLES, || {
-        let store = store.clone();
-        let key = key.clone();
-        async move { acquire_release(&store, &key).await }
-    })
-    .await;
-    rows.push((
-        "PING round trip p50 / p99".into(),
-        format!("{} / {}", us(pct(&ping, 50)), us(pct(&ping, 99))),
-    ));
-    rows.push((
-        "lockstore acquire+release p50 / p99".into(),
-        format!("{} / {}", us(pct(&cycle, 50)), us(pct(&cycle, 99))),
-    ));
-
-    // Throughput: sequential cycles on one key, one client each.
-    let started = Instant::now();
-    for _ in 0..THROUGHPUT_CYCLES {
-        acquire_release(&store, &key).await;
-    }
-    rows.push(("lockstore cycles/s".into(), rate(started.elapsed())));
-
-    let started = Instant::now();
-    let cad = redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
-    );
-    let baseline_key = format!("{prefix}baseline");
-    for _ in 0..THROUGHPUT_CYCLES {
-        let token = LeaseId::random().to_string();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&baseline_key)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(30_000)
-            .query_async(&mut manager)
-            .await
-            .expect("SET NX PX");
-        assert!(set.is_some(), "baseline key was held");
-        let deleted: i64 = cad
-            .key(&baseline_key)
-            .arg(&token)
-            .invoke_async(&mut manager)
-            .await
-            .expect("CAD");
-        assert_eq!(deleted, 1);
-    }
-    rows.push((
-        "SET NX PX + Lua delete cycles/s".into(),
-        rate(started.elapsed()),
-    ));
-
-    let rslock = rslock::LockManager::new(vec![url.clone()]);
-    let rslock_key = format!("{prefix}rslock");
-    // Warm up its connection.
-    let lock = rslock
-        .lock(rslock_key.as_str(), Duration::from_secs(30))
-        .await
-        .expect("rslock lock");
-    rslock.unlock(&lock).await;
-    let started = Instant::now();
-    for _ in 0..THROUGHPUT_CYCLES {
-        let lock = rslock
-            .lock(rslock_key.as_str(), Duration::from_secs(30))
-            .await
-            .expect("rslock lock");
-        rslock.unlock(&lock).await;
-    }
-    rows.push((
-        "rslock (1 instance) cycles/s".into(),
-        rate(started.elapsed()),
-    ));
-
-    // Hand-off: one waiter blocked, the holder releases, time until the waiter holds.
-    let polling = RedisStore::builder(url.clone())
-        .key_prefix(prefix.clone())
-        .notifications(false)
-        .connect()
-        .await
-        .expect("connect");
-    let notified = handoff(&store, &store).await;
-    let polled = handoff(&store, &polling).await;
-    rows.push((
-        "hand-off with notification p50 / p99".into(),
-        format!("{} / {}", us(pct(&notified, 50)), us(pct(&notified, 99))),
-    ));
-    rows.push((
-        "hand-off polling only p50 / p99".into(),
-        format!("{} / {}", us(pct(&polled, 50)), us(pct(&polled, 99))),
-    ));
-
-    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
-    println!(
-        "\nlockstore-redis bench ({LATENCY_SAMPLES} latency samples, {THROUGHPUT_CYCLES} cycles, {HANDOFF_SAMPLES} hand-offs)\n"
-    );
-    println!("| {:width$} | {:>21} |", "measure", "value");
-    println!("|-{:-<width$}-|-{:->21}-|", "", "");
-    for (name, value) in rows {
-        println!("| {name:width$} | {value:>21} |");
-    }
 }
 
-async fn acquire_release(store: &RedisStore, key: &LockKey) {
+fn print_uncontended(figures: &[Figures], plan: Plan) {
+    let rtt = &figures[0];
+    let best_peer = figures
+        .iter()
+        .filter(|f| f.name.starts_with("peer"))
+        .max_by(|a, b| a.per_second().total_cmp(&b.per_second()))
+        .expect("peers");
+    let mut table = Table::new(
+        format!(
+            "Redis uncontended acquire+release, one client ({} rounds × {} cycles, interleaved; unit: PING p50 of the same round)",
+            plan.rounds, plan.per_round
+        ),
+        &[
+            "variant",
+            "p50",
+            "p99",
+            "p50 in RTT",
+            "cycles/s",
+            "vs best peer",
+            "goal p50 ≤ 2.4 RTT",
+            "goal ≥ best peer",
+        ],
+    );
+    for f in figures {
+        let ratio = f.p50_in(rtt);
+        let lockstore = f.name.starts_with("lockstore");
+        let vs_peer = f.rate_over(best_peer);
+        table.row(vec![
+            f.name.clone(),
+            us(f.p50()),
+            us(f.p99()),
+            format!("{ratio:.2}"),
+            format!("{:.0}", f.per_second()),
+            format!("{vs_peer:.2}×"),
+            if lockstore {
+                at_most(ratio, 2.4)
+            } else {
+                String::new()
+            },
+            if lockstore {
+                at_least(vs_peer, 1.0)
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    table.print();
+}
+
+async fn store_cycle(store: &RedisStore, key: &str) {
     let request = AcquireRequest {
-        key: key.clone(),
+        key: LockKey::new(key).expect("key"),
         lease_id: LeaseId::random(),
-        ttl: Ttl::from_millis(30_000).unwrap(),
-        owner: OwnerLabel::new("bench").unwrap(),
+        ttl: Ttl::new(TTL).expect("ttl"),
+        owner: OwnerLabel::new("bench").expect("owner"),
     };
     match store.try_acquire(&request).await.expect("acquire") {
         AcquireOutcome::Acquired { .. } => {}
         AcquireOutcome::Held(holder) => panic!("uncontended key held by {holder:?}"),
     }
-    store.release(key, request.lease_id).await.expect("release");
+    store
+        .release(&request.key, request.lease_id)
+        .await
+        .expect("release");
 }
 
-/// Release → waiter holds, `HANDOFF_SAMPLES` times; the waiter uses the
-/// client's default backoff and has waited 100 ms when the release comes.
-async fn handoff(holder_store: &RedisStore, waiter_store: &RedisStore) -> Vec<Duration> {
-    let holder = LockClient::new(holder_store.clone());
-    let waiter = LockClient::new(waiter_store.clone());
-    let ttl = Duration::from_secs(30);
-    let mut samples = Vec::new();
-    for _ in 0..HANDOFF_SAMPLES {
-        let held = holder
-            .acquire_lease("handoff", AcquireOptions::new(ttl))
+/// One `SET NX PX` attempt and, if it took the key, the Lua delete. `None`
+/// when the key was held.
+async fn set_nx_try(s: &Setup, key: &str) -> Option<()> {
+    let mut manager = s.manager.clone();
+    let key = format!("{}peer:{key}", s.prefix);
+    let token = LeaseId::random().to_string();
+    let set: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(&token)
+        .arg("NX")
+        .arg("PX")
+        .arg(TTL.as_millis() as u64)
+        .query_async(&mut manager)
+        .await
+        .expect("SET NX PX");
+    set?;
+    let deleted: i64 = s
+        .cad
+        .key(&key)
+        .arg(&token)
+        .invoke_async(&mut manager)
+        .await
+        .expect("CAD");
+    assert_eq!(deleted, 1);
+    Some(())
+}
+
+/// Release → waiter holds. The waiter has been waiting (refused once, then
+/// asleep or subscribed) for 20 ms when the release is sent.
+async fn handoff(holder_store: RedisStore, waiter_store: RedisStore) -> Duration {
+    let holder = LockClient::new(holder_store);
+    let waiter = LockClient::new(waiter_store);
+    let held = holder
+        .acquire_lease("handoff", AcquireOptions::new(TTL))
+        .await
+        .expect("holder");
+    let waiting = tokio::spawn(async move {
+        let lease = waiter
+            .acquire_lease("handoff", AcquireOptions::new(TTL).wait_forever())
             .await
-            .expect("holder");
-        let waiter = waiter.clone();
-        let waiting = tokio::spawn(async move {
-            let lease = waiter
-                .acquire_lease("handoff", AcquireOptions::new(ttl).wait_forever())
-                .await
-                .expect("waiter");
-            (lease, Instant::now())
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let released = Instant::now();
-        holder.release(&held).await.expect("release");
-        let (lease, acquired) = waiting.await.expect("waiter task");
-        samples.push(acquired - released);
-        holder.release(&lease).await.expect("release waiter");
+            .expect("waiter");
+        let at = Instant::now();
+        waiter.release(&lease).await.expect("release waiter");
+        at
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let released = Instant::now();
+    holder.release(&held).await.expect("release");
+    let acquired = waiting.await.expect("waiter task");
+    acquired - released
+}
+
+/// Release sent → the store's release signal fires, for a waiter that
+/// subscribed and was refused.
+async fn signal_latency(store: RedisStore) -> Duration {
+    let key = LockKey::new("signal").expect("key");
+    let holder = AcquireRequest {
+        key: key.clone(),
+        lease_id: LeaseId::random(),
+        ttl: Ttl::new(TTL).expect("ttl"),
+        owner: OwnerLabel::new("holder").expect("owner"),
+    };
+    assert!(matches!(
+        store.try_acquire(&holder).await.expect("acquire"),
+        AcquireOutcome::Acquired { .. }
+    ));
+    let signal = store.release_signal(&key).expect("notifications on");
+    let waiter = AcquireRequest {
+        lease_id: LeaseId::random(),
+        ..holder.clone()
+    };
+    assert!(matches!(
+        store.try_acquire(&waiter).await.expect("acquire"),
+        AcquireOutcome::Held(_)
+    ));
+    let fired = tokio::spawn(async move {
+        signal.await;
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let released = Instant::now();
+    store.release(&key, holder.lease_id).await.expect("release");
+    fired.await.expect("signal task") - released
+}
+
+/// The floor of any pub/sub hand-off with this client library: `PUBLISH`
+/// sent → a subscribed connection has the message.
+async fn publish_latency(s: Arc<Setup>) -> Duration {
+    use futures::StreamExt as _;
+    let client = redis::Client::open(s.url.as_str()).expect("url");
+    let channel = format!("{}diag-publish", s.prefix);
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(&channel).await.expect("subscribe");
+    let received = tokio::spawn(async move {
+        let mut stream = pubsub.on_message();
+        stream.next().await.expect("a message");
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut manager = s.manager.clone();
+    let sent = Instant::now();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg("x")
+        .query_async(&mut manager)
+        .await
+        .expect("PUBLISH");
+    received.await.expect("subscriber task") - sent
+}
+
+async fn contention(setup: &Arc<Setup>, rounds: usize) {
+    let mut table = Table::new(
+        format!(
+            "Redis contention: acquire (waiting) + release at once, {rounds} rounds interleaved, 256 cycles per round split over the clients"
+        ),
+        &[
+            "clients × keys",
+            "variant",
+            "cycles/s",
+            "p99 acquire",
+            "p99 in RTT",
+            "vs best peer (cycles/s)",
+        ],
+    );
+    for (clients, keys) in [(1, 1), (8, 1), (64, 1), (1, 64), (8, 64), (64, 64)] {
+        let plan = Plan {
+            rounds,
+            per_round: (256 / clients).max(4),
+            warm_up: keys.min(64),
+        };
+        let tag = format!("c{clients}k{keys}");
+        let variants = vec![
+            ping(setup),
+            Variant::self_timed("lockstore (LockClient, pub/sub wake-up)", {
+                let client = LockClient::new(setup.store.clone());
+                let tag = tag.clone();
+                move |key| {
+                    let client = client.clone();
+                    let key = format!("{tag}-{key}");
+                    async move {
+                        let started = Instant::now();
+                        let lease = client
+                            .acquire_lease(key.as_str(), AcquireOptions::new(TTL).wait_forever())
+                            .await
+                            .expect("acquire");
+                        let took = started.elapsed();
+                        client.release(&lease).await.expect("release");
+                        took
+                    }
+                }
+            }),
+            Variant::self_timed("peer: SET NX PX + Lua delete (default backoff)", {
+                let s = Arc::clone(setup);
+                let tag = tag.clone();
+                move |key| {
+                    let s = Arc::clone(&s);
+                    let key = format!("{tag}-{key}");
+                    async move {
+                        let started = Instant::now();
+                        let backoff = Backoff::default();
+                        let mut attempt = 0;
+                        // The delete follows at once; the acquire is what is timed.
+                        while set_nx_try(&s, &key).await.is_none() {
+                            tokio::time::sleep(backoff.delay(attempt)).await;
+                            attempt += 1;
+                        }
+                        started.elapsed()
+                    }
+                }
+            }),
+            Variant::self_timed("peer: rslock (its own retry loop)", {
+                let s = Arc::clone(setup);
+                let tag = tag.clone();
+                move |key| {
+                    let s = Arc::clone(&s);
+                    let resource = format!("{}rslock-{tag}-{key}", s.prefix);
+                    async move {
+                        let started = Instant::now();
+                        let lock = s
+                            .rslock
+                            .acquire_no_guard(resource.as_str(), TTL)
+                            .await
+                            .expect("rslock");
+                        let took = started.elapsed();
+                        s.rslock.unlock(&lock).await;
+                        took
+                    }
+                }
+            }),
+        ];
+        let figures = bench::concurrent(&variants, plan, clients, keys).await;
+        let rtt = &figures[0];
+        let best_peer = figures[2..]
+            .iter()
+            .max_by(|a, b| a.per_second().total_cmp(&b.per_second()))
+            .expect("peers");
+        for f in &figures[1..] {
+            table.row(vec![
+                format!("{clients} × {keys}"),
+                f.name.clone(),
+                format!("{:.0}", f.per_second()),
+                us(f.p99()),
+                format!("{:.1}", f.p99_in(rtt)),
+                format!("{:.2}×", f.rate_over(best_peer)),
+            ]);
+        }
     }
-    samples
+    table.print();
 }
 
-async fn sample<F, Fut>(n: usize, mut f: F) -> Vec<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..n / 10 {
-        f().await;
-    }
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let started = Instant::now();
-        f().await;
-        samples.push(started.elapsed());
-    }
-    samples
-}
-
-fn pct(samples: &[Duration], percentile: usize) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    sorted[((sorted.len() - 1) * percentile) / 100]
-}
-
-fn us(duration: Duration) -> String {
-    format!("{:.0} µs", duration.as_secs_f64() * 1e6)
-}
-
-fn rate(elapsed: Duration) -> String {
-    format!("{:.0}/s", THROUGHPUT_CYCLES as f64 / elapsed.as_secs_f64())
+/// How many clients the server has connected.
+async fn connections(url: &str) -> usize {
+    let client = redis::Client::open(url).expect("url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .expect("CLIENT LIST");
+    // Minus this very connection.
+    list.lines().count() - 1
 }

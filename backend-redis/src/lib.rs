@@ -60,8 +60,9 @@
 //! | `owner`         | the holder's owner label, for reports                 |
 //! | `fence`         | the last fencing token handed out (kept on release)   |
 //! | `expires_at_us` | the lease's end, server time in microseconds          |
+//! | `wake_fence`    | set to the holder's fence by a refused *waiting* acquire: its release publishes |
 //!
-//! A release deletes only `lease_id`, `owner` and `expires_at_us`; the
+//! A release deletes only `lease_id`, `owner`, `expires_at_us` and `wake_fence`; the
 //! scripts read fields by name and ignore others, so fields added by later
 //! versions do not break locks stored by this one. The hash itself
 //! expires (Redis `PEXPIRE`) `TTL + idle retention` after the last acquire
@@ -99,7 +100,15 @@
 //!
 //! # Waking waiters
 //!
-//! The release script publishes the key on `<prefix>released`. The store
+//! The release script publishes the key on `<prefix>released`, but only
+//! when someone waits: an acquire made while a task of the store's process
+//! waits for that key (it registered before the attempt) and refused by a
+//! live lease writes `wake_fence = <that lease's fence>` in the same script,
+//! and the release of that lease publishes only if `wake_fence` equals its
+//! fence. A registration therefore never outlives the lease that refused it
+//! (a later lease has a larger fence), and a release nobody waits for costs
+//! no `PUBLISH` and wakes no listener. A waiter whose lease expired instead
+//! of being released wakes by its own timer, set to the lease's end. The store
 //! keeps one pub/sub connection for all its waiters (started by the first),
 //! and [`LockStore::release_signal`](lockstore_api::LockStore::release_signal)
 //! resolves on the next release of that key — or on any change of the

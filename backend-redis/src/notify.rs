@@ -86,6 +86,15 @@ impl Listener {
         Some(receiver)
     }
 
+    /// Whether a task of this process waits for the next release of `key`
+    /// (holds a receiver from [`Listener::register`]).
+    pub(crate) fn has_waiters(&self, key: &str) -> bool {
+        lock(&self.waiters)
+            .by_key
+            .get(key)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     /// Starts the subscriber task if it is not running (first use, or its
     /// runtime went away).
     fn ensure_running(self: &Arc<Self>) -> Option<()> {

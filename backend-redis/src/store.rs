@@ -158,13 +158,20 @@ impl LockStore for RedisStore {
 
     async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
         let doing = || format!("acquire {:?}", request.key.as_str());
+        // A caller that will wait on a refusal has registered for the next
+        // release (`release_signal`) before this attempt; say so, so that
+        // a refusal asks the holder's release to publish.
+        let waits =
+            self.inner.notifications && self.inner.listener.has_waiters(request.key.as_str());
+        let ttl_ms = request.ttl.as_millis();
         let mut invocation = scripts::ACQUIRE.prepare_invoke();
         invocation
             .key(self.record_key(&request.key))
             .arg(request.lease_id.to_string())
             .arg(request.owner.as_str())
-            .arg(request.ttl.as_millis())
-            .arg(self.inner.idle_retention_ms);
+            .arg(ttl_ms)
+            .arg(ttl_ms.saturating_add(self.inner.idle_retention_ms))
+            .arg(if waits { "1" } else { "0" });
         let reply = self.invoke(doing, invocation).await?;
         parse_acquire(&reply).ok_or_else(|| unexpected_reply(&doing(), &reply))
     }

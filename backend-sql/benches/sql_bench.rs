@@ -1,29 +1,19 @@
-//! Figures for the PostgreSQL and SQLite stores, printed as a table.
+//! Figures for the SQLite store, printed as a table (PostgreSQL has its own
+//! bench, `postgres_bench`).
 //!
-//! `LOCKSTORE_TEST_POSTGRES_URL=postgres://… cargo bench -p lockstore-sql --bench sql_bench`
+//! `cargo bench -p lockstore-sql --bench sql_bench`
 //!
-//! * uncontended acquire+release latency (p50, p99) next to `SELECT 1`;
-//! * sequential cycles/s next to sqlx's `PgAdvisoryLock` try-acquire/release;
-//! * hand-off latency (release → waiter holds the key) with NOTIFY and with
-//!   polling only (`notifications(false)`, the client's default backoff);
 //! * SQLite cycles/s with 1 and 4 processes on one file (this binary re-run
-//!   as children).
+//!   as children), with `synchronous = FULL` and `NORMAL`.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lockstore_api::{
-    AcquireOptions, AcquireOutcome, AcquireRequest, LeaseId, LockClient, LockKey, LockStore,
-    OwnerLabel, Ttl,
-};
-use lockstore_sql::{PostgresStore, SqliteStore};
-use sqlx::postgres::PgAdvisoryLock;
+use lockstore_api::{AcquireOutcome, AcquireRequest, LeaseId, LockKey, LockStore, OwnerLabel, Ttl};
+use lockstore_sql::SqliteStore;
 
 const CHILD_DB: &str = "LOCKSTORE_BENCH_SQLITE_CHILD";
-const LATENCY_SAMPLES: usize = 2000;
-const CYCLES: usize = 3000;
-const HANDOFFS: usize = 40;
 const SQLITE_CYCLES: usize = 2000;
 
 fn request(key: &str) -> AcquireRequest {
@@ -44,16 +34,6 @@ async fn cycle(store: &dyn LockStore, key: &str) {
     store.release(&req.key, req.lease_id).await.unwrap();
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let idx = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[idx]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
-
 fn main() {
     if let Ok(db) = std::env::var(CHILD_DB) {
         return sqlite_child(&db);
@@ -64,13 +44,6 @@ fn main() {
         .build()
         .unwrap();
     let mut rows: Vec<(String, String)> = Vec::new();
-    match std::env::var("LOCKSTORE_TEST_POSTGRES_URL") {
-        Ok(url) => rt.block_on(postgres(&url, &mut rows)),
-        Err(_) => rows.push((
-            "PostgreSQL".into(),
-            "skipped: set LOCKSTORE_TEST_POSTGRES_URL".into(),
-        )),
-    }
     rt.block_on(sqlite(&mut rows));
     let width = rows
         .iter()
@@ -82,123 +55,6 @@ fn main() {
     for (k, v) in rows {
         println!("{k:width$}  {v}");
     }
-}
-
-async fn postgres(url: &str, rows: &mut Vec<(String, String)>) {
-    let table = format!("bench_{:08x}", rand::random::<u32>());
-    let store = PostgresStore::builder(url)
-        .schema("lockstore_bench")
-        .table(&table)
-        .build()
-        .await
-        .unwrap();
-    store.ensure_schema().await.unwrap();
-    let pool = store.pool().clone();
-
-    // Latency, uncontended, next to the cheapest statement there is.
-    for _ in 0..200 {
-        cycle(&store, "latency").await;
-        sqlx::query("SELECT 1").execute(&pool).await.unwrap();
-    }
-    let mut cycles = Vec::with_capacity(LATENCY_SAMPLES);
-    let mut selects = Vec::with_capacity(LATENCY_SAMPLES);
-    for _ in 0..LATENCY_SAMPLES {
-        let t = Instant::now();
-        cycle(&store, "latency").await;
-        cycles.push(t.elapsed());
-        let t = Instant::now();
-        sqlx::query("SELECT 1").execute(&pool).await.unwrap();
-        selects.push(t.elapsed());
-    }
-    rows.push((
-        "PG acquire+release (p50 / p99)".into(),
-        format!(
-            "{} / {}",
-            us(percentile(&mut cycles, 0.5)),
-            us(percentile(&mut cycles, 0.99))
-        ),
-    ));
-    rows.push((
-        "PG SELECT 1 (p50 / p99)".into(),
-        format!(
-            "{} / {}",
-            us(percentile(&mut selects, 0.5)),
-            us(percentile(&mut selects, 0.99))
-        ),
-    ));
-
-    // Throughput, one task, sequential.
-    let t = Instant::now();
-    for _ in 0..CYCLES {
-        cycle(&store, "throughput").await;
-    }
-    let ours = CYCLES as f64 / t.elapsed().as_secs_f64();
-    let advisory = PgAdvisoryLock::new(format!("lockstore-bench-{table}"));
-    let mut conn = pool.acquire().await.unwrap();
-    let t = Instant::now();
-    for _ in 0..CYCLES {
-        let guard = match advisory.try_acquire(&mut *conn).await.unwrap() {
-            sqlx::Either::Left(guard) => guard,
-            sqlx::Either::Right(_) => panic!("advisory lock busy"),
-        };
-        guard.release_now().await.unwrap();
-    }
-    let theirs = CYCLES as f64 / t.elapsed().as_secs_f64();
-    drop(conn);
-    rows.push(("PG store cycles/s (1 task)".into(), format!("{ours:.0}")));
-    rows.push((
-        "PG PgAdvisoryLock cycles/s (1 task)".into(),
-        format!("{theirs:.0}"),
-    ));
-
-    // Hand-off: a waiter blocked in `acquire`, the holder releases.
-    let polling = PostgresStore::builder(url)
-        .schema("lockstore_bench")
-        .table(&table)
-        .notifications(false)
-        .build()
-        .await
-        .unwrap();
-    for (name, waiter_store) in [("NOTIFY", store.clone()), ("polling", polling)] {
-        let mut samples = Vec::with_capacity(HANDOFFS);
-        for i in 0..HANDOFFS {
-            let key = format!("handoff-{name}-{i}");
-            let held = request(&key);
-            assert!(matches!(
-                store.try_acquire(&held).await.unwrap(),
-                AcquireOutcome::Acquired { .. }
-            ));
-            let client = LockClient::new(waiter_store.clone());
-            let waiter = tokio::spawn(async move {
-                let options = AcquireOptions::new(Duration::from_secs(30)).wait_forever();
-                let lease = client.acquire_lease(key.as_str(), options).await.unwrap();
-                let at = Instant::now();
-                client.release(&lease).await.unwrap();
-                at
-            });
-            // Let the waiter fail once and settle into its wait.
-            tokio::time::sleep(Duration::from_millis(50 + (i as u64 % 7) * 13)).await;
-            let released_at = Instant::now();
-            store.release(&held.key, held.lease_id).await.unwrap();
-            let acquired_at = waiter.await.unwrap();
-            samples.push(acquired_at.saturating_duration_since(released_at));
-        }
-        rows.push((
-            format!("PG hand-off with {name} (p50 / p99)"),
-            format!(
-                "{} / {}",
-                us(percentile(&mut samples, 0.5)),
-                us(percentile(&mut samples, 0.99))
-            ),
-        ));
-    }
-    sqlx::raw_sql(&format!(
-        "DROP TABLE {}; DROP SEQUENCE \"lockstore_bench\".\"{table}_fence\"",
-        store.table_name()
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
 }
 
 fn sqlite_db() -> PathBuf {

@@ -7,8 +7,9 @@
 //! PostgreSQL notifies other processes inside the statement
 //! (`pg_notify`), SQLite can only wake waiters of this process — so each
 //! store supplies `release_row()` (runs its release statement, true if a
-//! row was released) and `waiters()` (the in-process wake-ups, if
-//! any). Everything else comes from `inner.pool`, `inner.sql` and
+//! row was released), `waiters()` (the in-process wake-ups, if
+//! any) and `bind_waiting()` (PostgreSQL tells its acquire statement
+//! whether the caller waits, so that a refusal asks for a NOTIFY). Everything else comes from `inner.pool`, `inner.sql` and
 //! `inner.errors`, which both stores have. The bodies of both stores'
 //! `ensure_schema` and `purge_idle` are here too; the stores keep the
 //! public, documented methods.
@@ -72,7 +73,9 @@ macro_rules! impl_lock_store {
                     .bind(request.key.as_str())
                     .bind(request.lease_id.to_string())
                     .bind(request.owner.as_str())
-                    .bind($crate::shared::ttl_millis(request.ttl))
+                    .bind($crate::shared::ttl_millis(request.ttl));
+                let row = self
+                    .bind_waiting(row, request.key.as_str())
                     .fetch_one(&self.inner.pool)
                     .await
                     .and_then(|row| $crate::shared::AcquireRow::from_row(&row))

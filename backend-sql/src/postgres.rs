@@ -422,6 +422,19 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// `acquire.sql`'s `$5`: whether a task of this process waits for the
+    /// key's next release (it subscribed before this attempt), so that a
+    /// refusal asks the holder's release to NOTIFY.
+    fn bind_waiting<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        key: &str,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query.bind(self.waiters().is_some_and(|w| w.has_waiters(key)))
+    }
+}
+
 impl_lock_store!(PostgresStore, BACKEND, classify);
 
 // ---------------------------------------------------------------- ledger

@@ -117,6 +117,15 @@ impl Waiters {
         })
     }
 
+    /// Whether a task of this process waits for `key` (holds a signal).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn has_waiters(&self, key: &str) -> bool {
+        self.lock()
+            .keys
+            .get(key)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     /// Wakes the waiters of `key`.
     pub(crate) fn wake(&self, key: &str) {
         if let Some(tx) = self.lock().keys.remove(key) {

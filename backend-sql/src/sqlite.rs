@@ -352,6 +352,18 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Waiters of this process are woken by the release itself, whoever
+    /// they are: the acquire statement needs to know nothing.
+    fn bind_waiting<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        _key: &str,
+    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+        query
+    }
+}
+
 impl_lock_store!(SqliteStore, BACKEND, classify);
 
 // ---------------------------------------------------------------- ledger

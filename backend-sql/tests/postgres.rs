@@ -37,6 +37,17 @@ async fn acquired(store: &dyn LockStore, req: &AcquireRequest) -> FencingToken {
     }
 }
 
+/// The attempt a waiting client makes after subscribing: refused by the
+/// holder, it asks the holder's release to notify (release.sql notifies
+/// only then). Errors are ignored: some callers make it through a faulty
+/// proxy, and a lost attempt only means no notification.
+async fn refused_while_waiting(store: &dyn LockStore, key: &str) -> bool {
+    matches!(
+        store.try_acquire(&request(key, 60_000)).await,
+        Ok(AcquireOutcome::Held(_))
+    )
+}
+
 // ------------------------------------------------------------ statement count
 
 /// Messages the client sent, by protocol tag ('Q' simple query, 'P' parse,
@@ -317,6 +328,7 @@ async fn notify_wakes_other_stores_and_survives_listener_loss() {
     let signal = waiter
         .release_signal(&held.key)
         .expect("notifications are on");
+    assert!(refused_while_waiting(&waiter, "k").await);
     releaser.release(&held.key, held.lease_id).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), signal)
         .await
@@ -347,6 +359,7 @@ async fn notify_wakes_other_stores_and_survives_listener_loss() {
         let signal = waiter.release_signal(&held.key).unwrap();
         let fresh = request("k", 60_000);
         acquired(&releaser, &fresh).await;
+        refused_while_waiting(&waiter, "k").await;
         releaser.release(&fresh.key, fresh.lease_id).await.unwrap();
         if tokio::time::timeout(Duration::from_millis(500), signal)
             .await
@@ -420,6 +433,7 @@ async fn release_wakes(releaser: &PostgresStore, waiter: &PostgresStore, key: &s
         let lease = request(key, 60_000);
         let signal = waiter.release_signal(&lease.key).unwrap();
         acquired(releaser, &lease).await;
+        refused_while_waiting(waiter, key).await;
         releaser.release(&lease.key, lease.lease_id).await.unwrap();
         if tokio::time::timeout(Duration::from_millis(500), signal)
             .await

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use lockstore_api::ledger::{Ledger, LedgerStore};
 use lockstore_api::{LockClient, LockStore};
 
+pub mod bench;
 pub mod cases;
 pub mod concurrency;
 pub mod fault;

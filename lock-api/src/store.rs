@@ -104,6 +104,14 @@ pub trait LockStore: Send + Sync + fmt::Debug + 'static {
     /// The client calls this *before* an acquire attempt and waits on the
     /// signal after a refusal, so a release between the two is not missed.
     /// The default, `None`, means waiters poll with backoff.
+    ///
+    /// A backend may announce only the releases someone waits for: while a
+    /// signal for `key` is held, `try_acquire` of that key tells the backend
+    /// that the caller waits, and a refusal then asks the holder's release
+    /// to notify (Redis and PostgreSQL do this, so a release nobody waits
+    /// for costs no `PUBLISH` or `NOTIFY`). The signal is therefore
+    /// promised for the release of a lease that refused an attempt made
+    /// while the signal was held, which is how the client uses it.
     fn release_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
         let _ = key;
         None

@@ -10,18 +10,24 @@
 
 if redis.replicate_commands then redis.replicate_commands() end
 
+local record = redis.call('HMGET', KEYS[1], 'lease_id', 'expires_at_us', 'fence', 'wake_fence')
+if record[1] ~= ARGV[1] then
+  return 0
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local record = redis.call('HMGET', KEYS[1], 'lease_id', 'expires_at_us')
 local expires_at = tonumber(record[2])
-
-if record[1] ~= ARGV[1] or not expires_at or expires_at <= now then
+if not expires_at or expires_at <= now then
   return 0
 end
 
 -- Only the lease goes: 'fence' (and any field a later version adds) stays for
 -- the retention time, so the next token is still last + 1 when keys are busy.
-redis.call('HDEL', KEYS[1], 'lease_id', 'owner', 'expires_at_us')
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call('HDEL', KEYS[1], 'lease_id', 'owner', 'expires_at_us', 'wake_fence')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+-- Publish only if a waiter was refused by this very lease (acquire.lua
+-- writes `wake_fence`); every such waiter subscribed before its attempt.
+if record[4] and record[4] == record[3] then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
 return 1

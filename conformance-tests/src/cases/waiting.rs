@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use lockstore_api::{AcquireOptions, Backoff, LockError, OwnerLabel};
+use lockstore_api::{AcquireOptions, AcquireOutcome, Backoff, LockError, OwnerLabel};
 use tokio::time::{Instant, timeout};
 
-use super::{key, long_ttl, must_acquire};
+use super::{key, long_ttl, must_acquire, request};
 use crate::Ctx;
 
 /// A non-waiting acquire of a held key fails at once with the holder's name.
@@ -86,12 +86,30 @@ pub async fn waiting_acquire_wakes_promptly_on_release(ctx: Ctx) {
         // The hand-off below can pass by luck when notifications are broken
         // (a jittered 30 s backoff lands under the bound now and then), so
         // first check the signal itself: one that never fires fails here.
+        // As the client does: subscribe, try, get refused, then the
+        // holder's release must fire the signal (a backend may publish only
+        // releases that a refused waiter asked for).
         let store = ctx.store().await;
         let k = key("handoff-signal");
         let (lease, _) = must_acquire(&*store, &k, long_ttl(&ctx), "alice").await;
+        // A listener that starts on first use wakes every waiter once it is
+        // subscribed (a release may have gone unheard before): let that
+        // early wake-up pass first, so it cannot stand in for the release's.
+        let settle = store
+            .release_signal(&k)
+            .expect("the profile says this backend notifies releases, but it gives no signal");
+        let _ = timeout(profile.tolerance, settle).await;
         let signal = store
             .release_signal(&k)
             .expect("the profile says this backend notifies releases, but it gives no signal");
+        let refused = request(&k, long_ttl(&ctx), "bob");
+        assert!(
+            matches!(
+                store.try_acquire(&refused).await.unwrap(),
+                AcquireOutcome::Held(_)
+            ),
+            "bob got a held key"
+        );
         store.release(&k, lease.lease_id).await.unwrap();
         timeout(bound, signal).await.unwrap_or_else(|_| {
             panic!("the release signal did not fire within {bound:?} of the release")

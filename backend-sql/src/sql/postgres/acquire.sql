@@ -1,5 +1,6 @@
 -- Take a key if it is free, expired or already ours; else report its holder.
--- $1 key, $2 lease id, $3 owner label, $4 TTL in milliseconds.
+-- $1 key, $2 lease id, $3 owner label, $4 TTL in milliseconds, $5 whether
+-- the caller waits for a release if refused (it LISTENs already).
 --
 -- Always exactly one row back, from one statement: the row as this statement
 -- left it. A foreign live holder is "updated" to itself, on purpose: unlike a
@@ -47,6 +48,16 @@ ON CONFLICT (key) DO UPDATE SET
     updated_at = CASE
         WHEN held.lease_id IS NULL OR held.expires_at <= now() OR held.lease_id = $2 THEN now()
         ELSE held.updated_at
+    END,
+    -- A refused waiter asks the holder's release to NOTIFY: release.sql
+    -- notifies only when wake_fence is the fence it ends, so a registration
+    -- never carries over to a later lease (whose fence is larger), and a
+    -- release nobody waits for takes no notify-queue lock. Written under the
+    -- row lock in the same statement as the refusal, so the release, which
+    -- needs that row lock too, sees it.
+    wake_fence = CASE
+        WHEN $5 AND held.lease_id IS NOT NULL AND held.expires_at > now() AND held.lease_id <> $2 THEN held.fence
+        ELSE held.wake_fence
     END
 RETURNING
     held.lease_id = $2 AS acquired,

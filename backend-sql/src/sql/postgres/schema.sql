@@ -33,3 +33,17 @@ CREATE TABLE IF NOT EXISTS {table} (
     expires_at  timestamptz NOT NULL,
     updated_at  timestamptz NOT NULL
 );
+-- The fence of the lease a waiting acquire was refused by: its release
+-- notifies (acquire.sql, release.sql). Added after the table's first
+-- version; a table made before gets it here. Checked first, because ALTER
+-- TABLE locks the table out even when the column exists.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = '{table}'::regclass AND attname = 'wake_fence' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE {table} ADD COLUMN wake_fence bigint;
+    END IF;
+END
+$$;
