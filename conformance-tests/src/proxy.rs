@@ -376,9 +376,54 @@ fn reset_stream(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
+/// The `host:port` of a server URL (`scheme://[user[:password]@]host:port[/…]`),
+/// for a proxy's upstream; `None` without a port.
+pub fn url_host_port(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    host_port.rsplit_once(':')?;
+    Some(host_port.to_owned())
+}
+
+/// `url` with its `host:port` replaced by `addr` (credentials, path and
+/// query kept): the same server's URL, reached through a proxy, or a
+/// private server's.
+///
+/// # Panics
+/// When `url` has no `scheme://host:port`: a test set-up failure.
+pub fn url_with_addr(url: &str, addr: SocketAddr) -> String {
+    let host_port = url_host_port(url).unwrap_or_else(|| panic!("{url:?} names no host:port"));
+    let (scheme, rest) = url.split_once("://").expect("checked");
+    let at = rest.find(&host_port).expect("found above");
+    format!(
+        "{scheme}://{}{addr}{}",
+        &rest[..at],
+        &rest[at + host_port.len()..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_repointed_keeping_everything_else() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(
+            url_with_addr("postgres://postgres@127.0.0.1:5432/lockstore_test", addr),
+            "postgres://postgres@127.0.0.1:9/lockstore_test"
+        );
+        assert_eq!(
+            url_with_addr("redis://127.0.0.1:6379", addr),
+            "redis://127.0.0.1:9"
+        );
+        assert_eq!(
+            url_host_port("http://user:pw@localhost:8000/x?y=1").as_deref(),
+            Some("localhost:8000")
+        );
+        assert_eq!(url_host_port("redis://localhost"), None);
+    }
 
     /// An upstream that echoes every byte back.
     async fn echo_server() -> SocketAddr {
