@@ -210,6 +210,16 @@ pub(crate) fn assert_retryable_failure<T: std::fmt::Debug>(
     }
 }
 
+/// Whether a lease granted (or renewed) by a request sent at `sent` for
+/// `ttl` was certainly live when a reply that arrived at `replied` was
+/// made: the server started counting no earlier than `sent` and answered
+/// no later than `replied`, and the profile's tolerance covers clock
+/// granularity. Cases assert "still held" only where this holds, so that
+/// a slow machine never turns a late check into a failure.
+pub(crate) fn surely_live(ctx: &Ctx, sent: Instant, ttl: Duration, replied: Instant) -> bool {
+    replied + ctx.profile().tolerance < sent + ttl
+}
+
 /// A second client takes `key` over as soon as the store lets it: tries
 /// until granted (a hang-catching bound only), and returns when the grant's
 /// reply **arrived** — by then the server had granted it, so any holder
