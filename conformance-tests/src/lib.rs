@@ -14,6 +14,17 @@
 //! `cargo test` then lists `redis::fence_increases_after_expiry_takeover`
 //! and the rest. Differences between backends are arguments in the
 //! [`Profile`], never silent skips.
+//!
+//! Fault cases break what a backend depends on, where it applies: the
+//! network (a [`proxy::FaultProxy`] in front of [`Harness::server_addr`],
+//! reached by [`Harness::store_at`]), the server (a
+//! [`servers::PrivateServer`] restarted mid-case), the holder process (the
+//! test binary re-run as a [`child`] and stopped with `SIGSTOP`) and the
+//! client clock ([`Harness::store_with_clock`]). The profile states which
+//! apply ([`Network`], [`Restart`], [`Processes`], [`ClientClock`]); a case
+//! whose fault does not apply checks that the claim is true of the backend
+//! instead of returning quietly. Each asserts against a [`fenced`] resource
+//! and the guard's own deadline, never against how fast anything ran.
 
 #![forbid(unsafe_code)]
 
