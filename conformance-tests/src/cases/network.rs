@@ -6,12 +6,12 @@
 //!
 //! 1. a holder acquires through the proxy and writes to a fenced resource;
 //! 2. the fault is switched on (renewals may be in flight);
-//! 3. calls through the broken path fail with retryable errors, within the
-//!    configured timeouts (a generous bound only catches hangs);
-//! 4. a client on a healthy path takes the key over; when its reply
+//! 3. a client on a healthy path takes the key over; when its reply
 //!    arrives the holder's guard must already report the loss by its own
 //!    deadline (`trusted_until() <=` the reply, `is_lost()`, `check()`);
 //!    the holder's late write with its old fence is refused;
+//! 4. calls through the broken path fail with retryable errors, within the
+//!    configured timeouts (a generous bound only catches hangs);
 //! 5. a waiter behind the broken path waits for the key, the fault heals,
 //!    and the waiter gets it with a fence above every earlier one.
 //!
@@ -154,41 +154,7 @@ async fn holder_cut_off_by(ctx: Ctx, fault: Fault) {
     let delay = (short * 4).max(profile.request_timeout.unwrap_or_default());
     switch_on(&proxy, fault, delay);
 
-    // 3. Through the broken path: a typed, retryable failure, within the
-    //    wait (the client layer bounds every attempt) — never a hang.
-    let waited = short * 2;
-    let attempt = timeout(
-        HANG,
-        holder.acquire(
-            "free-during-fault",
-            AcquireOptions::new(short).wait_up_to(waited),
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("an acquire waiting {waited:?} through a {fault:?} hung"));
-    assert_retryable_failure(&attempt, &format!("an acquire through a {fault:?}"));
-    // A single store call is bounded by the store's own request timeout,
-    // where it has one.
-    match profile.request_timeout {
-        Some(request_timeout) => {
-            let raw = timeout(
-                request_timeout + HANG,
-                through_proxy.try_acquire(&request(&key("raw-during-fault"), short, "raw")),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                panic!("a store call through a {fault:?} hung past its {request_timeout:?} request timeout")
-            });
-            assert_retryable_failure(&raw, &format!("a store call through a {fault:?}"));
-        }
-        None => assert_eq!(
-            through_proxy.backend_name(),
-            "postgres",
-            "only PostgreSQL stores have no request timeout of their own"
-        ),
-    }
-
-    // 4. A takeover on a healthy path. When its reply arrives the server
+    // 3. A takeover on a healthy path, at once (before anything slow). When its reply arrives the server
     //    has granted the key: by then the guard must distrust its lease,
     //    judged by its own deadline, not by when a task got scheduled.
     let (taken_at, taker, new_fence) = take_over(&ctx, &*direct, &k, long_ttl(&ctx)).await;
@@ -223,6 +189,40 @@ async fn holder_cut_off_by(ctx: Ctx, fault: Fault) {
         },
         "the fenced resource accepted the cut-off holder's late write"
     );
+
+    // 4. Through the broken path: a typed, retryable failure, within the
+    //    wait (the client layer bounds every attempt) — never a hang.
+    let waited = short * 2;
+    let attempt = timeout(
+        HANG,
+        holder.acquire(
+            "free-during-fault",
+            AcquireOptions::new(short).wait_up_to(waited),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("an acquire waiting {waited:?} through a {fault:?} hung"));
+    assert_retryable_failure(&attempt, &format!("an acquire through a {fault:?}"));
+    // A single store call is bounded by the store's own request timeout,
+    // where it has one.
+    match profile.request_timeout {
+        Some(request_timeout) => {
+            let raw = timeout(
+                request_timeout + HANG,
+                through_proxy.try_acquire(&request(&key("raw-during-fault"), short, "raw")),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                panic!("a store call through a {fault:?} hung past its {request_timeout:?} request timeout")
+            });
+            assert_retryable_failure(&raw, &format!("a store call through a {fault:?}"));
+        }
+        None => assert_eq!(
+            through_proxy.backend_name(),
+            "postgres",
+            "only PostgreSQL stores have no request timeout of their own"
+        ),
+    }
 
     // 5. Recovery. A waiter behind the broken path waits for the key; the
     //    taker lets go, the fault heals. The waiter must then hold the key
