@@ -297,6 +297,8 @@ start_all() {
   start_postgres
   finish_moto
   finish_dynalite
+  # For the restart cases, which start dynalites of their own.
+  if has_dynalite; then emit LOCKSTORE_DYNALITE_HOME "$(cd "$DYNALITE_HOME" && pwd)"; fi
 }
 
 stop_all() {

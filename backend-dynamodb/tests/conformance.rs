@@ -16,17 +16,34 @@
 //!   serves a few hundred requests a second, and 100,000 acquisitions would
 //!   take the best part of an hour (10,000 took 6.5 min on a busy 2-core
 //!   machine, and passed); 5,000 still drive thousands of refused
-//!   and racing conditional writes on three keys.
+//!   and racing conditional writes on three keys;
+//! * `restart: LosesTable` — the emulators keep everything in memory; the
+//!   restart case starts one of its own and re-creates the table after it;
+//! * `client_clock: PerClient` — DynamoDB has no clock: each client's wall
+//!   clock judges expiry. The clock-skew cases get stores with a clock set
+//!   apart ([`OffsetClock`]) and a 300 ms allowance, well above the guard's
+//!   40 ms margin, so that "within the allowance" means something.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use common::Server;
 use lockstore_api::LockStore;
-use lockstore_conformance::{Harness, Profile};
+use lockstore_conformance::proxy::url_host_port;
+use lockstore_conformance::servers::{Emulator, EmulatorServer, PrivateServer};
+use lockstore_conformance::{ClientClock, ClockSetting, Harness, Profile, Restart};
+use lockstore_dynamodb::{DynamoDbStore, TakeoverMode, WallClock};
 
 struct DynamoDbHarness(Server);
+
+/// The allowance of the clock-skew cases' stores.
+const SKEW_ALLOWANCE: Duration = Duration::from_millis(300);
+
+/// What one call of a store from `store_at` may take, SDK retries included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[async_trait::async_trait]
 impl Harness for DynamoDbHarness {
@@ -34,12 +51,121 @@ impl Harness for DynamoDbHarness {
         Profile {
             release_notifications: false,
             concurrent_acquisitions: 5_000,
+            request_timeout: Some(REQUEST_TIMEOUT),
+            restart: Restart::LosesTable,
+            client_clock: ClientClock::PerClient {
+                skew_allowance: SKEW_ALLOWANCE,
+                skew_free_mode: true,
+            },
             ..Profile::real_server()
         }
     }
 
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
         Arc::new(common::store_on(self.0, namespace).await)
+    }
+
+    fn server_addr(&self) -> Option<String> {
+        url_host_port(&self.0.url())
+    }
+
+    async fn store_at(&self, namespace: &str, addr: SocketAddr) -> Option<Arc<dyn LockStore>> {
+        // The table exists on the shared server (a proxy in front of it);
+        // a private emulator's table is its `provision`'s to make.
+        if Some(addr.to_string()) != self.server_addr() {
+            common::ensure_table_on(self.0).await;
+        }
+        let store = common::builder_on(self.0, &self.0.table(common::TABLE))
+            .endpoint_url(format!("http://{addr}"))
+            .key_prefix(format!("{namespace}/"))
+            .operation_timeout(Some(REQUEST_TIMEOUT))
+            .build()
+            .await
+            .expect("a store");
+        Some(Arc::new(store))
+    }
+
+    async fn private_server(&self) -> Option<Box<dyn PrivateServer>> {
+        let emulator = match self.0 {
+            Server::Moto => Emulator::Moto,
+            Server::Dynalite => Emulator::Dynalite,
+        };
+        Some(Box::new(PrivateEmulator {
+            server: self.0,
+            process: EmulatorServer::start_new(emulator).await,
+        }))
+    }
+
+    async fn store_with_clock(
+        &self,
+        namespace: &str,
+        clock: ClockSetting,
+    ) -> Option<Arc<dyn LockStore>> {
+        common::ensure_table_on(self.0).await;
+        let store = common::builder_on(self.0, &self.0.table(common::TABLE))
+            .key_prefix(format!("{namespace}/"))
+            .clock_skew_allowance(SKEW_ALLOWANCE)
+            .takeover(if clock.skew_free {
+                TakeoverMode::SkewFree
+            } else {
+                TakeoverMode::WallClock
+            })
+            .wall_clock(OffsetClock(clock.offset_ms))
+            .build()
+            .await
+            .expect("a store");
+        Some(Arc::new(store))
+    }
+}
+
+/// A wall clock this many milliseconds ahead of the host's (behind when
+/// negative): a client with a skewed clock.
+#[derive(Debug)]
+struct OffsetClock(i64);
+
+impl WallClock for OffsetClock {
+    fn now(&self) -> SystemTime {
+        let offset = Duration::from_millis(self.0.unsigned_abs());
+        if self.0 >= 0 {
+            SystemTime::now() + offset
+        } else {
+            SystemTime::now() - offset
+        }
+    }
+}
+
+/// An emulator of the case's own; provisioning creates the lock table, as
+/// an operator would after the emulator lost it.
+struct PrivateEmulator {
+    server: Server,
+    process: EmulatorServer,
+}
+
+#[async_trait::async_trait]
+impl PrivateServer for PrivateEmulator {
+    fn addr(&self) -> SocketAddr {
+        self.process.addr()
+    }
+
+    async fn stop(&mut self) {
+        self.process.stop().await;
+    }
+
+    async fn start(&mut self) {
+        self.process.start().await;
+    }
+
+    async fn provision(&mut self) {
+        let store: DynamoDbStore =
+            common::builder_on(self.server, &self.server.table(common::TABLE))
+                .endpoint_url(format!("http://{}", self.process.addr()))
+                .build()
+                .await
+                .expect("a store");
+        store
+            .create_table()
+            .await
+            .expect("create the table on the private emulator");
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lockstore_api::LockStore;
 use lockstore_api::ledger::LedgerStore;
-use lockstore_conformance::{Clock, Harness, Profile};
+use lockstore_conformance::{ClientClock, Clock, Harness, Network, Processes, Profile, Restart};
 use lockstore_memory::MemoryStore;
 
 /// All namespaces of one test live in one registry, as they would in a
@@ -25,6 +25,13 @@ impl Harness for MemoryHarness {
             release_notifications: true,
             model_cases: 256,
             concurrent_acquisitions: 100_000,
+            // Locks in this process's memory, on tokio's clock: no network,
+            // no server, no second process, no client clock to set apart.
+            network: Network::Embedded,
+            request_timeout: None,
+            restart: Restart::NoServer,
+            processes: Processes::OneProcess,
+            client_clock: ClientClock::Shared,
         }
     }
 

@@ -24,7 +24,7 @@
 //!
 //! # What it needs from the server
 //!
-//! The promises of the lockstore contract hold on Redis under three
+//! The promises of the lockstore contract hold on Redis under these
 //! conditions, and break without them:
 //!
 //! * **No eviction.** With a `maxmemory-policy` other than `noeviction`
@@ -40,6 +40,12 @@
 //!   is not behind. Use one primary (with persistence if fences must
 //!   outlive restarts), or a backend with synchronous commits (PostgreSQL,
 //!   DynamoDB).
+//! * **Persistence, for exclusion across restarts.** A restart without
+//!   persistence loses every live lease: the next acquirer gets the key at
+//!   once, while the old holder may still trust its lease until its own
+//!   deadline. Fencing tokens still tell them apart (they come from the
+//!   server clock, next bullet); the conformance suite's restart case
+//!   checks exactly that.
 //! * **No backward clock step across a restart.** Without persistence, a
 //!   restarted server derives fences from its clock; a clock stepped back
 //!   by Δ hands out lower fences to keys granted within Δ. A forward step

@@ -1,10 +1,14 @@
 //! The shared conformance suite against a real Redis.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lockstore_api::LockStore;
 use lockstore_conformance::provision::{Service, server_url};
-use lockstore_conformance::{Harness, Profile};
+use lockstore_conformance::proxy::{url_host_port, url_with_addr};
+use lockstore_conformance::servers::{PrivateServer, RedisServer};
+use lockstore_conformance::{Harness, Profile, Restart};
 use lockstore_redis::RedisStore;
 
 struct RedisHarness {
@@ -19,12 +23,22 @@ impl RedisHarness {
     }
 }
 
+/// What a single call of a store from `store_at` waits at most; the
+/// profile states it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[async_trait::async_trait]
 impl Harness for RedisHarness {
     fn profile(&self) -> Profile {
         // Redis judges expiry by its own clock at millisecond-or-better
-        // resolution over a local socket: the real-server defaults fit.
-        Profile::real_server()
+        // resolution over a local socket: the real-server defaults fit. A
+        // restart without persistence (how the suite's private servers
+        // run) loses every lease.
+        Profile {
+            request_timeout: Some(REQUEST_TIMEOUT),
+            restart: Restart::LosesLeases,
+            ..Profile::real_server()
+        }
     }
 
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
@@ -36,6 +50,25 @@ impl Harness for RedisHarness {
             .await
             .unwrap_or_else(|err| panic!("connect to the test Redis: {err}"));
         Arc::new(store)
+    }
+
+    fn server_addr(&self) -> Option<String> {
+        url_host_port(&self.url)
+    }
+
+    async fn store_at(&self, namespace: &str, addr: SocketAddr) -> Option<Arc<dyn LockStore>> {
+        let store = RedisStore::builder(url_with_addr(&self.url, addr))
+            .key_prefix(format!("lockstore-test:{namespace}:"))
+            .response_timeout(Some(REQUEST_TIMEOUT))
+            .connect_timeout(REQUEST_TIMEOUT)
+            .connect()
+            .await
+            .unwrap_or_else(|err| panic!("connect to Redis at {addr}: {err}"));
+        Some(Arc::new(store))
+    }
+
+    async fn private_server(&self) -> Option<Box<dyn PrivateServer>> {
+        Some(Box::new(RedisServer::start_new().await))
     }
 }
 

@@ -191,6 +191,14 @@ impl ErrorContext {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => {
                 DbErrorKind::Retryable
             }
+            // sqlx 0.8 reads the server's one-byte answer to an SSLRequest
+            // without checking for end of file, so a connection closed by
+            // the peer right then (a restarting server, a proxy dropping
+            // new connections) comes back as this protocol error about a
+            // zero byte, not as I/O. It is connection loss: retry.
+            sqlx::Error::Protocol(message) if is_closed_during_tls_request(message) => {
+                DbErrorKind::Retryable
+            }
             // A closed pool, bad TLS setup, protocol or decoding trouble.
             _ => DbErrorKind::Permanent,
         };
@@ -232,9 +240,38 @@ pub(crate) fn idle_millis(older_than: Duration) -> Result<i64, LockError> {
     Ok(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Whether a protocol error is sqlx's report of a connection closed while
+/// it waited for the answer to its SSLRequest (see [`ErrorContext::map`]).
+fn is_closed_during_tls_request(message: &str) -> bool {
+    message.starts_with("unexpected response from SSLRequest: 0x00")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_closed_during_the_tls_request_is_retryable() {
+        let errors = ErrorContext {
+            backend: "postgres",
+            table: "t".into(),
+            ensure_call: "ensure_schema()",
+        };
+        let closed = sqlx::Error::Protocol(
+            "unexpected response from SSLRequest: 0x00 (sqlx_postgres::connection::tls:95)".into(),
+        );
+        assert!(
+            errors
+                .map("connecting", closed, |_| DbErrorKind::Permanent)
+                .is_retryable()
+        );
+        let garbage = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x48".into());
+        assert!(
+            !errors
+                .map("connecting", garbage, |_| DbErrorKind::Permanent)
+                .is_retryable()
+        );
+    }
 
     #[test]
     fn rows_become_outcomes() {

@@ -14,10 +14,22 @@
 //! `cargo test` then lists `redis::fence_increases_after_expiry_takeover`
 //! and the rest. Differences between backends are arguments in the
 //! [`Profile`], never silent skips.
+//!
+//! Fault cases break what a backend depends on, where it applies: the
+//! network (a [`proxy::FaultProxy`] in front of [`Harness::server_addr`],
+//! reached by [`Harness::store_at`]), the server (a
+//! [`servers::PrivateServer`] restarted mid-case), the holder process (the
+//! test binary re-run as a [`child`] and stopped with `SIGSTOP`) and the
+//! client clock ([`Harness::store_with_clock`]). The profile states which
+//! apply ([`Network`], [`Restart`], [`Processes`], [`ClientClock`]); a case
+//! whose fault does not apply checks that the claim is true of the backend
+//! instead of returning quietly. Each asserts against a [`fenced`] resource
+//! and the guard's own deadline, never against how fast anything ran.
 
 #![forbid(unsafe_code)]
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,13 +40,16 @@ use lockstore_api::{LockClient, LockStore};
 
 pub mod bench;
 pub mod cases;
+pub mod child;
 pub mod concurrency;
 pub mod fault;
+pub mod fenced;
 pub mod ledger;
 pub mod linearizability;
 pub mod model;
 pub mod provision;
 pub mod proxy;
+pub mod servers;
 
 /// How a backend joins the suite.
 #[async_trait]
@@ -58,6 +73,123 @@ pub trait Harness: Send + Sync + 'static {
         let _ = namespace;
         None
     }
+
+    /// The `host:port` of the server [`Harness::store`]'s stores talk to,
+    /// for a [`FaultProxy`](proxy::FaultProxy) to stand in front of. `None`
+    /// (the default) for a backend without a network ([`Network::Embedded`]).
+    fn server_addr(&self) -> Option<String> {
+        None
+    }
+
+    /// A store in `namespace` that talks to the server at `addr` — a fault
+    /// proxy in front of [`Harness::server_addr`], or a
+    /// [`PrivateServer`](servers::PrivateServer) — with everything else as
+    /// [`Harness::store`] makes it, and the request timeout the profile
+    /// states ([`Profile::request_timeout`]). It must not create the
+    /// backend's schema or table at `addr` (a case may want to see it
+    /// missing); the harness may do so on its shared server. `None` (the
+    /// default) for [`Network::Embedded`].
+    async fn store_at(&self, namespace: &str, addr: SocketAddr) -> Option<Arc<dyn LockStore>> {
+        let _ = (namespace, addr);
+        None
+    }
+
+    /// Starts a server of this backend of the case's own (a child process
+    /// on a free port, from the locally installed binaries), which the case
+    /// may stop and start; [`Profile::restart`] says what a restart keeps.
+    /// `None` (the default) for [`Restart::NoServer`].
+    async fn private_server(&self) -> Option<Box<dyn servers::PrivateServer>> {
+        None
+    }
+
+    /// A store in `namespace` whose client clock is set apart from the
+    /// host's as `clock` says, for backends whose expiry reads each client's
+    /// own clock ([`ClientClock::PerClient`]). Every store made here uses the
+    /// profile's skew allowance. `None` (the default) otherwise.
+    async fn store_with_clock(
+        &self,
+        namespace: &str,
+        clock: ClockSetting,
+    ) -> Option<Arc<dyn LockStore>> {
+        let _ = (namespace, clock);
+        None
+    }
+}
+
+/// How a backend's stores reach their data, which decides whether network
+/// faults apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// Over TCP to a server: [`Harness::server_addr`] and
+    /// [`Harness::store_at`] work, and the fault-proxy cases run.
+    Tcp,
+    /// In this process or a file on this host (memory, SQLite): there is no
+    /// connection to delay, cut or reset.
+    Embedded,
+}
+
+/// What restarting the backend's server does to its locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// There is no server process (memory, SQLite).
+    NoServer,
+    /// Leases and fences survive (PostgreSQL: a fast shutdown checkpoints,
+    /// and committed grants are in the WAL): mutual exclusion holds across
+    /// the restart.
+    KeepsLeases,
+    /// Every lease is lost (Redis without persistence): the next acquirer
+    /// gets the key at once, possibly while a holder still trusts its lease
+    /// (until its deadline); fences still rise, from the server clock.
+    LosesLeases,
+    /// Everything is lost, the table too (an in-memory DynamoDB emulator):
+    /// requests fail with a [`LockError::Config`](lockstore_api::LockError)
+    /// until an operator re-creates the table
+    /// ([`PrivateServer::provision`](servers::PrivateServer::provision));
+    /// fences then rise again, from the writers' wall clock.
+    LosesTable,
+}
+
+/// Whose locks a second OS process can share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Processes {
+    /// Any process that reaches the same server or file shares the locks.
+    Shared,
+    /// Locks live in one process's memory (the memory backend).
+    OneProcess,
+}
+
+/// How far a client's own clock takes part in judging expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientClock {
+    /// Never read: the server's clock alone judges expiry (Redis,
+    /// PostgreSQL). Client clock skew cannot matter.
+    NotRead,
+    /// One clock every client shares, which no client can set apart from
+    /// the others: the host clock read inside the SQL statement (SQLite, all
+    /// processes on one host), tokio's clock in one process (memory). Skew
+    /// between clients cannot exist; a step of the host clock cannot be
+    /// injected without changing the machine's time (or a custom SQLite VFS).
+    Shared,
+    /// Each client's wall clock (DynamoDB, which has none of its own):
+    /// [`Harness::store_with_clock`] sets a client's clock apart.
+    PerClient {
+        /// How far apart the clocks may be while a takeover still waits for
+        /// the holder's deadline (the stores' configured allowance).
+        skew_allowance: Duration,
+        /// Whether a mode exists that does not read wall clocks to judge
+        /// expiry ([`ClockSetting::skew_free`]).
+        skew_free_mode: bool,
+    },
+}
+
+/// A client clock for [`Harness::store_with_clock`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockSetting {
+    /// Milliseconds the client's wall clock reads ahead of the host's
+    /// (negative: behind).
+    pub offset_ms: i64,
+    /// Use the backend's skew-free takeover mode.
+    pub skew_free: bool,
 }
 
 /// Which clock a backend's expiry follows, which decides the test runtime.
@@ -86,12 +218,31 @@ pub struct Profile {
     pub model_cases: u32,
     /// Successful acquisitions in the concurrent safety test.
     pub concurrent_acquisitions: u64,
+    /// Whether stores talk to a server over TCP (network faults apply).
+    pub network: Network,
+    /// The longest a single store call made by [`Harness::store_at`] waits
+    /// for an answer before failing with a retryable error, as the harness
+    /// configures it; `None` when the store has no such bound of its own
+    /// (PostgreSQL: a statement on a silenced connection waits for the
+    /// kernel to give up; the client layer bounds every call it makes).
+    pub request_timeout: Option<Duration>,
+    /// What a server restart keeps.
+    pub restart: Restart,
+    /// Whether holders in other processes share the locks (the pause case
+    /// stops a holder process with `SIGSTOP`).
+    pub processes: Processes,
+    /// How far clients' own clocks judge expiry (the clock-skew cases).
+    pub client_clock: ClientClock,
 }
 
 impl Profile {
     /// The profile of a backend with a real server clock: 400 ms leases,
     /// 150 ms tolerance, notifications, 32 model cases, 100,000 concurrent
-    /// acquisitions. Adjust fields as needed.
+    /// acquisitions; a TCP server with a 2 s request timeout whose restart
+    /// keeps leases, shared between processes, judging expiry by its own
+    /// clock. Adjust fields as needed: the fault cases check the network,
+    /// restart, process and clock fields against what the harness and the
+    /// backend really do.
     pub fn real_server() -> Self {
         Self {
             clock: Clock::Real,
@@ -100,6 +251,11 @@ impl Profile {
             release_notifications: true,
             model_cases: 32,
             concurrent_acquisitions: 100_000,
+            network: Network::Tcp,
+            request_timeout: Some(Duration::from_secs(2)),
+            restart: Restart::KeepsLeases,
+            processes: Processes::Shared,
+            client_clock: ClientClock::NotRead,
         }
     }
 }
@@ -110,12 +266,50 @@ pub struct Ctx {
     harness: Arc<dyn Harness>,
     profile: Profile,
     namespace: String,
+    test_name: Option<String>,
+    child: bool,
 }
 
 impl Ctx {
     /// The backend's profile.
     pub fn profile(&self) -> &Profile {
         &self.profile
+    }
+
+    /// The harness, for the capabilities a fault case needs.
+    pub fn harness(&self) -> &dyn Harness {
+        &*self.harness
+    }
+
+    /// This case's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The test's name as `cargo test` filters it (`redis::case`), when the
+    /// case runs through [`suite!`]: a case re-runs its own test binary with
+    /// it to play a second process.
+    pub fn test_name(&self) -> Option<&str> {
+        self.test_name.as_deref()
+    }
+
+    /// Whether this run is the child process a case started
+    /// ([`child::spawn`]): it then plays the child's part, in the parent's
+    /// namespace.
+    pub fn is_child(&self) -> bool {
+        self.child
+    }
+
+    /// A store in this case's namespace talking to `addr` (a fault proxy or
+    /// a private server).
+    ///
+    /// # Panics
+    /// When the harness cannot point a store at an address although its
+    /// profile says [`Network::Tcp`].
+    pub async fn store_at(&self, addr: SocketAddr) -> Arc<dyn LockStore> {
+        self.harness.store_at(&self.namespace, addr).await.expect(
+            "the profile says Network::Tcp, but Harness::store_at returned None: implement it",
+        )
     }
 
     /// A store in this case's namespace.
@@ -206,6 +400,18 @@ pub type CaseFuture = Pin<Box<dyn Future<Output = ()>>>;
 /// [`suite!`]; call it directly for a backend-specific test that wants the
 /// same setup.
 pub fn run_case<H: Harness>(harness: H, runtime: Runtime, case: fn(Ctx) -> CaseFuture) {
+    run_named_case(harness, runtime, None, case);
+}
+
+/// [`run_case`] for a test whose name (as `cargo test` filters it) is
+/// known, so that the case can re-run it as a child process
+/// ([`child::spawn`]). In that child the case gets the parent's namespace.
+pub fn run_named_case<H: Harness>(
+    harness: H,
+    runtime: Runtime,
+    test_name: Option<String>,
+    case: fn(Ctx) -> CaseFuture,
+) {
     init_tracing();
     let harness: Arc<dyn Harness> = Arc::new(harness);
     let profile = harness.profile();
@@ -222,12 +428,28 @@ pub fn run_case<H: Harness>(harness: H, runtime: Runtime, case: fn(Ctx) -> CaseF
         }
     };
     let rt = builder.enable_all().build().expect("a tokio runtime");
+    let child_namespace = child::namespace();
     let ctx = Ctx {
         harness,
         profile,
-        namespace: fresh_namespace(),
+        child: child_namespace.is_some(),
+        namespace: child_namespace.unwrap_or_else(fresh_namespace),
+        test_name,
     };
     rt.block_on(case(ctx));
+}
+
+/// The name `cargo test` knows a test by, from the `module_path!()` of
+/// its function (whose first part is the test crate) and the function's
+/// name. Used by [`suite!`].
+#[doc(hidden)]
+pub fn test_name(module_path: &str, function: &str) -> String {
+    let within_crate = module_path.split_once("::").map_or("", |(_, rest)| rest);
+    if within_crate.is_empty() {
+        function.to_owned()
+    } else {
+        format!("{within_crate}::{function}")
+    }
 }
 
 fn init_tracing() {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,9 @@ use std::time::Duration;
 use lockstore_api::LockStore;
 use lockstore_api::ledger::LedgerStore;
 use lockstore_conformance::provision::{Service, server_url};
-use lockstore_conformance::{Harness, Profile};
+use lockstore_conformance::proxy::{url_host_port, url_with_addr};
+use lockstore_conformance::servers::{PostgresServer, PrivateServer};
+use lockstore_conformance::{ClientClock, Harness, Network, Profile, Restart};
 use lockstore_sql::{PostgresStore, SqliteStore};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::sync::OnceCell;
@@ -61,11 +64,51 @@ impl PostgresHarness {
 #[lockstore_api::async_trait]
 impl Harness for PostgresHarness {
     fn profile(&self) -> Profile {
-        Profile::real_server()
+        Profile {
+            // sqlx has no read timeout: a statement on a silenced connection
+            // waits until the kernel gives up on it (minutes). The client
+            // layer bounds every acquire attempt, renewal and release.
+            request_timeout: None,
+            // A fast shutdown checkpoints; committed grants are in the WAL.
+            restart: Restart::KeepsLeases,
+            ..Profile::real_server()
+        }
     }
 
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
         Arc::new(self.postgres_store(namespace).await)
+    }
+
+    fn server_addr(&self) -> Option<String> {
+        url_host_port(&postgres_url())
+    }
+
+    /// A store with a pool of its own at `addr`; the schema is created there
+    /// (PostgreSQL keeps it across restarts, so no case needs to see it
+    /// missing).
+    async fn store_at(&self, namespace: &str, addr: SocketAddr) -> Option<Arc<dyn LockStore>> {
+        let store = PostgresStore::builder(url_with_addr(&postgres_url(), addr))
+            .schema(TEST_SCHEMA)
+            .table(format!("locks_{namespace}"))
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .unwrap_or_else(|err| panic!("connect to PostgreSQL at {addr}: {err}"));
+        store
+            .ensure_schema()
+            .await
+            .unwrap_or_else(|err| panic!("ensure_schema at {addr}: {err}"));
+        Some(Arc::new(store))
+    }
+
+    async fn private_server(&self) -> Option<Box<dyn PrivateServer>> {
+        let url = postgres_url();
+        let database = url
+            .rsplit_once('/')
+            .map(|(_, db)| db.split('?').next().unwrap_or(db).to_owned())
+            .expect("the test URL names a database");
+        Some(Box::new(PostgresServer::start_new(&database).await))
     }
 
     async fn ledger(&self, namespace: &str) -> Option<Arc<dyn LedgerStore>> {
@@ -98,7 +141,18 @@ pub async fn sqlite_store(path: &std::path::Path) -> SqliteStore {
 #[lockstore_api::async_trait]
 impl Harness for SqliteHarness {
     fn profile(&self) -> Profile {
-        Profile::real_server()
+        Profile {
+            // A file on this host: no connection to break, no server to
+            // restart; other processes on the host share the locks. Expiry
+            // reads the host clock inside each statement, which every
+            // client shares and none can set apart (SQLite has no clock
+            // hook short of a custom VFS).
+            network: Network::Embedded,
+            request_timeout: None,
+            restart: Restart::NoServer,
+            client_clock: ClientClock::Shared,
+            ..Profile::real_server()
+        }
     }
 
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {

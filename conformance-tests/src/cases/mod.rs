@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use lockstore_api::{
-    AcquireOutcome, AcquireRequest, FencingToken, Holder, LeaseId, LockKey, LockStore, OwnerLabel,
-    Ttl,
+    AcquireOutcome, AcquireRequest, FencingToken, Holder, LeaseId, LockError, LockKey, LockStore,
+    OwnerLabel, Ttl,
 };
+use tokio::time::Instant;
 
 use crate::Ctx;
 
@@ -19,7 +20,11 @@ mod fencing;
 mod guard;
 mod isolation;
 mod lifecycle;
+mod network;
 mod ownership;
+mod pause;
+mod restart;
+mod skew;
 mod validation;
 mod waiting;
 
@@ -31,7 +36,11 @@ pub use fencing::*;
 pub use guard::*;
 pub use isolation::*;
 pub use lifecycle::*;
+pub use network::*;
 pub use ownership::*;
+pub use pause::*;
+pub use restart::*;
+pub use skew::*;
 pub use validation::*;
 pub use waiting::*;
 
@@ -87,6 +96,15 @@ macro_rules! __cases {
             (model_based_sequences, Default),
             (concurrent_holders_never_overlap, MultiThread),
             (lock_histories_are_linearizable, MultiThread),
+            (network_delay_past_the_ttl_cuts_the_holder_off_safely, MultiThread),
+            (network_blackhole_cuts_the_holder_off_safely, MultiThread),
+            (network_reset_cuts_the_holder_off_safely, MultiThread),
+            (network_half_open_losing_replies_cuts_the_holder_off_safely, MultiThread),
+            (network_half_open_closing_requests_cuts_the_holder_off_safely, MultiThread),
+            (server_restart_while_held_and_awaited_keeps_fences_rising, MultiThread),
+            (paused_holder_process_is_fenced_out_after_a_takeover, MultiThread),
+            (client_clock_skew_within_the_allowance_never_takes_over_early, MultiThread),
+            (client_clock_skew_beyond_the_allowance_is_fenced_or_skew_free, MultiThread),
         ]);
     };
     (@emit $backend:ident, $harness:expr, [$(($case:ident, $runtime:ident)),* $(,)?]) => {
@@ -96,9 +114,12 @@ macro_rules! __cases {
             $(
                 #[test]
                 fn $case() {
-                    $crate::run_case($harness, $crate::Runtime::$runtime, |ctx| {
-                        ::std::boxed::Box::pin($crate::cases::$case(ctx))
-                    });
+                    $crate::run_named_case(
+                        $harness,
+                        $crate::Runtime::$runtime,
+                        Some($crate::test_name(module_path!(), stringify!($case))),
+                        |ctx| ::std::boxed::Box::pin($crate::cases::$case(ctx)),
+                    );
                 }
             )*
         }
@@ -157,5 +178,73 @@ pub(crate) async fn must_be_held(
             panic!("mutual exclusion broken: {owner} acquired held key {key} (fence {fence})")
         }
         Err(err) => panic!("{owner} acquire of {key} failed: {err}"),
+    }
+}
+
+/// How long a fault case waits for something that must happen before it
+/// calls it a hang: far beyond any timeout the stores or the client layer
+/// configure, so it never decides an outcome, only catches a hang.
+pub(crate) const HANG: Duration = Duration::from_secs(30);
+
+/// The backends whose stores live in this process or a file on this host.
+pub(crate) const EMBEDDED_BACKENDS: [&str; 2] = ["memory", "sqlite"];
+
+/// Fails the case unless `result` is the failure a client may retry: a
+/// retryable [`LockError::Backend`], or a [`LockError::Timeout`] that
+/// carries one as its last error.
+pub(crate) fn assert_retryable_failure<T: std::fmt::Debug>(
+    result: &Result<T, LockError>,
+    what: &str,
+) {
+    match result {
+        Err(LockError::Backend {
+            retryable: true, ..
+        }) => {}
+        Err(LockError::Timeout {
+            last_error: Some(err),
+            ..
+        }) if err.is_retryable() => {}
+        other => panic!(
+            "{what}: expected a retryable backend error (or a timeout carrying one), got {other:?}"
+        ),
+    }
+}
+
+/// Whether a lease granted (or renewed) by a request sent at `sent` for
+/// `ttl` was certainly live when a reply that arrived at `replied` was
+/// made: the server started counting no earlier than `sent` and answered
+/// no later than `replied`, and the profile's tolerance covers clock
+/// granularity. Cases assert "still held" only where this holds, so that
+/// a slow machine never turns a late check into a failure.
+pub(crate) fn surely_live(ctx: &Ctx, sent: Instant, ttl: Duration, replied: Instant) -> bool {
+    replied + ctx.profile().tolerance < sent + ttl
+}
+
+/// A second client takes `key` over as soon as the store lets it: tries
+/// until granted (a hang-catching bound only), and returns when the grant's
+/// reply **arrived** — by then the server had granted it, so any holder
+/// must already have stopped trusting its lease — with the lease.
+pub(crate) async fn take_over(
+    ctx: &Ctx,
+    store: &dyn LockStore,
+    key: &LockKey,
+    duration: Duration,
+) -> (Instant, AcquireRequest, FencingToken) {
+    let give_up = Instant::now() + HANG;
+    let request = request(key, duration, "taker");
+    loop {
+        match tokio::time::timeout(HANG, store.try_acquire(&request))
+            .await
+            .expect("a takeover attempt on a healthy path hung")
+        {
+            Ok(AcquireOutcome::Acquired { fence }) => return (Instant::now(), request, fence),
+            Ok(AcquireOutcome::Held(_)) => {}
+            Err(err) => panic!("a takeover attempt on a healthy path failed: {err}"),
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{key} was never free for a takeover within {HANG:?}"
+        );
+        ctx.sleep(ctx.profile().short_ttl / 40).await;
     }
 }

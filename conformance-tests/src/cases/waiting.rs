@@ -5,7 +5,7 @@ use std::time::Duration;
 use lockstore_api::{AcquireOptions, AcquireOutcome, Backoff, LockError, OwnerLabel};
 use tokio::time::{Instant, timeout};
 
-use super::{key, long_ttl, must_acquire, request};
+use super::{HANG, key, long_ttl, must_acquire, request};
 use crate::Ctx;
 
 /// A non-waiting acquire of a held key fails at once with the holder's name.
@@ -69,18 +69,22 @@ pub async fn waiting_acquire_times_out_naming_the_holder(ctx: Ctx) {
 }
 
 /// A blocked waiter gets the key promptly after a release: by notification
-/// where the backend has one (a waiter that only polled every 30 s would
-/// miss the bound), else by its backoff.
+/// where the backend has one, else by its backoff.
+///
+/// The bound is generous — a busy machine may take seconds to deliver a
+/// notification or run a poll — and still tells the mechanisms apart: the
+/// holder's lease lasts an hour, so nothing but the release can end the
+/// wait in time; a notified waiter backs off for up to an hour (one that
+/// ignored the notification would pass by luck 0.3% of the time, and the
+/// signal itself is checked first), a polling one for at most half a TTL.
 pub async fn waiting_acquire_wakes_promptly_on_release(ctx: Ctx) {
     let profile = ctx.profile().clone();
-    let (backoff, bound) = if profile.release_notifications {
-        (
-            Backoff::new(Duration::from_secs(30), Duration::from_secs(30)),
-            profile.tolerance + profile.short_ttl / 2,
-        )
+    let bound = Duration::from_secs(10);
+    let lease = Duration::from_secs(3600);
+    let backoff = if profile.release_notifications {
+        Backoff::new(lease, lease)
     } else {
-        let backoff = Backoff::new(Duration::from_millis(10), profile.short_ttl / 2);
-        (backoff, profile.short_ttl / 2 + profile.tolerance)
+        Backoff::new(Duration::from_millis(10), profile.short_ttl / 2)
     };
     if profile.release_notifications {
         // The hand-off below can pass by luck when notifications are broken
@@ -118,12 +122,13 @@ pub async fn waiting_acquire_wakes_promptly_on_release(ctx: Ctx) {
     let holder = ctx.client().await;
     let waiter = ctx.client().await.with_backoff(backoff);
     let guard = holder
-        .acquire("handoff", AcquireOptions::new(long_ttl(&ctx)))
+        .acquire("handoff", AcquireOptions::new(lease).wait_up_to(HANG))
         .await
         .unwrap();
     let options = AcquireOptions::new(long_ttl(&ctx)).wait_forever();
     let waiting = tokio::spawn(async move { waiter.acquire("handoff", options).await });
-    // Let the waiter fail its first attempt and settle into waiting.
+    // Let the waiter fail its first attempt and settle into waiting (not
+    // needed for any assertion).
     ctx.sleep(profile.short_ttl / 4).await;
     assert!(!waiting.is_finished(), "the waiter got a held key");
     let released_at = Instant::now();
@@ -146,9 +151,10 @@ pub async fn waiting_acquire_takes_over_after_expiry(ctx: Ctx) {
     let k = key("abandoned");
     let (_crashed, old_fence) = must_acquire(&*store, &k, ctx.profile().short_ttl, "crashed").await;
     let client = ctx.client().await;
-    let wait = ctx.profile().short_ttl * 4 + ctx.profile().tolerance * 2;
+    // Only a hang is a failure: how soon the waiter's poll comes round
+    // after the expiry depends on the machine's load.
     let guard = client
-        .acquire(&k, AcquireOptions::new(long_ttl(&ctx)).wait_up_to(wait))
+        .acquire(&k, AcquireOptions::new(long_ttl(&ctx)).wait_up_to(HANG))
         .await
         .expect("the abandoned lock was never taken over");
     assert!(guard.fence() > old_fence);
