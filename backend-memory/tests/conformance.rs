@@ -25,6 +25,7 @@ impl Harness for MemoryHarness {
             release_notifications: true,
             model_cases: 256,
             concurrent_acquisitions: 100_000,
+            takeover_needs_watching: false,
         }
     }
 

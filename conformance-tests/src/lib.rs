@@ -85,6 +85,13 @@ pub struct Profile {
     pub model_cases: u32,
     /// Successful acquisitions in the concurrent safety test.
     pub concurrent_acquisitions: u64,
+    /// Whether a store takes an expired lease over only after it has itself
+    /// watched that lease, unchanged, for a full TTL (DynamoDB's skew-free
+    /// mode, which trusts no wall clock): until then a refusal is correct.
+    /// Cases that expect a takeover just after expiry then look at the
+    /// lease first ([`Ctx::watch_lease`]), and the model test counts a
+    /// lease's expiry for a takeover from the store's first sighting.
+    pub takeover_needs_watching: bool,
 }
 
 impl Profile {
@@ -99,6 +106,7 @@ impl Profile {
             release_notifications: true,
             model_cases: 32,
             concurrent_acquisitions: 100_000,
+            takeover_needs_watching: false,
         }
     }
 }
@@ -174,6 +182,19 @@ impl Ctx {
                 let _ = futures::FutureExt::now_or_never(tokio::time::advance(duration));
             }
             Clock::Real => std::thread::sleep(duration),
+        }
+    }
+
+    /// When the profile says [`takeover_needs_watching`](Profile), has
+    /// `store` look at `key` now, so its watch of the current lease starts;
+    /// otherwise does nothing, so other backends are tested taking over a
+    /// lease they never looked at.
+    pub async fn watch_lease(&self, store: &dyn LockStore, key: &lockstore_api::LockKey) {
+        if self.profile.takeover_needs_watching {
+            store
+                .inspect(key)
+                .await
+                .expect("inspect to start watching the lease");
         }
     }
 
