@@ -64,7 +64,9 @@ pub enum TakeoverMode {
     /// version, unchanged, for the lease's full TTL on its own monotonic
     /// clock. Assumes nothing about wall clocks, only that monotonic clocks
     /// run at about the same rate; the price is that a newcomer waits a full
-    /// TTL even for a lease that expired long ago.
+    /// TTL even for a lease that expired long ago, and a held item carries
+    /// no cleanup time (DynamoDB TTL never deletes it; an abandoned lease's
+    /// item stays until the key is next acquired and released).
     SkewFree,
 }
 
@@ -173,10 +175,13 @@ impl DynamoDbStoreBuilder {
         self
     }
 
-    /// How long after its last write an item becomes eligible for deletion
-    /// by DynamoDB TTL. Default [`DEFAULT_CLEANUP_AFTER`] (7 days). Fencing
-    /// survives the deletion as long as writers' clocks are off by less than
-    /// this (crate docs, "Fencing").
+    /// How long after its lease's expiry (or its release) an item becomes
+    /// eligible for deletion by DynamoDB TTL, at least
+    /// [`MIN_CLEANUP_AFTER`]. Default [`DEFAULT_CLEANUP_AFTER`] (7 days).
+    /// Fencing survives the deletion as long as the clock of the client that
+    /// re-creates the item is less than this behind AWS's clock (crate docs,
+    /// "Fencing"). In [`TakeoverMode::SkewFree`] a held item has no cleanup
+    /// time; this applies from its release.
     pub fn cleanup_after(mut self, after: Duration) -> Self {
         self.config.cleanup_after = after;
         self

@@ -10,22 +10,39 @@
 //! Clock values (`:now_ms`, `:takeover_cutoff_ms`, `:expires_at_ms`) are
 //! computed by the client from its wall clock: DynamoDB has no server-side
 //! "now". See the crate docs, "Clocks".
+//!
+//! # The cleanup rule
+//!
+//! Every write that sets the cleanup time `C` (epoch seconds) leaves the
+//! item's fence below `:fence_cap` = `(C − cleanup_after) × 10⁶`: the cleanup
+//! time less the cleanup delay, counted in microseconds, like the fence
+//! base. The writer picks `C` from its own clock; when the stored fence is
+//! higher (the item's creator had a clock ahead of this writer's) the
+//! condition fails, the refusal shows the fence, and the writer tries again
+//! with `C` computed from that fence. DynamoDB TTL deletes an item only
+//! after the service's clock passes `C`, so by then any client whose clock
+//! is less than `cleanup_after` behind the service's has a clock, in
+//! microseconds, above every token the item handed out, and the fence base
+//! of the item it re-creates is higher still (crate docs, "Fencing").
 
 use std::collections::HashMap;
 
 use crate::layout;
 
 /// Acquire succeeds on a key that has no item, a released item, or a lease
-/// that expired more than the skew allowance ago by this client's clock.
+/// that expired more than the skew allowance ago by this client's clock;
+/// and only under the cleanup rule (module docs; a new item's fence is
+/// `:fence_base + 1`, which the cap covers).
 ///
 /// A live lease with the *same* lease id deliberately fails this condition:
 /// the fence must not move for a retried request, and an `UpdateItem` cannot
 /// increment conditionally. The refusal's `ALL_OLD` item shows our own lease
-/// id, and [`REFRESH_*`](REFRESH_UPDATE) then extends it, keeping the token.
-pub(crate) const ACQUIRE_CONDITION: &str = "attribute_not_exists(#pk) OR attribute_not_exists(#lease_id) OR #lease_expires_at_ms <= :takeover_cutoff_ms";
+/// id, and [`REFRESH_*`](WALL_CLOCK) then extends it, keeping the token.
+pub(crate) const ACQUIRE_CONDITION: &str = "(attribute_not_exists(#pk) OR attribute_not_exists(#lease_id) OR #lease_expires_at_ms <= :takeover_cutoff_ms) AND (attribute_not_exists(#fence) OR #fence < :fence_cap)";
 
 /// Skew-free mode: expiry timestamps written by other clients are ignored.
 /// A lease is taken over only through [`ACQUIRE_CONDITION_SEEN_VERSION`].
+/// No cleanup rule: a skew-free grant removes the cleanup time.
 pub(crate) const ACQUIRE_CONDITION_SKEW_FREE: &str =
     "attribute_not_exists(#pk) OR attribute_not_exists(#lease_id)";
 
@@ -33,38 +50,65 @@ pub(crate) const ACQUIRE_CONDITION_SKEW_FREE: &str =
 /// same record version, unchanged, for a full lease on its monotonic clock.
 pub(crate) const ACQUIRE_CONDITION_SEEN_VERSION: &str = " OR #record_version = :seen_version";
 
-/// The grant. `fence` is never removed, so after a release or expiry it is
-/// one more than the last token. When the item itself is gone (DynamoDB TTL
-/// deleted it, or it never existed) the count restarts from `:fence_base`,
-/// the writer's wall clock in microseconds, which is above every token an
-/// earlier incarnation of the item can have handed out (crate docs,
-/// "Fencing").
-pub(crate) const ACQUIRE_UPDATE: &str = "SET #lease_id = :lease_id, #lease_owner = :owner, #lease_expires_at_ms = :expires_at_ms, #lease_ttl_ms = :ttl_ms, #record_version = :version, #cleanup = :cleanup_at, #fence = if_not_exists(#fence, :fence_base) + :one REMOVE #released_at_ms";
+/// The conditions and updates that write a lease, in one takeover mode.
+///
+/// They differ in one thing: whether a held item carries a cleanup time.
+/// In [`TakeoverMode::WallClock`](crate::TakeoverMode) a grant or renewal
+/// sets it to the writer's expiry + `cleanup_after`, so an abandoned lease's
+/// item goes on its own; that trusts the writer's clock, which wall-clock
+/// mode assumes anyway. In [`TakeoverMode::SkewFree`](crate::TakeoverMode)
+/// a grant or renewal **removes** it: DynamoDB TTL must not delete the item
+/// of a live lease because its writer's clock is behind, and skew-free mode
+/// trusts no wall clock. Only a release sets it there.
+pub(crate) struct LeaseWrites {
+    /// The grant. `fence` is never removed, so after a release or expiry it
+    /// is one more than the last token. When the item itself is gone
+    /// (DynamoDB TTL deleted it, or it never existed) the count restarts
+    /// from `:fence_base`, the writer's wall clock in microseconds.
+    pub(crate) acquire_update: &'static str,
+    /// A retried acquire by the lease that already holds the key: nobody
+    /// else can have held it in between (every other grant rewrites
+    /// `lease_id`), so the lease is refreshed and keeps its token.
+    pub(crate) refresh_condition: &'static str,
+    /// See `refresh_condition`.
+    pub(crate) refresh_update: &'static str,
+    /// Renew only the live lease with this id. "Live" is judged by this
+    /// client's clock *without* the skew allowance: the holder is the one
+    /// side that must give up early, never late.
+    pub(crate) renew_condition: &'static str,
+    /// See `renew_condition`.
+    pub(crate) renew_update: &'static str,
+}
 
-/// A retried acquire by the lease that already holds the key: nobody else
-/// can have held it in between (every other grant rewrites `lease_id`), so
-/// the lease is refreshed and keeps its token.
-pub(crate) const REFRESH_CONDITION: &str = "#lease_id = :lease_id";
+/// The lease writes of [`TakeoverMode::WallClock`](crate::TakeoverMode).
+pub(crate) const WALL_CLOCK: LeaseWrites = LeaseWrites {
+    acquire_update: "SET #lease_id = :lease_id, #lease_owner = :owner, #lease_expires_at_ms = :expires_at_ms, #lease_ttl_ms = :ttl_ms, #record_version = :version, #cleanup = :cleanup_at, #fence = if_not_exists(#fence, :fence_base) + :one REMOVE #released_at_ms",
+    refresh_condition: "#lease_id = :lease_id AND #fence < :fence_cap",
+    refresh_update: "SET #lease_owner = :owner, #lease_expires_at_ms = :expires_at_ms, #lease_ttl_ms = :ttl_ms, #record_version = :version, #cleanup = :cleanup_at",
+    renew_condition: "#lease_id = :lease_id AND #lease_expires_at_ms > :now_ms AND #fence < :fence_cap",
+    renew_update: "SET #lease_expires_at_ms = :expires_at_ms, #lease_ttl_ms = :ttl_ms, #record_version = :version, #cleanup = :cleanup_at",
+};
 
-/// See [`REFRESH_CONDITION`].
-pub(crate) const REFRESH_UPDATE: &str = "SET #lease_owner = :owner, #lease_expires_at_ms = :expires_at_ms, #lease_ttl_ms = :ttl_ms, #record_version = :version, #cleanup = :cleanup_at";
+/// The lease writes of [`TakeoverMode::SkewFree`](crate::TakeoverMode).
+pub(crate) const SKEW_FREE: LeaseWrites = LeaseWrites {
+    acquire_update: "SET #lease_id = :lease_id, #lease_owner = :owner, #lease_expires_at_ms = :expires_at_ms, #lease_ttl_ms = :ttl_ms, #record_version = :version, #fence = if_not_exists(#fence, :fence_base) + :one REMOVE #released_at_ms, #cleanup",
+    refresh_condition: "#lease_id = :lease_id",
+    refresh_update: "SET #lease_owner = :owner, #lease_expires_at_ms = :expires_at_ms, #lease_ttl_ms = :ttl_ms, #record_version = :version REMOVE #cleanup",
+    renew_condition: "#lease_id = :lease_id AND #lease_expires_at_ms > :now_ms",
+    renew_update: "SET #lease_expires_at_ms = :expires_at_ms, #lease_ttl_ms = :ttl_ms, #record_version = :version REMOVE #cleanup",
+};
 
-/// Renew only the live lease with this id. "Live" is judged by this client's
-/// clock *without* the skew allowance: the holder is the one side that must
-/// give up early, never late.
-pub(crate) const RENEW_CONDITION: &str = "#lease_id = :lease_id AND #lease_expires_at_ms > :now_ms";
-
-/// See [`RENEW_CONDITION`].
-pub(crate) const RENEW_UPDATE: &str = "SET #lease_expires_at_ms = :expires_at_ms, #lease_ttl_ms = :ttl_ms, #record_version = :version, #cleanup = :cleanup_at";
-
-/// Release whatever lease this id still has on the key, expired or not: an
-/// expired one is cleared too, which frees the key sooner and is harmless.
-/// Whether it was still live (`Released`) or not (`NotHeld`) is read from the
-/// old item. The item stays, so `fence` survives.
-pub(crate) const RELEASE_CONDITION: &str = "#lease_id = :lease_id";
+/// Release whatever lease this id still has on the key, expired or not (an
+/// expired one is cleared too, which frees the key sooner and is
+/// harmless), under the cleanup rule (module docs), in both modes. The
+/// item stays, so `fence` survives, and so does `lease_expires_at_ms`: with
+/// `released_at_ms` and the request's own `record_version`, it lets an SDK
+/// retry of an applied release, which finds the lease gone, recognise its
+/// own earlier attempt and say whether the lease was still live then.
+pub(crate) const RELEASE_CONDITION: &str = "#lease_id = :lease_id AND #fence < :fence_cap";
 
 /// See [`RELEASE_CONDITION`].
-pub(crate) const RELEASE_UPDATE: &str = "SET #released_at_ms = :now_ms, #record_version = :version, #cleanup = :cleanup_at REMOVE #lease_id, #lease_owner, #lease_expires_at_ms, #lease_ttl_ms";
+pub(crate) const RELEASE_UPDATE: &str = "SET #released_at_ms = :now_ms, #record_version = :version, #cleanup = :cleanup_at REMOVE #lease_id, #lease_owner, #lease_ttl_ms";
 
 /// The attribute names behind `#placeholders`, given the configurable ones.
 pub(crate) fn attribute_name<'a>(
@@ -131,14 +175,19 @@ mod tests {
             ACQUIRE_CONDITION,
             ACQUIRE_CONDITION_SKEW_FREE,
             ACQUIRE_CONDITION_SEEN_VERSION,
-            ACQUIRE_UPDATE,
-            REFRESH_CONDITION,
-            REFRESH_UPDATE,
-            RENEW_CONDITION,
-            RENEW_UPDATE,
             RELEASE_CONDITION,
             RELEASE_UPDATE,
-        ] {
+        ]
+        .into_iter()
+        .chain([WALL_CLOCK, SKEW_FREE].iter().flat_map(|w| {
+            [
+                w.acquire_update,
+                w.refresh_condition,
+                w.refresh_update,
+                w.renew_condition,
+                w.renew_update,
+            ]
+        })) {
             for p in placeholders(&[e], '#') {
                 assert!(attribute_name(p, "pk", "c").is_some(), "{p} in {e}");
             }

@@ -6,15 +6,22 @@
 //! | `fence`              | N    | last fencing token handed out for this key; never removed      |
 //! | `lease_id`           | S    | 32 hex digits of the live lease; absent once released          |
 //! | `lease_owner`        | S    | owner label of the lease, for `Holder` reports                 |
-//! | `lease_expires_at_ms`| N    | writer's wall clock, ms since the Unix epoch, when it expires  |
+//! | `lease_expires_at_ms`| N    | writer's wall clock, ms since the Unix epoch, when it expires; kept after release |
 //! | `lease_ttl_ms`       | N    | the TTL the lease was granted or renewed with                  |
 //! | `record_version`     | S    | random, rewritten by every write (the "rvn" of the AWS client) |
 //! | `released_at_ms`     | N    | writer's wall clock when the lease was released                |
-//! | *cleanup attribute*  | N    | epoch **seconds** after which DynamoDB TTL may delete the item |
+//! | *cleanup attribute*  | N    | epoch **seconds** after which DynamoDB TTL may delete the item; absent on a held item in skew-free mode |
 //!
-//! A released item keeps `fence`, `record_version`, `released_at_ms` and the
-//! cleanup time; every `lease_*` attribute is removed. An item with no
-//! `lease_id` is free.
+//! A released item keeps `fence`, `record_version`, `released_at_ms`,
+//! `lease_expires_at_ms` (the released lease's expiry: with
+//! `released_at_ms` it lets an SDK retry of the release tell whether the
+//! lease was live) and the cleanup time; `lease_id`, `lease_owner` and
+//! `lease_ttl_ms` are removed. An item with no `lease_id` is free, whatever
+//! else it holds.
+//!
+//! The cleanup time is never earlier than the item's `fence` read as
+//! microseconds since 1970, plus `cleanup_after`: the cleanup rule of the
+//! crate docs, "Fencing".
 //!
 //! # The execution ledger
 //!

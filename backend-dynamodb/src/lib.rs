@@ -42,21 +42,29 @@
 //! | release            | 1        | conditional `UpdateItem`, `ReturnValues=ALL_OLD`          |
 //! | inspect            | 1        | `GetItem` with `ConsistentRead`                           |
 //!
-//! Two exceptions, both rare and both a second request: an acquire retried
+//! Three exceptions, all rare and each a second request: an acquire retried
 //! by the lease that already holds the key (its first reply was lost) finds
 //! its own lease in the refusal and extends it with a second `UpdateItem`,
-//! so it keeps its fencing token; and a server that does not return the item
-//! with a refusal (DynamoDB and moto 5 do) is asked with a
-//! `GetItem`, counted by [`DynamoDbStore::holder_reads`]. An attempt that
+//! so it keeps its fencing token; a write refused only by the cleanup rule
+//! ("Fencing": the item's fence is ahead of this writer's clock) is sent
+//! again with a cleanup time dated from the fence; and a server that does
+//! not return the item with a refusal (DynamoDB and moto 5 do) is asked with
+//! a `GetItem`, counted by [`DynamoDbStore::holder_reads`]. An attempt that
 //! finds the lease expired or released between its write and its reading of
-//! the refusal simply tries again.
+//! the refusal simply tries again. Renewals and releases also ask for the
+//! item with a refusal: a release retried by the SDK after its first reply
+//! was lost recognises its own applied attempt there (the item still shows
+//! that request's `record_version`) and answers as the first reply would
+//! have, `Released` for a live lease.
 //!
 //! # Item layout
 //!
 //! One item per key; see [`layout`] for the attributes. A release keeps the
 //! item, only removing the lease, so the fencing counter survives; DynamoDB
 //! TTL deletes idle items after
-//! [`cleanup_after`](DynamoDbStoreBuilder::cleanup_after) (7 days).
+//! [`cleanup_after`](DynamoDbStoreBuilder::cleanup_after) (7 days). In
+//! [`TakeoverMode::SkewFree`] a held item carries no cleanup time at all
+//! (see "Clocks"); only its release sets one.
 //!
 //! # Execution ledger
 //!
@@ -72,16 +80,26 @@
 //! rises by one per acquisition while the item exists. When the item does not
 //! exist — a new key, or one DynamoDB TTL deleted — the count starts from
 //! `:fence_base`, the writer's wall clock in **microseconds** since 1970.
-//! Tokens therefore stay strictly increasing across deletion provided that:
 //!
-//! * a key is acquired at most once per microsecond on average since its item
-//!   was created (a million acquisitions a second, far beyond what one
-//!   DynamoDB item accepts: about 1,000 writes a second), so the old counter
-//!   is below the wall-clock time in microseconds when it was last written;
-//!   and
-//! * the clock of the client that recreates the item is not behind the clock
-//!   of the last writer by more than the time between that last write and
-//!   the deletion, which is at least `cleanup_after` (7 days by default).
+//! Every write that sets the cleanup time `C` is conditional on the item's
+//! fence staying below `(C − cleanup_after)` in microseconds (the *cleanup
+//! rule*, in the expressions module). The writer computes `C` from its own
+//! clock; if the item's fence is higher — its creator's clock was ahead, or
+//! this writer's is behind — the condition fails, the refusal shows the
+//! fence, and the write is sent again with `C` computed from the fence (a
+//! second request, only then). DynamoDB TTL deletes an item only after AWS's
+//! clock passes `C`. So tokens stay strictly increasing across deletion
+//! provided that:
+//!
+//! * the clock of the client that **re-creates** a deleted item is less than
+//!   `cleanup_after` (at least 1 h, 7 days by default) behind AWS's clock.
+//!
+//! That is the only clock assumption of fencing, in both takeover modes: the
+//! clocks of the item's creator and of its later writers do not matter (a
+//! creator a month ahead only makes the item live a month longer), and the
+//! rate of acquisitions does not either. Deleting an item by hand behaves
+//! like TTL if it is done no earlier than its cleanup time; deleting it
+//! sooner can make the next token lower.
 //!
 //! Tokens are large numbers (about 1.7 × 10¹⁵ today), but plain `u64`s.
 //!
@@ -105,7 +123,8 @@
 //!   takeover happens before the holder's own deadline.
 //!
 //! [`TakeoverMode::SkewFree`] is the AWS DynamoDB Lock Client's scheme and
-//! assumes nothing about wall clocks: a client takes a lease over only after
+//! assumes nothing about wall clocks for mutual exclusion: a client takes a
+//! lease over only after
 //! it has seen the same `record_version` (rewritten by every acquire and
 //! renew) unchanged for the lease's full TTL on its own monotonic clock, and
 //! the takeover write is conditional on that version. It assumes only that
@@ -114,6 +133,17 @@
 //! [`Holder`](lockstore_api::Holder) report says how long), and it keeps an
 //! in-memory, bounded map of the versions it has seen. All clients of one
 //! table should use the same mode.
+//!
+//! Because a skew-free writer's clock may be arbitrarily wrong, a skew-free
+//! grant or renewal **removes** the item's cleanup time instead of dating
+//! it: DynamoDB TTL can then never delete the item of a live lease (a
+//! writer a week behind would otherwise date the deletion in the past, and
+//! a second client would find the key free). A release sets the cleanup
+//! time again, by the cleanup rule above: a releaser's bad clock can only
+//! change when a *free* item is deleted, never date it before its fence.
+//! The price: the item of a lease that is never released
+//! (its holder crashed) stays until the key is next acquired and released;
+//! a takeover is such an acquisition.
 //!
 //! In both modes a refused acquire's [`Holder::expires_in`] is the time until
 //! *this* client could take over (the allowance included), which is what the

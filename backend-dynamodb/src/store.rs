@@ -134,10 +134,13 @@ impl DynamoDbStore {
         }
     }
 
-    /// How many refused acquires needed a second request (a `GetItem`) to
-    /// learn the holder, because the server did not return the item with
-    /// `ConditionalCheckFailedException` as DynamoDB does. Zero on DynamoDB
-    /// and on moto 5 (tested with 5.2).
+    /// How many refused writes needed a second request (a `GetItem`) to
+    /// read the item, because the server did not return it with
+    /// `ConditionalCheckFailedException` as DynamoDB does: a refused acquire
+    /// (to learn the holder), a refused renewal in wall-clock mode, or any
+    /// refused release (to tell the cleanup rule, or a retry of our own
+    /// release, from a lease that is gone). Zero on DynamoDB and on moto 5
+    /// (tested with 5.2).
     pub fn holder_reads(&self) -> u64 {
         self.inner.holder_reads.load(Ordering::Relaxed)
     }
@@ -231,8 +234,8 @@ impl DynamoDbStore {
         }
     }
 
-    /// A refused acquire: the item as it was, from the refusal itself or,
-    /// on servers that do not send it, from a consistent read.
+    /// A refused write: the item as it was, from the refusal itself or, on
+    /// servers that do not send it, from a consistent read.
     async fn refused_item(
         &self,
         key: &LockKey,
@@ -326,20 +329,26 @@ struct Operations {
 impl Operations {
     fn new(c: &StoreConfig) -> Self {
         let prepare = |condition: &str, update| Prepared::new(condition.to_owned(), update, c);
+        // The grant, refresh and renewal differ between the takeover modes
+        // (skew-free ones carry no cleanup time); the release does not.
+        let writes = match c.takeover {
+            TakeoverMode::WallClock => &expr::WALL_CLOCK,
+            TakeoverMode::SkewFree => &expr::SKEW_FREE,
+        };
         Self {
-            acquire: prepare(expr::ACQUIRE_CONDITION, expr::ACQUIRE_UPDATE),
-            acquire_skew_free: prepare(expr::ACQUIRE_CONDITION_SKEW_FREE, expr::ACQUIRE_UPDATE),
+            acquire: prepare(expr::ACQUIRE_CONDITION, writes.acquire_update),
+            acquire_skew_free: prepare(expr::ACQUIRE_CONDITION_SKEW_FREE, writes.acquire_update),
             acquire_seen_version: Prepared::new(
                 format!(
                     "{}{}",
                     expr::ACQUIRE_CONDITION_SKEW_FREE,
                     expr::ACQUIRE_CONDITION_SEEN_VERSION
                 ),
-                expr::ACQUIRE_UPDATE,
+                writes.acquire_update,
                 c,
             ),
-            refresh: prepare(expr::REFRESH_CONDITION, expr::REFRESH_UPDATE),
-            renew: prepare(expr::RENEW_CONDITION, expr::RENEW_UPDATE),
+            refresh: prepare(writes.refresh_condition, writes.refresh_update),
+            renew: prepare(writes.renew_condition, writes.renew_update),
             release: prepare(expr::RELEASE_CONDITION, expr::RELEASE_UPDATE),
         }
     }
@@ -370,26 +379,71 @@ fn new_version() -> String {
     format!("{:032x}", LeaseId::random().as_u128())
 }
 
+/// Whole seconds in `d`, rounded up.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A cleanup time and the highest fence it may cover (the cleanup rule,
+/// `expressions` module docs).
+#[derive(Clone, Copy, Debug)]
+struct Cleanup {
+    /// Epoch seconds, for the cleanup attribute.
+    at_secs: u64,
+    /// The item's fence after the write must stay below this.
+    fence_cap: u64,
+}
+
 impl DynamoDbStore {
+    /// The cleanup time of a write whose lease (if any) ends at `until` on
+    /// the writer's clock, raised when need be to cover a fence of
+    /// `fence_floor`. Rounded up: DynamoDB TTL works in whole seconds, and
+    /// early is the wrong side.
+    fn cleanup(&self, until: Duration, fence_floor: u64) -> Cleanup {
+        let base = ceil_secs(until).max(fence_floor.div_ceil(1_000_000));
+        Cleanup {
+            at_secs: base.saturating_add(ceil_secs(self.inner.config.cleanup_after)),
+            fence_cap: base.saturating_mul(1_000_000),
+        }
+    }
+
     /// The values every lease-writing request may use, computed from one
-    /// reading of the wall clock.
-    fn lease_values(&self, lease_id: LeaseId, owner: &str, ttl: Ttl, now: Duration) -> Values {
+    /// reading of the wall clock, with a cleanup time that covers a fence
+    /// of `fence_floor` (0 until a refusal showed a higher fence).
+    fn lease_values(
+        &self,
+        lease_id: LeaseId,
+        owner: &str,
+        ttl: Ttl,
+        now: Duration,
+        fence_floor: u64,
+    ) -> (Values, Cleanup) {
         let c = &self.inner.config;
         let expires = now + ttl.as_duration();
         let cutoff = now.saturating_sub(c.clock_skew_allowance);
-        Values(vec![
+        let cleanup = self.cleanup(expires, fence_floor);
+        let values = Values(vec![
             (":lease_id", s(lease_id.to_string())),
             (":owner", s(owner)),
             (":expires_at_ms", n(millis(expires))),
             (":ttl_ms", n(ttl.as_millis())),
             (":version", s(new_version())),
-            (":cleanup_at", n((expires + c.cleanup_after).as_secs())),
+            (":cleanup_at", n(cleanup.at_secs)),
+            (":fence_cap", n(cleanup.fence_cap)),
             (":fence_base", n(micros(now))),
             (":one", n(1)),
             (":now_ms", n(millis(now))),
             (":takeover_cutoff_ms", n(millis(cutoff))),
-        ])
+        ]);
+        (values, cleanup)
     }
+}
+
+/// The stored fence, when it is at or above `cap`: the write was refused
+/// by the cleanup rule, not (or not only) for the lease.
+fn fence_at_or_above(item: &Item, cap: u64, what: &str) -> Result<Option<u64>, LockError> {
+    let fence = number(item, layout::FENCE).map_err(|problem| bad_item(what, problem))?;
+    Ok(fence.filter(|&f| f >= cap))
 }
 
 /// A stored item, read.
@@ -486,6 +540,18 @@ fn fence_of(
     }
 }
 
+/// The outcome of a release whose first attempt was applied and whose
+/// retry found the item as that attempt left it: `Released` if the lease
+/// was live when it was released, as the first reply would have said.
+fn released_by_earlier_attempt(item: &Item, what: &str) -> Result<ReleaseOutcome, LockError> {
+    let expires = number(item, layout::LEASE_EXPIRES_AT_MS).map_err(|p| bad_item(what, p))?;
+    let released = number(item, layout::RELEASED_AT_MS).map_err(|p| bad_item(what, p))?;
+    Ok(match (expires, released) {
+        (Some(expires), Some(released)) if expires > released => ReleaseOutcome::Released,
+        _ => ReleaseOutcome::NotHeld,
+    })
+}
+
 fn is_condition_failure<R>(error: &aws_sdk_dynamodb::error::SdkError<UpdateItemError, R>) -> bool {
     error
         .as_service_error()
@@ -500,12 +566,13 @@ impl LockStore for DynamoDbStore {
 
     async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
         let pk = self.item_key(&request.key);
-        // Only errors need it: not formatted on the way to a grant.
-        let what = || format!("acquire {}", request.key);
+        let what = format!("acquire {}", request.key);
+        let owner = request.owner.as_str();
+        let mut fence_floor = 0;
         for _ in 0..ACQUIRE_ROUNDS {
             let now = self.config().wall_now()?;
-            let mut values =
-                self.lease_values(request.lease_id, request.owner.as_str(), request.ttl, now);
+            let (mut values, cleanup) =
+                self.lease_values(request.lease_id, owner, request.ttl, now, fence_floor);
             let operations = &self.inner.operations;
             let operation = match self.config().takeover {
                 TakeoverMode::WallClock => &operations.acquire,
@@ -534,24 +601,39 @@ impl LockStore for DynamoDbStore {
             let refusal = match reply {
                 Ok(out) => {
                     self.inner.observations.forget(&pk);
-                    let fence = fence_of(out.attributes(), what)?;
+                    let fence = fence_of(out.attributes(), || what.clone())?;
                     return Ok(AcquireOutcome::Acquired { fence });
                 }
                 Err(e) if is_condition_failure(&e) => e.into_service_error(),
                 Err(e) => return Err(self.map_err("acquire", &request.key, e)),
             };
-            let received = Instant::now();
             let Some(item) = self.refused_item(&request.key, &pk, &refusal).await? else {
                 // Deleted between the write and the read: go round.
                 continue;
             };
-            let lease = read_lease(&item).map_err(|problem| bad_item(&what(), problem))?;
+            // Stamped after the read, which may be a GetItem: a version it
+            // shows may have been written after the refusal came back.
+            let received = Instant::now();
+            let lease = read_lease(&item).map_err(|problem| bad_item(&what, problem))?;
+            // Only wall-clock grants carry the cleanup rule (skew-free ones
+            // remove the cleanup time).
+            let fence_ahead = match self.config().takeover {
+                TakeoverMode::WallClock => fence_at_or_above(&item, cleanup.fence_cap, &what)?,
+                TakeoverMode::SkewFree => None,
+            };
+            if let Some(fence) = fence_ahead {
+                // The item's creator had a clock ahead of ours: the next
+                // write's cleanup time is computed from the fence instead.
+                fence_floor = fence + 1;
+            }
             if lease
                 .live
                 .as_ref()
                 .is_some_and(|l| l.lease_id == request.lease_id.to_string())
             {
                 // Our own earlier grant (this is a retried request).
+                let (values, _) =
+                    self.lease_values(request.lease_id, owner, request.ttl, now, fence_floor);
                 match self.refresh(request, &pk, &values).await? {
                     Some(fence) => return Ok(AcquireOutcome::Acquired { fence }),
                     None => continue,
@@ -560,7 +642,8 @@ impl LockStore for DynamoDbStore {
             let now = self.config().wall_now()?;
             match self.judge(&pk, &lease, now, received) {
                 Judgement::Held(holder) => return Ok(AcquireOutcome::Held(holder)),
-                // It expired or was released just now: a fresh attempt wins.
+                // It expired or was released just now, or only the cleanup
+                // rule refused it: a fresh attempt wins.
                 Judgement::Free => continue,
             }
         }
@@ -568,7 +651,7 @@ impl LockStore for DynamoDbStore {
             BACKEND,
             format!(
                 "{}: the lock item changed under {ACQUIRE_ROUNDS} attempts in a row",
-                what()
+                what
             ),
             lockstore_api::UnexpectedReply("heavy contention on one key".into()),
         ))
@@ -581,55 +664,107 @@ impl LockStore for DynamoDbStore {
         ttl: Ttl,
     ) -> Result<RenewOutcome, LockError> {
         let pk = self.item_key(key);
-        let now = self.config().wall_now()?;
-        // The owner is not rewritten by a renewal; its value is unused here.
-        let values = self.lease_values(lease_id, "", ttl, now);
-        let reply = self
-            .update(&pk, &self.inner.operations.renew, &values)
-            .send()
-            .await;
-        match reply {
-            Ok(_) => Ok(RenewOutcome::Renewed),
-            Err(e) if is_condition_failure(&e) => Ok(RenewOutcome::Lost),
-            Err(e) => Err(self.map_err("renew", key, e)),
+        let what = format!("renew {key}");
+        let mut fence_floor = 0;
+        // A second round only when the cleanup rule refused the first.
+        for _ in 0..2 {
+            let now = self.config().wall_now()?;
+            // The owner is not rewritten by a renewal; its value is unused.
+            let (values, cleanup) = self.lease_values(lease_id, "", ttl, now, fence_floor);
+            let reply = self
+                .update(&pk, &self.inner.operations.renew, &values)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            let refusal = match reply {
+                Ok(_) => return Ok(RenewOutcome::Renewed),
+                Err(e) if is_condition_failure(&e) => e.into_service_error(),
+                Err(e) => return Err(self.map_err("renew", key, e)),
+            };
+            if self.config().takeover == TakeoverMode::SkewFree {
+                // No cleanup rule in skew-free renewals: the lease is gone.
+                return Ok(RenewOutcome::Lost);
+            }
+            let Some(item) = self.refused_item(key, &pk, &refusal).await? else {
+                return Ok(RenewOutcome::Lost);
+            };
+            let lease = read_lease(&item).map_err(|problem| bad_item(&what, problem))?;
+            let ours_and_live = lease.live.as_ref().is_some_and(|l| {
+                l.lease_id == lease_id.to_string() && l.expires_at_ms > millis(now)
+            });
+            match fence_at_or_above(&item, cleanup.fence_cap, &what)? {
+                Some(fence) if ours_and_live => fence_floor = fence + 1,
+                _ => return Ok(RenewOutcome::Lost),
+            }
         }
+        Ok(RenewOutcome::Lost)
     }
 
     async fn release(&self, key: &LockKey, lease_id: LeaseId) -> Result<ReleaseOutcome, LockError> {
         let pk = self.item_key(key);
-        let now = self.config().wall_now()?;
-        let c = self.config();
-        let values = Values(vec![
-            (":lease_id", s(lease_id.to_string())),
-            (":now_ms", n(millis(now))),
-            (":version", s(new_version())),
-            (":cleanup_at", n((now + c.cleanup_after).as_secs())),
-        ]);
-        let reply = self
-            .update(&pk, &self.inner.operations.release, &values)
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await;
-        match reply {
-            Ok(out) => {
-                // The write cleared our lease either way; it was a release of
-                // a *live* lease only if it had not yet expired.
-                let expires_at_ms = out
-                    .attributes()
-                    .map(|a| number(a, layout::LEASE_EXPIRES_AT_MS))
-                    .transpose()
-                    .map_err(|problem| bad_item(&format!("release {key}"), problem))?
-                    .flatten()
-                    .unwrap_or(0);
-                Ok(if expires_at_ms > millis(now) {
-                    ReleaseOutcome::Released
-                } else {
-                    ReleaseOutcome::NotHeld
-                })
+        let what = format!("release {key}");
+        let mut fence_floor = 0;
+        // A second round only when the cleanup rule refused the first.
+        for _ in 0..2 {
+            let now = self.config().wall_now()?;
+            let cleanup = self.cleanup(now, fence_floor);
+            let version = new_version();
+            let values = Values(vec![
+                (":lease_id", s(lease_id.to_string())),
+                (":now_ms", n(millis(now))),
+                (":version", s(version.clone())),
+                (":cleanup_at", n(cleanup.at_secs)),
+                (":fence_cap", n(cleanup.fence_cap)),
+            ]);
+            let reply = self
+                .update(&pk, &self.inner.operations.release, &values)
+                .return_values(ReturnValue::AllOld)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            let refusal = match reply {
+                Ok(out) => {
+                    // The write cleared our lease either way; it was a
+                    // release of a *live* lease only if it had not yet
+                    // expired.
+                    let expires_at_ms = out
+                        .attributes()
+                        .map(|a| number(a, layout::LEASE_EXPIRES_AT_MS))
+                        .transpose()
+                        .map_err(|problem| bad_item(&what, problem))?
+                        .flatten()
+                        .unwrap_or(0);
+                    return Ok(if expires_at_ms > millis(now) {
+                        ReleaseOutcome::Released
+                    } else {
+                        ReleaseOutcome::NotHeld
+                    });
+                }
+                Err(e) if is_condition_failure(&e) => e.into_service_error(),
+                Err(e) => return Err(self.map_err("release", key, e)),
+            };
+            let Some(item) = self.refused_item(key, &pk, &refusal).await? else {
+                return Ok(ReleaseOutcome::NotHeld);
+            };
+            if string(&item, layout::RECORD_VERSION).map_err(|p| bad_item(&what, p))?
+                == Some(version.as_str())
+            {
+                // Our own request, applied by an earlier attempt whose reply
+                // was lost (the SDK retried it): its values are in the item.
+                return released_by_earlier_attempt(&item, &what);
             }
-            Err(e) if is_condition_failure(&e) => Ok(ReleaseOutcome::NotHeld),
-            Err(e) => Err(self.map_err("release", key, e)),
+            let ours = string(&item, layout::LEASE_ID).map_err(|p| bad_item(&what, p))?
+                == Some(lease_id.to_string().as_str());
+            match fence_at_or_above(&item, cleanup.fence_cap, &what)? {
+                Some(fence) if ours => fence_floor = fence + 1,
+                _ => return Ok(ReleaseOutcome::NotHeld),
+            }
         }
+        Ok(ReleaseOutcome::NotHeld)
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {

@@ -23,6 +23,16 @@
 //!   clock judges expiry. The clock-skew cases get stores with a clock set
 //!   apart ([`OffsetClock`]) and a 300 ms allowance, well above the guard's
 //!   40 ms margin, so that "within the allowance" means something.
+//!
+//! Both servers also run the suite in [`TakeoverMode::SkewFree`]
+//! (`dynamodb_skew_free::…`, `dynalite_skew_free::…`). A skew-free store
+//! takes an expired lease over only after watching its record version for
+//! a full TTL, so that profile says `takeover_needs_watching`: the cases
+//! that expect a takeover just after expiry look at the lease first, and
+//! the model test counts expiry for a takeover from the first sighting.
+//! Its concurrent test makes 2,000 acquisitions (the same conditional
+//! writes as wall-clock mode's but for the takeover condition), to keep the
+//! two extra suites within a few minutes on the emulators.
 
 mod common;
 
@@ -37,7 +47,7 @@ use lockstore_conformance::servers::{Emulator, EmulatorServer, PrivateServer};
 use lockstore_conformance::{ClientClock, ClockSetting, Harness, Profile, Restart};
 use lockstore_dynamodb::{DynamoDbStore, TakeoverMode, WallClock};
 
-struct DynamoDbHarness(Server);
+struct DynamoDbHarness(Server, TakeoverMode);
 
 /// The allowance of the clock-skew cases' stores.
 const SKEW_ALLOWANCE: Duration = Duration::from_millis(300);
@@ -50,7 +60,11 @@ impl Harness for DynamoDbHarness {
     fn profile(&self) -> Profile {
         Profile {
             release_notifications: false,
-            concurrent_acquisitions: 5_000,
+            concurrent_acquisitions: match self.1 {
+                TakeoverMode::WallClock => 5_000,
+                TakeoverMode::SkewFree => 2_000,
+            },
+            takeover_needs_watching: self.1 == TakeoverMode::SkewFree,
             request_timeout: Some(REQUEST_TIMEOUT),
             restart: Restart::LosesTable,
             client_clock: ClientClock::PerClient {
@@ -62,7 +76,14 @@ impl Harness for DynamoDbHarness {
     }
 
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
-        Arc::new(common::store_on(self.0, namespace).await)
+        common::ensure_table_on(self.0).await;
+        let store = common::builder_on(self.0, &self.0.table(common::TABLE))
+            .key_prefix(format!("{namespace}/"))
+            .takeover(self.1)
+            .build()
+            .await
+            .expect("a store");
+        Arc::new(store)
     }
 
     fn server_addr(&self) -> Option<String> {
@@ -71,7 +92,11 @@ impl Harness for DynamoDbHarness {
 
     async fn store_at(&self, namespace: &str, addr: SocketAddr) -> Option<Arc<dyn LockStore>> {
         // The table exists on the shared server (a proxy in front of it);
-        // a private emulator's table is its `provision`'s to make.
+        // a private emulator's table is its `provision`'s to make. These
+        // stores serve the fault cases, which take over right after a
+        // fault: they stay in wall-clock mode in the skew-free suites too
+        // (a skew-free takeover must first watch the lease for a TTL, which
+        // those cases do not do), so there the fault cases run twice.
         if Some(addr.to_string()) != self.server_addr() {
             common::ensure_table_on(self.0).await;
         }
@@ -169,5 +194,19 @@ impl PrivateServer for PrivateEmulator {
     }
 }
 
-lockstore_conformance::suite!(dynamodb, DynamoDbHarness(Server::Moto));
-lockstore_conformance::suite!(dynalite, DynamoDbHarness(Server::Dynalite));
+lockstore_conformance::suite!(
+    dynamodb,
+    DynamoDbHarness(Server::Moto, TakeoverMode::WallClock)
+);
+lockstore_conformance::suite!(
+    dynalite,
+    DynamoDbHarness(Server::Dynalite, TakeoverMode::WallClock)
+);
+lockstore_conformance::suite!(
+    dynamodb_skew_free,
+    DynamoDbHarness(Server::Moto, TakeoverMode::SkewFree)
+);
+lockstore_conformance::suite!(
+    dynalite_skew_free,
+    DynamoDbHarness(Server::Dynalite, TakeoverMode::SkewFree)
+);

@@ -32,6 +32,7 @@ impl Harness for MemoryHarness {
             restart: Restart::NoServer,
             processes: Processes::OneProcess,
             client_clock: ClientClock::Shared,
+            takeover_needs_watching: false,
         }
     }
 

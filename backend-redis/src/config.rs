@@ -8,8 +8,11 @@ use lockstore_api::LockError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::error::{BACKEND, command_error};
-use crate::notify::Listener;
+use crate::notify::{Listener, ListenerTimeouts};
 use crate::store::{Inner, RedisStore};
+
+/// The default response timeout, and the listener's when there is none.
+pub(crate) const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The key prefix used unless [`RedisStoreBuilder::key_prefix`] says otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "lockstore:";
@@ -109,7 +112,7 @@ impl RedisStoreBuilder {
             purge_batch_size: DEFAULT_PURGE_BATCH_SIZE,
             notifications: true,
             connect_timeout: Duration::from_secs(5),
-            response_timeout: Some(Duration::from_secs(5)),
+            response_timeout: Some(DEFAULT_RESPONSE_TIMEOUT),
             reconnect_retries: 6,
             eviction_check: EvictionCheck::Warn,
         }
@@ -202,6 +205,12 @@ impl RedisStoreBuilder {
     /// retryable error (default 5 s; `None` waits forever). A request whose
     /// reply is lost is never reported as held; the client retries it with
     /// the same lease id, which the scripts recognise.
+    ///
+    /// The release listener waits on its pub/sub connection this long too
+    /// (5 s with `None`), and connect + response timeout for connecting and
+    /// subscribing, even with a shared [`ConnectionManager`]: a server that
+    /// stops answering then costs a waiter a bounded wait (crate docs,
+    /// "Waking waiters").
     pub fn response_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.response_timeout = timeout;
         self
@@ -255,7 +264,15 @@ impl RedisStoreBuilder {
         let address = client.get_connection_info().addr().to_string();
         let eviction_policy = self.check_eviction(&manager, &address).await?;
         let channel = format!("{}released", self.key_prefix);
-        let listener = Listener::new(client, channel.clone());
+        let reply_wait = self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
+        let listener = Listener::new(
+            client,
+            channel.clone(),
+            ListenerTimeouts {
+                subscribe: self.connect_timeout + reply_wait,
+                ping: reply_wait,
+            },
+        );
         Ok(RedisStore::from_inner(Arc::new(Inner {
             manager,
             address,

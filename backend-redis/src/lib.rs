@@ -122,6 +122,17 @@
 //! about one round trip; if the listener is down, waiters poll with the
 //! client's jittered backoff.
 //!
+//! A release published while the pub/sub connection is silently dead (a
+//! dropped NAT flow, a server that accepts but never answers) is lost. The
+//! listener notices: connecting and subscribing are bounded by the sum of
+//! the connect and response timeouts, and an idle subscription answers a
+//! `PING` every 5 s
+//! within the response timeout. Either failure wakes every waiter, which
+//! tries again at once, and the listener subscribes again. A lost release
+//! therefore costs a waiter at most the first of: 5 s + the response
+//! timeout (10 s by default), the backoff ceiling of its client, or the
+//! holder's time left.
+//!
 //! # Execution ledger ("run once")
 //!
 //! The store is also a [`LedgerStore`](lockstore_api::ledger::LedgerStore):

@@ -12,8 +12,20 @@
 //!   refusal finds it registered;
 //! * when the subscription is (re)established, every registered waiter is
 //!   woken, since a release may have been published while nobody listened;
-//! * when the connection drops, every waiter is woken, and until it is back
-//!   they fall back to the client's jittered backoff.
+//! * when the connection drops, or cannot be made, every waiter is woken,
+//!   and until it is back they fall back to the client's jittered backoff.
+//!
+//! A connection that dies *silently* (a NAT or load balancer dropped the
+//! flow, a server or proxy that accepts but never answers) gives no error.
+//! Every wait on the server is therefore bounded: connecting and
+//! subscribing by the store's connect + response timeouts, and an idle
+//! subscription is checked with a `PING` every [`HEALTH_CHECK_EVERY`] that
+//! must answer within the response timeout. A release published while the
+//! socket is silently dead is lost, but the failed check wakes every waiter
+//! and the listener subscribes again. So a lost release keeps a waiter at
+//! most until the first of: the health check failing (5 s + the response
+//! timeout, 10 s with the defaults), its own backoff ceiling, or the
+//! holder's time left (the client never sleeps past it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,15 +38,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// How often an idle subscription is checked with `PING`, so a connection
-/// that died silently (no reset) is noticed.
-const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(15);
-/// How long that `PING` may take.
-const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// that died silently (no reset) is noticed. It answers within the store's
+/// response timeout or counts as dead.
+pub(crate) const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The shared subscriber of one store.
 pub(crate) struct Listener {
     client: redis::Client,
     channel: String,
+    timeouts: ListenerTimeouts,
     waiters: Mutex<Waiters>,
     task: Mutex<Option<JoinHandle<()>>>,
     /// Cancelled when the store (its last clone) is dropped.
@@ -48,11 +60,26 @@ struct Waiters {
     swept_len: usize,
 }
 
+/// How long the listener waits on the server, so that one that accepts a
+/// connection but never answers cannot park it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ListenerTimeouts {
+    /// Connecting, then `SUBSCRIBE` answering.
+    pub(crate) subscribe: Duration,
+    /// A health-check `PING` answering.
+    pub(crate) ping: Duration,
+}
+
 impl Listener {
-    pub(crate) fn new(client: redis::Client, channel: String) -> Arc<Self> {
+    pub(crate) fn new(
+        client: redis::Client,
+        channel: String,
+        timeouts: ListenerTimeouts,
+    ) -> Arc<Self> {
         Arc::new(Self {
             client,
             channel,
+            timeouts,
             waiters: Mutex::default(),
             task: Mutex::default(),
             stop: CancellationToken::new(),
@@ -132,7 +159,12 @@ impl Listener {
         loop {
             let subscribed = tokio::select! {
                 () = self.stop.cancelled() => return,
-                subscribed = self.subscribe() => subscribed,
+                subscribed = tokio::time::timeout(self.timeouts.subscribe, self.subscribe()) => {
+                    subscribed.unwrap_or_else(|_| Err(redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer to connect and SUBSCRIBE within the connect + response timeouts",
+                    ))))
+                }
             };
             match subscribed {
                 Ok(pubsub) => {
@@ -149,6 +181,9 @@ impl Listener {
                 Err(err) => {
                     failures = failures.saturating_add(1);
                     warn!(channel = %self.channel, error = %err, failures, "release listener cannot subscribe; waiters poll meanwhile");
+                    // Nobody listens: a waiter that registered since the
+                    // last wake must not count on a signal.
+                    self.wake_all();
                 }
             }
             let pause = Duration::from_millis(50u64.saturating_mul(1 << failures.min(6)));
@@ -182,7 +217,7 @@ impl Listener {
                     None => return,
                 },
                 _ = health.tick() => {
-                    let ping = tokio::time::timeout(HEALTH_CHECK_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    let ping = tokio::time::timeout(self.timeouts.ping, sink.ping::<redis::Value>()).await;
                     if !matches!(ping, Ok(Ok(_))) {
                         return;
                     }

@@ -46,13 +46,27 @@
 //! [`LockStore`](lockstore_api::LockStore) is **one SQL statement**, in
 //! `src/sql/<dialect>/*.sql`:
 //!
-//! * **acquire** — `INSERT … ON CONFLICT (key) DO UPDATE SET <each column =
-//!   CASE WHEN the row is free, expired or ours THEN new ELSE old END>
-//!   RETURNING …`. Exactly one row comes back: ours, or the holder that
-//!   refused us, with its owner, fence and time left — from the same
-//!   statement, so a refused acquire costs one round trip. The same lease id
-//!   asking again refreshes its lease and keeps its fence (a retried request
-//!   is idempotent).
+//! * **acquire** — an upsert on `key` that takes the row when it is free,
+//!   expired or ours. One row comes back: ours, or the holder that refused
+//!   us, with its owner, fence and time left — from the same statement, so
+//!   a refused acquire costs one round trip. The same lease id asking again
+//!   refreshes its lease and keeps its fence (a retried request is
+//!   idempotent). The dialects differ here:
+//!   * PostgreSQL: `INSERT … ON CONFLICT (key) DO UPDATE … WHERE <free,
+//!     expired or ours>`, and in the same statement a `SELECT … FOR SHARE`
+//!     of the holder when that `WHERE` is false. A refused poll writes no
+//!     row version (no bloat, `xmin` and `ctid` unchanged): it only locks
+//!     the row, which costs a lock-only `xmax`, a small WAL record and a
+//!     transaction id, and still queues behind the holder's renew or
+//!     release. `FOR SHARE` makes the read follow the row to the version
+//!     the upsert judged, not the statement's older snapshot. When another
+//!     client created the key's row during the statement the snapshot cannot
+//!     see it and no row comes back; the store then runs the statement
+//!     again (a second round trip, only in that race).
+//!   * SQLite: `INSERT … ON CONFLICT (key) DO UPDATE SET <each column =
+//!     CASE WHEN the row is free, expired or ours THEN new ELSE old END>
+//!     RETURNING …`; a refused poll rewrites the row to itself, which costs
+//!     little under SQLite's one writer at a time.
 //! * **renew** / **release** — an `UPDATE … WHERE key AND lease_id AND not
 //!   expired`; no row changed means `Lost` / `NotHeld`. Release keeps the row
 //!   with `lease_id = NULL`, so per-key state survives;

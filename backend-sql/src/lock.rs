@@ -68,19 +68,37 @@ macro_rules! impl_lock_store {
                 &self,
                 request: &lockstore_api::AcquireRequest,
             ) -> Result<lockstore_api::AcquireOutcome, lockstore_api::LockError> {
-                let map = self.map_err("acquiring", &request.key);
-                let row = sqlx::query(&self.inner.sql.acquire)
-                    .bind(request.key.as_str())
-                    .bind(request.lease_id.to_string())
-                    .bind(request.owner.as_str())
-                    .bind($crate::shared::ttl_millis(request.ttl));
-                let row = self
-                    .bind_waiting(row, request.key.as_str())
-                    .fetch_one(&self.inner.pool)
-                    .await
-                    .and_then(|row| $crate::shared::AcquireRow::from_row(&row))
-                    .map_err(map)?;
-                row.into_outcome($backend)
+                // One statement, one row. PostgreSQL's returns none only when
+                // the key's row appeared after the statement's snapshot (see
+                // its acquire.sql): run it again, with a snapshot that has it.
+                for _ in 0..$crate::shared::ACQUIRE_STATEMENT_RUNS {
+                    let row = sqlx::query(&self.inner.sql.acquire)
+                        .bind(request.key.as_str())
+                        .bind(request.lease_id.to_string())
+                        .bind(request.owner.as_str())
+                        .bind($crate::shared::ttl_millis(request.ttl));
+                    let row = self
+                        .bind_waiting(row, request.key.as_str())
+                        .fetch_optional(&self.inner.pool)
+                        .await
+                        .and_then(|row| {
+                            row.map(|row| $crate::shared::AcquireRow::from_row(&row))
+                                .transpose()
+                        })
+                        .map_err(self.map_err("acquiring", &request.key))?;
+                    if let Some(row) = row {
+                        return row.into_outcome($backend);
+                    }
+                }
+                Err(lockstore_api::LockError::retryable(
+                    $backend,
+                    format!(
+                        "acquiring {}: the key's row was re-created under {} attempts in a row",
+                        request.key,
+                        $crate::shared::ACQUIRE_STATEMENT_RUNS
+                    ),
+                    lockstore_api::UnexpectedReply("heavy contention on one new key".into()),
+                ))
             }
 
             async fn renew(

@@ -52,7 +52,7 @@ const MAX_TABLE_LEN: usize = Ident::MAX_LEN - "_fence".len();
 ///
 /// * `try_acquire`, `renew`, `release` and `inspect` are each one SQL
 ///   statement and one round trip; a refused acquire reports the holder from
-///   the same statement.
+///   the same statement and writes no row version (crate docs, "The model").
 /// * Expiry is judged by the server's `now()`; the client's clock is never
 ///   compared with the server's.
 /// * Fencing tokens come from a sequence of the table's own (`<table>_fence`).

@@ -11,6 +11,10 @@ use lockstore_api::{
 use sqlx::error::DatabaseError;
 use tokio::sync::watch;
 
+/// How often `try_acquire` runs its statement when it returns no row (a
+/// brand-new key created by someone else just then; PostgreSQL only).
+pub(crate) const ACQUIRE_STATEMENT_RUNS: usize = 3;
+
 /// The one row an acquire statement returns, in both dialects.
 #[derive(Debug)]
 pub(crate) struct AcquireRow {

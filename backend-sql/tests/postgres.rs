@@ -232,6 +232,114 @@ async fn each_operation_is_one_statement_in_one_round_trip() {
     println!("pool checks (empty Syncs): {}", counts.get(EMPTY_SYNC));
 }
 
+// ------------------------------------------------------------ refused polls
+/// Review m7: a refused acquire writes no row version. The row's `xmin`
+/// (the transaction that wrote the version) and `ctid` (where the version
+/// lives) are what they were, and the refusal still names the holder, with
+/// its fence and time left, from the same statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_acquire_writes_no_row_version_and_names_the_holder() {
+    let harness = PostgresHarness::default();
+    let namespace = fresh_table();
+    let store = harness.postgres_store(&namespace).await;
+    let table = format!("\"{TEST_SCHEMA}\".\"locks_{namespace}\""); // the harness's table
+    assert_eq!(store.table_name(), table);
+    let pool = harness.pool().await;
+    let version = || async {
+        sqlx::query_as::<_, (String, String)>(&format!(
+            "SELECT xmin::text, ctid::text FROM {table} WHERE key = 'polled'"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let ttl_ms = 60_000;
+    let mine = request("polled", ttl_ms);
+    let fence = acquired(&store, &mine).await;
+    let written = version().await;
+    for poll in 0..5 {
+        let AcquireOutcome::Held(holder) =
+            store.try_acquire(&request("polled", ttl_ms)).await.unwrap()
+        else {
+            panic!("poll {poll}: a foreign lease acquired a held key");
+        };
+        assert_eq!(
+            (holder.owner(), holder.fence()),
+            ("test", fence),
+            "poll {poll}"
+        );
+        assert!(
+            !holder.expires_in().is_zero() && holder.expires_in() <= Duration::from_millis(ttl_ms),
+            "poll {poll}: {holder:?}"
+        );
+        assert_eq!(
+            version().await,
+            written,
+            "poll {poll}: a refused acquire wrote a new row version"
+        );
+    }
+    // A retried acquire of our own lease does write: it refreshes the expiry.
+    assert_eq!(acquired(&store, &mine).await, fence);
+    assert_ne!(
+        version().await,
+        written,
+        "a retried acquire refreshes the row"
+    );
+}
+
+/// The refusal reads the holder the upsert judged, even when the row is
+/// created or changed by others during the statement: many clients at once
+/// on brand-new keys, then on their released rows. Exactly one gets each
+/// key, and every refusal names that one (its fence), never an error or a
+/// stale holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_acquires_grant_one_and_refusals_name_it() {
+    let harness = PostgresHarness::default();
+    let namespace = fresh_table();
+    let stores: Vec<PostgresStore> = {
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            stores.push(harness.postgres_store(&namespace).await);
+        }
+        stores
+    };
+    for round in 0..40 {
+        let key = format!("race-{}", round / 2);
+        let attempts: Vec<_> = (0..8)
+            .map(|i| {
+                let store = stores[i % stores.len()].clone();
+                let req = request(&key, 60_000);
+                tokio::spawn(async move {
+                    let outcome = store.try_acquire(&req).await.unwrap();
+                    (req, outcome)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        let mut refused = Vec::new();
+        for attempt in attempts {
+            match attempt.await.unwrap() {
+                (req, AcquireOutcome::Acquired { fence }) => winners.push((req, fence)),
+                (_, AcquireOutcome::Held(holder)) => refused.push(holder),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {} winners", winners.len());
+        let (winner, fence) = winners.pop().unwrap();
+        for holder in refused {
+            assert_eq!(
+                holder.fence(),
+                fence,
+                "round {round}: a refusal named {holder:?}"
+            );
+        }
+        // Odd rounds race for a released row, even rounds for a new one.
+        stores[0]
+            .release(&winner.key, winner.lease_id)
+            .await
+            .unwrap();
+    }
+}
+
 // ------------------------------------------------------------ fencing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

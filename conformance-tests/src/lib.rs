@@ -233,6 +233,13 @@ pub struct Profile {
     pub processes: Processes,
     /// How far clients' own clocks judge expiry (the clock-skew cases).
     pub client_clock: ClientClock,
+    /// Whether a store takes an expired lease over only after it has itself
+    /// watched that lease, unchanged, for a full TTL (DynamoDB's skew-free
+    /// mode, which trusts no wall clock): until then a refusal is correct.
+    /// Cases that expect a takeover just after expiry then look at the
+    /// lease first ([`Ctx::watch_lease`]), and the model test counts a
+    /// lease's expiry for a takeover from the store's first sighting.
+    pub takeover_needs_watching: bool,
 }
 
 impl Profile {
@@ -256,6 +263,7 @@ impl Profile {
             restart: Restart::KeepsLeases,
             processes: Processes::Shared,
             client_clock: ClientClock::NotRead,
+            takeover_needs_watching: false,
         }
     }
 }
@@ -369,6 +377,19 @@ impl Ctx {
                 let _ = futures::FutureExt::now_or_never(tokio::time::advance(duration));
             }
             Clock::Real => std::thread::sleep(duration),
+        }
+    }
+
+    /// When the profile says [`takeover_needs_watching`](Profile), has
+    /// `store` look at `key` now, so its watch of the current lease starts;
+    /// otherwise does nothing, so other backends are tested taking over a
+    /// lease they never looked at.
+    pub async fn watch_lease(&self, store: &dyn LockStore, key: &lockstore_api::LockKey) {
+        if self.profile.takeover_needs_watching {
+            store
+                .inspect(key)
+                .await
+                .expect("inspect to start watching the lease");
         }
     }
 

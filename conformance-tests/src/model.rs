@@ -10,6 +10,11 @@
 //! On a paused tokio clock the window has no width and every outcome is
 //! checked exactly.
 //!
+//! A store that takes a lease over only after watching it for a full TTL
+//! ([`Profile::takeover_needs_watching`](crate::Profile)) may refuse an
+//! expired lease until one TTL after the reply that first showed it that
+//! lease's current version; the model records that reply for each lease.
+//!
 //! Sequences come from a `proptest` strategy and failures shrink to a minimal
 //! sequence; the runner is driven by hand because the steps are async.
 
@@ -65,6 +70,11 @@ struct ModelLease {
     earliest_expiry: Instant,
     /// Reply time + TTL: the backend expired it no later than this.
     latest_expiry: Instant,
+    /// The TTL of the last grant or renewal.
+    ttl: Duration,
+    /// Reply time of the first refused acquire or inspect that showed this
+    /// version of the lease (reset by a renewal).
+    first_sighting: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +86,7 @@ enum Liveness {
 
 struct Model {
     tolerance: Duration,
+    takeover_needs_watching: bool,
     leases: HashMap<u8, ModelLease>,
     last_fence: HashMap<u8, FencingToken>,
     /// The latest lease id each client got for each key, live or not.
@@ -104,6 +115,40 @@ impl Model {
         match self.leases.get(&key) {
             None => (None, Liveness::Expired),
             Some(lease) => (Some(lease), self.liveness(lease, sent, received)),
+        }
+    }
+
+    /// [`key_state`](Self::key_state) for a request that another client's
+    /// lease may refuse (an acquire or an inspect): with
+    /// `takeover_needs_watching`, an expired lease is certainly free only a
+    /// TTL after the store first saw its current version.
+    fn takeover_state(
+        &self,
+        key: u8,
+        sent: Instant,
+        received: Instant,
+    ) -> (Option<&ModelLease>, Liveness) {
+        let (lease, liveness) = self.key_state(key, sent, received);
+        match lease {
+            Some(l) if self.takeover_needs_watching && liveness == Liveness::Expired => {
+                let watched_long_enough = l
+                    .first_sighting
+                    .is_some_and(|seen| sent >= seen + l.ttl + self.tolerance);
+                let liveness = if watched_long_enough {
+                    Liveness::Expired
+                } else {
+                    Liveness::Unsure
+                };
+                (lease, liveness)
+            }
+            _ => (lease, liveness),
+        }
+    }
+
+    /// Notes that a reply at `received` showed `key`'s current lease.
+    fn sighted(&mut self, key: u8, received: Instant) {
+        if let Some(lease) = self.leases.get_mut(&key) {
+            lease.first_sighting.get_or_insert(received);
         }
     }
 }
@@ -138,6 +183,7 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
             Clock::Tokio => Duration::ZERO,
             Clock::Real => ctx.profile().tolerance,
         },
+        takeover_needs_watching: ctx.profile().takeover_needs_watching,
         leases: HashMap::new(),
         last_fence: HashMap::new(),
         remembered: HashMap::new(),
@@ -158,7 +204,7 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                 let outcome = store.try_acquire(&request).await;
                 let received = Instant::now();
                 let outcome = outcome.map_err(|e| Failure(format!("{at}: {e}")))?;
-                let (current, liveness) = model.key_state(key, sent, received);
+                let (current, liveness) = model.takeover_state(key, sent, received);
                 match outcome {
                     AcquireOutcome::Acquired { fence } => {
                         check!(
@@ -181,6 +227,8 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                                 fence,
                                 earliest_expiry: sent + ttl.as_duration(),
                                 latest_expiry: received + ttl.as_duration(),
+                                ttl: ttl.as_duration(),
+                                first_sighting: None,
                             },
                         );
                     }
@@ -202,6 +250,7 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                             holder.owner(),
                             current.client
                         );
+                        model.sighted(key, received);
                     }
                 }
             }
@@ -226,6 +275,8 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                         let lease = model.leases.get_mut(&key).expect("current");
                         lease.earliest_expiry = sent + ttl.as_duration();
                         lease.latest_expiry = received + ttl.as_duration();
+                        lease.ttl = ttl.as_duration();
+                        lease.first_sighting = None;
                     }
                     RenewOutcome::Lost => {
                         check!(
@@ -234,7 +285,15 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                         );
                         if is_current {
                             // The backend judged it expired inside the window.
-                            model.leases.remove(&key);
+                            if model.takeover_needs_watching {
+                                // Still on the key until someone watched it
+                                // for a TTL, but never live again.
+                                let lease = model.leases.get_mut(&key).expect("current");
+                                lease.earliest_expiry = lease.earliest_expiry.min(sent);
+                                lease.latest_expiry = lease.latest_expiry.min(received);
+                            } else {
+                                model.leases.remove(&key);
+                            }
                         }
                     }
                 }
@@ -283,7 +342,7 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                 let outcome = store.inspect(&keys[usize::from(key)]).await;
                 let received = Instant::now();
                 let outcome = outcome.map_err(|e| Failure(format!("{at}: {e}")))?;
-                let (current, liveness) = model.key_state(key, sent, received);
+                let (current, liveness) = model.takeover_state(key, sent, received);
                 match outcome {
                     Some(holder) => {
                         check!(
@@ -297,6 +356,7 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
                             holder.fence(),
                             current.fence
                         );
+                        model.sighted(key, received);
                     }
                     None => check!(
                         liveness != Liveness::Live,

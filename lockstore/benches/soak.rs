@@ -16,23 +16,45 @@
 //! * **errors** — by kind (retryable backend errors are expected under
 //!   load; the loop retries them).
 //!
+//! The first row is a self-check: the memory store behind a decorator that
+//! breaks the contract on purpose (every 50th acquire is granted even when
+//! the key is held, with a fence below the holder's; every 500th fails with
+//! a permanent error). Its overlaps, inversions, rejected live writes and
+//! errors must all be above zero; if any is zero, the counting is broken and
+//! the program says so (and exits non-zero) before soaking the real backends.
+//!
 //! ```text
 //! eval "$(scripts/servers.sh start)"
 //! cargo bench -p lockstore --bench soak --all-features
-//! SOAK_ACQUISITIONS=100000 SOAK_SECONDS=120 cargo bench -p lockstore --bench soak --all-features
+//! SOAK_ACQUISITIONS=100000 SOAK_EMULATOR_SECONDS=60 cargo bench -p lockstore --bench soak --all-features
 //! ```
 //!
-//! Each backend runs until `SOAK_ACQUISITIONS` (default 1,000,000)
-//! acquisitions or `SOAK_SECONDS` (default 600) have passed. SQLite always
-//! runs; Redis, PostgreSQL and DynamoDB run when their
-//! `LOCKSTORE_TEST_*_URL` is set.
+//! Knobs (environment):
+//!
+//! * `SOAK_ACQUISITIONS` (default 1,000,000): acquisitions per server
+//!   backend (SQLite, Redis, PostgreSQL) and the most per emulator;
+//! * `SOAK_SECONDS` (default 3600): a server backend stops there even short
+//!   of its target (the row then says so) — a guard against a stuck run, not
+//!   a time budget;
+//! * `SOAK_EMULATOR_SECONDS` (default 600): how long each DynamoDB emulator
+//!   (moto, dynalite) runs — they serve a few hundred requests a second, so
+//!   they run for time, not to a count;
+//! * `SOAK_ONLY`: a comma-separated subset of `sqlite,redis,postgres,moto,dynalite`.
+//!
+//! SQLite always runs; Redis, PostgreSQL, moto and dynalite run when their
+//! `LOCKSTORE_TEST_REDIS_URL`, `LOCKSTORE_TEST_POSTGRES_URL`,
+//! `LOCKSTORE_TEST_DYNAMODB_URL`, `LOCKSTORE_TEST_DYNALITE_URL` is set, and
+//! the table says which were skipped for want of one.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lockstore::{AcquireOptions, LockClient, LockError, LockStore};
+use lockstore::{
+    AcquireOptions, AcquireOutcome, AcquireRequest, FencingToken, LeaseId, LockClient, LockError,
+    LockKey, LockStore, ReleaseOutcome, RenewOutcome, Ttl,
+};
 
 const CLIENTS: usize = 16;
 const KEYS: usize = 8;
@@ -71,6 +93,7 @@ async fn client_loop(
     target: u64,
     until: Instant,
     me: usize,
+    hold: Duration,
 ) {
     let options = AcquireOptions::new(Duration::from_secs(10)).wait_up_to(Duration::from_secs(30));
     let mut i = me;
@@ -100,7 +123,11 @@ async fn client_loop(
                 *highest = fence;
             }
         }
-        tokio::task::yield_now().await;
+        if hold.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(hold).await;
+        }
         resource.inside[i].store(false, Ordering::SeqCst);
         if let Err(err) = guard.release().await {
             counts.error(&err);
@@ -108,7 +135,25 @@ async fn client_loop(
     }
 }
 
-async fn soak(name: &str, stores: Vec<Arc<dyn LockStore>>, target: u64, limit: Duration) -> String {
+/// What one backend's soak counted.
+struct Row {
+    acquisitions: u64,
+    overlaps: u64,
+    inversions: u64,
+    rejected_live: u64,
+    errors: u64,
+    line: String,
+}
+
+/// Soaks `stores` (one per client) until `target` acquisitions or `limit`,
+/// holding each critical section for `hold` (zero: one yield).
+async fn soak(
+    name: &str,
+    stores: Vec<Arc<dyn LockStore>>,
+    target: u64,
+    limit: Duration,
+    hold: Duration,
+) -> Row {
     let resource = Arc::new(Resource {
         inside: (0..KEYS).map(|_| AtomicBool::new(false)).collect(),
         highest: (0..KEYS).map(|_| Mutex::new(0)).collect(),
@@ -127,6 +172,7 @@ async fn soak(name: &str, stores: Vec<Arc<dyn LockStore>>, target: u64, limit: D
                 target,
                 until,
                 me,
+                hold,
             ))
         })
         .collect();
@@ -136,7 +182,8 @@ async fn soak(name: &str, stores: Vec<Arc<dyn LockStore>>, target: u64, limit: D
     let elapsed = started.elapsed();
     let n = counts.acquisitions.load(Ordering::Relaxed);
     let errors = counts.errors.lock().unwrap();
-    let errors = if errors.is_empty() {
+    let error_count = errors.values().sum();
+    let error_text = if errors.is_empty() {
         "none".to_owned()
     } else {
         errors
@@ -145,14 +192,30 @@ async fn soak(name: &str, stores: Vec<Arc<dyn LockStore>>, target: u64, limit: D
             .collect::<Vec<_>>()
             .join(", ")
     };
-    format!(
-        "| {name} | {n} | {:.0} | {:.0} | {} | {} | {} | {errors} |",
-        elapsed.as_secs_f64(),
-        n as f64 / elapsed.as_secs_f64(),
-        counts.overlaps.load(Ordering::Relaxed),
-        counts.inversions.load(Ordering::Relaxed),
-        counts.rejected_live.load(Ordering::Relaxed),
-    )
+    let short = if n < target {
+        format!(" (stopped at the time limit, short of {target})")
+    } else {
+        String::new()
+    };
+    let row = Row {
+        acquisitions: n,
+        overlaps: counts.overlaps.load(Ordering::Relaxed),
+        inversions: counts.inversions.load(Ordering::Relaxed),
+        rejected_live: counts.rejected_live.load(Ordering::Relaxed),
+        errors: error_count,
+        line: String::new(),
+    };
+    Row {
+        line: format!(
+            "| {name} | {n}{short} | {:.0} | {:.0} | {} | {} | {} | {error_text} |",
+            elapsed.as_secs_f64(),
+            n as f64 / elapsed.as_secs_f64(),
+            row.overlaps,
+            row.inversions,
+            row.rejected_live,
+        ),
+        ..row
+    }
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -162,83 +225,230 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The memory store, broken on purpose for the self-check: every 50th
+/// acquire of a held key is granted anyway, with a fence below the holder's
+/// (two holders, an inverted fence, a live guard whose write the resource
+/// refuses), and every 500th acquire fails with a permanent error.
+#[derive(Debug)]
+struct BrokenStore {
+    inner: lockstore::memory::MemoryStore,
+    calls: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl LockStore for BrokenStore {
+    fn backend_name(&self) -> &'static str {
+        "broken-memory"
+    }
+
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if call.is_multiple_of(500) {
+            // Permanent, so the client reports it instead of retrying.
+            return Err(LockError::permanent(
+                "broken-memory",
+                "an injected error",
+                lockstore::UnexpectedReply("self-check".into()),
+            ));
+        }
+        match self.inner.try_acquire(request).await? {
+            AcquireOutcome::Held(holder) if call.is_multiple_of(50) => {
+                Ok(AcquireOutcome::Acquired {
+                    fence: FencingToken::new(holder.fence().get().saturating_sub(1).max(1)),
+                })
+            }
+            outcome => Ok(outcome),
+        }
+    }
+
+    async fn renew(
+        &self,
+        key: &LockKey,
+        lease_id: LeaseId,
+        ttl: Ttl,
+    ) -> Result<RenewOutcome, LockError> {
+        self.inner.renew(key, lease_id, ttl).await
+    }
+
+    async fn release(&self, key: &LockKey, lease_id: LeaseId) -> Result<ReleaseOutcome, LockError> {
+        self.inner.release(key, lease_id).await
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<lockstore::Holder>, LockError> {
+        self.inner.inspect(key).await
+    }
+}
+
+/// Whether `backend` is selected by `SOAK_ONLY` (all are by default).
+fn selected(backend: &str) -> bool {
+    match std::env::var("SOAK_ONLY") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|b| b.trim() == backend),
+        _ => true,
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let target = env_u64("SOAK_ACQUISITIONS", 1_000_000);
-    let limit = Duration::from_secs(env_u64("SOAK_SECONDS", 600));
+    let limit = Duration::from_secs(env_u64("SOAK_SECONDS", 3600));
+    let emulator_limit = Duration::from_secs(env_u64("SOAK_EMULATOR_SECONDS", 600));
     let namespace = format!("soak{:08x}", rand_suffix());
     println!(
-        "soak: {CLIENTS} clients, {KEYS} keys, up to {target} acquisitions or {limit:?} per backend\n"
+        "soak: {CLIENTS} clients, {KEYS} keys; {target} acquisitions per server backend \
+         (at most {limit:?}), {emulator_limit:?} per DynamoDB emulator\n"
     );
     println!(
         "| backend | acquisitions | seconds | per second | overlaps | fence inversions | rejected live writes | errors |"
     );
     println!("|---|---|---|---|---|---|---|---|");
 
-    let dir = std::env::temp_dir().join(format!("lockstore-{namespace}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("soak.db");
-    let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
-    for _ in 0..CLIENTS {
-        let store = lockstore::sqlite::SqliteStore::builder(path.to_str().unwrap())
-            .durable(false)
-            .busy_timeout(Duration::from_secs(30))
-            .build()
-            .await
-            .unwrap();
-        store.ensure_schema().await.unwrap();
-        stores.push(Arc::new(store));
+    let broken = Arc::new(BrokenStore {
+        inner: lockstore::memory::MemoryStore::new(),
+        calls: AtomicU64::new(0),
+    });
+    let stores: Vec<Arc<dyn LockStore>> = (0..CLIENTS)
+        .map(|_| Arc::clone(&broken) as Arc<dyn LockStore>)
+        .collect();
+    let check = soak(
+        "self-check: memory, broken on purpose",
+        stores,
+        20_000,
+        Duration::from_secs(300),
+        Duration::from_millis(1),
+    )
+    .await;
+    println!("{}", check.line);
+    let missed: Vec<&str> = [
+        ("overlaps", check.overlaps),
+        ("fence inversions", check.inversions),
+        ("rejected live writes", check.rejected_live),
+        ("errors", check.errors),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n == 0)
+    .map(|(what, _)| what)
+    .collect();
+    if !missed.is_empty() || check.acquisitions == 0 {
+        eprintln!(
+            "soak: the self-check's broken store did not move {missed:?}: the counting is broken, \
+             so the rows below would prove nothing"
+        );
+        std::process::exit(1);
     }
-    println!("{}", soak("SQLite", stores, target, limit).await);
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut skipped = Vec::new();
 
-    if let Ok(url) = std::env::var("LOCKSTORE_TEST_REDIS_URL") {
+    if selected("sqlite") {
+        let dir = std::env::temp_dir().join(format!("lockstore-{namespace}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("soak.db");
         let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
         for _ in 0..CLIENTS {
-            let store = lockstore::redis::RedisStore::builder(url.clone())
-                .key_prefix(format!("{namespace}:"))
-                .connect()
-                .await
-                .unwrap();
-            stores.push(Arc::new(store));
-        }
-        println!("{}", soak("Redis", stores, target, limit).await);
-    }
-    if let Ok(url) = std::env::var("LOCKSTORE_TEST_POSTGRES_URL") {
-        let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
-        for _ in 0..CLIENTS {
-            let store = lockstore::postgres::PostgresStore::builder(url.clone())
-                .table(format!("{namespace}_locks"))
-                .max_connections(2)
+            let store = lockstore::sqlite::SqliteStore::builder(path.to_str().unwrap())
+                .durable(false)
+                .busy_timeout(Duration::from_secs(30))
                 .build()
                 .await
                 .unwrap();
             store.ensure_schema().await.unwrap();
             stores.push(Arc::new(store));
         }
-        println!("{}", soak("PostgreSQL", stores, target, limit).await);
-    }
-    if let Ok(url) = std::env::var("LOCKSTORE_TEST_DYNAMODB_URL") {
-        create_soak_table(&url).await.unwrap();
-        let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
-        for _ in 0..CLIENTS {
-            let store = lockstore::dynamodb::DynamoDbStore::builder("lockstore_soak")
-                .endpoint_url(url.clone())
-                .region("us-east-1")
-                .static_credentials("test", "test")
-                .key_prefix(namespace.clone())
-                .build()
-                .await
-                .unwrap();
-            stores.push(Arc::new(store));
-        }
         println!(
             "{}",
-            soak("DynamoDB (emulator)", stores, target, limit).await
+            soak("SQLite", stores, target, limit, Duration::ZERO)
+                .await
+                .line
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    match std::env::var("LOCKSTORE_TEST_REDIS_URL") {
+        Ok(url) if selected("redis") => {
+            let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
+            for _ in 0..CLIENTS {
+                let store = lockstore::redis::RedisStore::builder(url.clone())
+                    .key_prefix(format!("{namespace}:"))
+                    .connect()
+                    .await
+                    .unwrap();
+                stores.push(Arc::new(store));
+            }
+            println!(
+                "{}",
+                soak("Redis", stores, target, limit, Duration::ZERO)
+                    .await
+                    .line
+            );
+        }
+        Ok(_) => {}
+        Err(_) => skipped.push("Redis (LOCKSTORE_TEST_REDIS_URL unset)"),
+    }
+    match std::env::var("LOCKSTORE_TEST_POSTGRES_URL") {
+        Ok(url) if selected("postgres") => {
+            let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
+            for _ in 0..CLIENTS {
+                let store = lockstore::postgres::PostgresStore::builder(url.clone())
+                    .table(format!("{namespace}_locks"))
+                    .max_connections(2)
+                    .build()
+                    .await
+                    .unwrap();
+                store.ensure_schema().await.unwrap();
+                stores.push(Arc::new(store));
+            }
+            println!(
+                "{}",
+                soak("PostgreSQL", stores, target, limit, Duration::ZERO)
+                    .await
+                    .line
+            );
+        }
+        Ok(_) => {}
+        Err(_) => skipped.push("PostgreSQL (LOCKSTORE_TEST_POSTGRES_URL unset)"),
+    }
+    for (name, selector, variable) in [
+        ("DynamoDB (moto)", "moto", "LOCKSTORE_TEST_DYNAMODB_URL"),
+        (
+            "DynamoDB (dynalite)",
+            "dynalite",
+            "LOCKSTORE_TEST_DYNALITE_URL",
+        ),
+    ] {
+        match std::env::var(variable) {
+            Ok(url) if selected(selector) => {
+                create_soak_table(&url).await.unwrap();
+                let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
+                for _ in 0..CLIENTS {
+                    let store = lockstore::dynamodb::DynamoDbStore::builder("lockstore_soak")
+                        .endpoint_url(url.clone())
+                        .region("us-east-1")
+                        .static_credentials("test", "test")
+                        .key_prefix(namespace.clone())
+                        .build()
+                        .await
+                        .unwrap();
+                    stores.push(Arc::new(store));
+                }
+                let row = soak(name, stores, target, emulator_limit, Duration::ZERO).await;
+                println!(
+                    "{}",
+                    row.line.replace(
+                        &format!(" (stopped at the time limit, short of {target})"),
+                        ""
+                    )
+                );
+            }
+            Ok(_) => {}
+            Err(_) => skipped.push(if selector == "moto" {
+                "DynamoDB (moto) (LOCKSTORE_TEST_DYNAMODB_URL unset)"
+            } else {
+                "DynamoDB (dynalite) (LOCKSTORE_TEST_DYNALITE_URL unset)"
+            }),
+        }
+    }
+    if !skipped.is_empty() {
+        println!("\nnot run: {}", skipped.join(", "));
     }
 }
-
 async fn create_soak_table(url: &str) -> Result<(), LockError> {
     lockstore::dynamodb::DynamoDbStore::builder("lockstore_soak")
         .endpoint_url(url)

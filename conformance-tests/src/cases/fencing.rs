@@ -23,6 +23,7 @@ pub async fn fence_increases_after_expiry_takeover(ctx: Ctx) {
     let store = ctx.store().await;
     let k = key("fence-expiry");
     let (_alice, first) = must_acquire(&*store, &k, ctx.profile().short_ttl, "alice").await;
+    ctx.watch_lease(&*store, &k).await;
     ctx.sleep_past_short_ttl().await;
     let (_bob, second) = must_acquire(&*store, &k, long_ttl(&ctx), "bob").await;
     assert!(

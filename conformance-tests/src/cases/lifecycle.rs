@@ -153,6 +153,7 @@ pub async fn renew_after_expiry_is_lease_lost(ctx: Ctx) {
     let k = key("renew-expired");
     let short = ctx.profile().short_ttl;
     let (lease, _) = must_acquire(&*store, &k, short, "alice").await;
+    ctx.watch_lease(&*store, &k).await;
     ctx.sleep_past_short_ttl().await;
     assert_eq!(
         store.renew(&k, lease.lease_id, ttl(short)).await.unwrap(),

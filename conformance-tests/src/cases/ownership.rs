@@ -85,6 +85,7 @@ pub async fn stale_lease_cannot_touch_the_new_holder(ctx: Ctx) {
     let k = key("stale");
     let short = ctx.profile().short_ttl;
     let (alice, _) = must_acquire(&*store, &k, short, "alice").await;
+    ctx.watch_lease(&*store, &k).await;
     ctx.sleep_past_short_ttl().await;
     let (_bob, bob_fence) = must_acquire(&*store, &k, long_ttl(&ctx), "bob").await;
     assert_eq!(

@@ -1,8 +1,9 @@
 -- Take a key if it is free, expired or already ours; else report its holder.
 -- ?1 key, ?2 lease id, ?3 owner label, ?4 TTL in milliseconds.
 --
--- The same shape as the PostgreSQL statement: always one row back, the row
--- as this statement left it (a foreign live holder is "updated" to itself).
+-- Always one row back, the row as this statement left it: a foreign live
+-- holder is "updated" to itself (PostgreSQL's statement only locks it and
+-- reads it; here the rewrite is cheap, writers taking turns on one file).
 -- {now} reads the host clock once per statement: SQLite returns the same
 -- 'now' for every call within one sqlite3_step(). Writers are serialised by
 -- the database file's write lock, so no other statement interleaves.
