@@ -19,6 +19,8 @@
 
 use std::sync::OnceLock;
 
+mod engine_api;
+
 /// A server the suite can talk to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Service {
@@ -128,7 +130,7 @@ mod docker {
 
     use std::io::{Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
-    use std::sync::Mutex;
+    use std::sync::{Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
     use testcontainers::core::IntoContainerPort;
@@ -159,6 +161,22 @@ mod docker {
     /// never answers; the message names the image and both ways around it.
     pub(super) fn start(service: Service) -> Option<String> {
         let engine = reachable_engine()?;
+        // Once per process, before the first container: an engine that
+        // refuses the client's API version fails here, saying so.
+        static API_CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+        let checked = API_CHECK.get_or_init(|| {
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| super::engine_api::check(&engine))
+                    .join()
+                    .unwrap_or_else(|_| Err("the API version check panicked".to_owned()))
+            })
+        });
+        if let Err(message) = checked {
+            panic!(
+                "cannot start {service:?} containers for the lockstore conformance tests: {message}"
+            );
+        }
         let image = std::env::var(service.image_var())
             .ok()
             .filter(|image| !image.trim().is_empty())
