@@ -43,7 +43,7 @@ async fn run() {
     let mut rows: Vec<(String, String)> = Vec::new();
 
     // Latency: PING versus one acquire + one release, sequential.
-    let mut manager = store.connection_manager();
+    let mut manager = store.connection();
     let ping = sample(LATENCY_SAMPLES, || {
         let mut manager = manager.clone();
         async move {

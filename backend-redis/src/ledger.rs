@@ -148,7 +148,7 @@ impl RedisStore {
         doing: impl Fn() -> String,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<Value, LockError> {
-        let mut connection = self.connection_manager();
+        let mut connection = self.connection();
         invocation
             .invoke_async(&mut connection)
             .await

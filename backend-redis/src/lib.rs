@@ -175,6 +175,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod connection;
 mod error;
 pub mod ledger;
 mod notify;
@@ -185,4 +186,5 @@ pub use config::{
     DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, DEFAULT_PURGE_BATCH_SIZE, EvictionCheck,
     RedisStoreBuilder,
 };
+pub use connection::RedisConnection;
 pub use store::RedisStore;

@@ -14,8 +14,13 @@
 //!   woken, since a release may have been published while nobody listened;
 //! * when the connection drops, every waiter is woken, and until it is back
 //!   they fall back to the client's jittered backoff.
+//!
+//! On a Redis Cluster the subscription is on one node: a cluster forwards
+//! every `PUBLISH` to all its nodes, so any node hears every release. When
+//! subscribing fails, the next attempt goes to the next node given.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,7 +38,10 @@ const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The shared subscriber of one store.
 pub(crate) struct Listener {
-    client: redis::Client,
+    /// Where to subscribe: one server, or some nodes of a cluster.
+    clients: Vec<redis::Client>,
+    /// Which of `clients` the next subscription tries.
+    next_client: AtomicUsize,
     channel: String,
     waiters: Mutex<Waiters>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -49,9 +57,11 @@ struct Waiters {
 }
 
 impl Listener {
-    pub(crate) fn new(client: redis::Client, channel: String) -> Arc<Self> {
+    /// A listener on `channel`, subscribing through `clients` (at least one).
+    pub(crate) fn new(clients: Vec<redis::Client>, channel: String) -> Arc<Self> {
         Arc::new(Self {
-            client,
+            clients,
+            next_client: AtomicUsize::new(0),
             channel,
             waiters: Mutex::default(),
             task: Mutex::default(),
@@ -139,6 +149,8 @@ impl Listener {
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
+                    // Perhaps that node is down: try the next one.
+                    self.next_client.fetch_add(1, Ordering::Relaxed);
                     warn!(channel = %self.channel, error = %err, failures, "release listener cannot subscribe; waiters poll meanwhile");
                 }
             }
@@ -151,7 +163,8 @@ impl Listener {
     }
 
     async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
+        let client = &self.clients[self.next_client.load(Ordering::Relaxed) % self.clients.len()];
+        let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&self.channel).await?;
         Ok(pubsub)
     }
