@@ -1,7 +1,10 @@
 //! End-to-end tests: the built `lockctl` binary against SQLite (a temporary
-//! file) and, when their URLs are set, PostgreSQL, Redis and DynamoDB
-//! (`LOCKSTORE_TEST_POSTGRES_URL`, `LOCKSTORE_TEST_REDIS_URL`,
-//! `LOCKSTORE_TEST_DYNAMODB_URL`, an emulator endpoint such as moto's).
+//! file), PostgreSQL, Redis and DynamoDB, whose servers are found as the
+//! conformance suite finds them (`lockstore_conformance::provision`): a URL
+//! in `LOCKSTORE_TEST_POSTGRES_URL`, `LOCKSTORE_TEST_REDIS_URL` or
+//! `LOCKSTORE_TEST_DYNAMODB_URL` (an emulator endpoint such as moto's),
+//! else a container where a Docker engine is reachable, else the test fails
+//! saying how to provide one.
 //!
 //! Every case runs on every backend, as its own named test
 //! (`postgres::lease_loss_stops_the_child`, …). Nothing here asserts on
@@ -14,6 +17,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lockstore_conformance::provision::{Service, server_url};
 use serde_json::Value;
 
 const LOCKCTL: &str = env!("CARGO_BIN_EXE_lockctl");
@@ -28,28 +32,28 @@ struct Backend {
 }
 
 impl Backend {
-    fn sqlite() -> Option<Backend> {
+    fn sqlite() -> Backend {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let url = format!("sqlite:{}", dir.path().join("locks.db").display());
-        Some(Backend { url, dir })
+        Backend { url, dir }
     }
 
-    fn postgres() -> Option<Backend> {
-        Self::server("postgres", "LOCKSTORE_TEST_POSTGRES_URL", |url| {
+    fn postgres() -> Backend {
+        Self::server("postgres", Service::Postgres, |url| {
             let sep = if url.contains('?') { '&' } else { '?' };
             format!("{url}{sep}table=lockctl_e2e")
         })
     }
 
-    fn redis() -> Option<Backend> {
-        Self::server("redis", "LOCKSTORE_TEST_REDIS_URL", |url| {
+    fn redis() -> Backend {
+        Self::server("redis", Service::Redis, |url| {
             let sep = if url.contains('?') { '&' } else { '?' };
             format!("{url}{sep}prefix=lockctl-e2e:")
         })
     }
 
-    fn dynamodb() -> Option<Backend> {
-        Self::server("dynamodb", "LOCKSTORE_TEST_DYNAMODB_URL", |endpoint| {
+    fn dynamodb() -> Backend {
+        Self::server("dynamodb", Service::DynamoDb, |endpoint| {
             format!(
                 "dynamodb://lockctl_e2e?endpoint={endpoint}&region=us-east-1\
                  &access_key_id=test&secret_access_key=test"
@@ -57,16 +61,10 @@ impl Backend {
         })
     }
 
-    /// A server backend from its env URL, set up once per test process; a
-    /// loud note and `None` when the URL is not set (CI always sets it).
-    fn server(name: &str, var: &str, to_url: fn(&str) -> String) -> Option<Backend> {
-        let Some(server) = std::env::var(var).ok().filter(|v| !v.is_empty()) else {
-            eprintln!(
-                "\n!!! {var} is not set: this {name} end-to-end test did NOT run. \
-                 CI sets it; locally, `source` the test servers' env file. !!!\n"
-            );
-            return None;
-        };
+    /// A server backend (found as the module docs say; panics with how to
+    /// provide one when there is none), set up once per test process.
+    fn server(name: &str, service: Service, to_url: fn(&str) -> String) -> Backend {
+        let server = server_url(service);
         let backend = Backend {
             url: to_url(&server),
             dir: tempfile::tempdir().expect("a temporary directory"),
@@ -81,7 +79,7 @@ impl Backend {
             assert_eq!(out.code(), 0, "lockctl setup on {name}: {}", out.stderr);
             done.push(backend.url.clone());
         }
-        Some(backend)
+        backend
     }
 
     /// `lockctl ARGS` on this store (through LOCKSTORE_URL, so a child
@@ -542,7 +540,7 @@ macro_rules! suite {
             $(
                 #[test]
                 fn $case() {
-                    let Some(backend) = super::Backend::$backend() else { return };
+                    let backend = super::Backend::$backend();
                     super::$case(&backend);
                 }
             )*
