@@ -98,9 +98,17 @@ pub async fn renew_extends_the_lease(ctx: Ctx) {
     let store = ctx.store().await;
     let k = key("renew");
     let short = ctx.profile().short_ttl;
+    // Each renewal is due half a TTL after the request that granted or
+    // last renewed the lease was *sent*, not after its reply: the lease
+    // runs from the request, and on a busy server a slow reply would
+    // otherwise eat the rest of it before the next renewal leaves.
+    let mut sent = tokio::time::Instant::now();
     let (lease, _) = must_acquire(&*store, &k, short, "alice").await;
     for _ in 0..4 {
-        ctx.sleep(short / 2).await;
+        let due = sent + short / 2;
+        ctx.sleep(due.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
+        sent = tokio::time::Instant::now();
         assert_eq!(
             store.renew(&k, lease.lease_id, ttl(short)).await.unwrap(),
             RenewOutcome::Renewed,
