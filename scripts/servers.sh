@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Real test servers for lockstore: Redis, PostgreSQL, moto and dynalite (two independent
-# DynamoDB-compatible servers), all on 127.0.0.1, on free ports, without Docker.
+# Real test servers for lockstore: Redis, a Redis Cluster of three primaries, PostgreSQL, moto
+# and dynalite (two independent DynamoDB-compatible servers), all on 127.0.0.1, on free
+# ports, without Docker.
 # Run it (don't source it):
 #
 #   eval "$(scripts/servers.sh start)"     # install + start what is missing, export LOCKSTORE_TEST_*
@@ -9,8 +10,11 @@
 #
 # stdout carries only `export ...` lines; all progress and errors go to stderr.
 # If start fails, stdout ends with `false`, so the eval fails too (and stops a `set -e` caller).
-# A URL already set in the environment (LOCKSTORE_TEST_{REDIS,POSTGRES,DYNAMODB,DYNALITE}_URL)
-# means "use that server": we neither start nor export that one.
+# A URL already set in the environment
+# (LOCKSTORE_TEST_{REDIS,REDIS_CLUSTER,POSTGRES,DYNAMODB,DYNALITE}_URL) means "use that
+# server": we neither start nor export that one.
+# It also exports LOCKSTORE_TEST_REDIS_SERVER, the redis-server binary that tests restarting
+# a private server run.
 # Servers are recorded in $LOCKSTORE_SERVERS_DIR (default /tmp/lockstore-servers); a second
 # start reuses them if they still answer, otherwise starts fresh ones on new free ports.
 # dynalite (npm, pinned below) is installed once into $LOCKSTORE_DYNALITE_HOME (default
@@ -43,6 +47,13 @@ alive() {
 # Ask the kernel for a free port.  Tiny race until the server binds it; moto avoids it by
 # binding port 0 itself.
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# N distinct free ports on one line: every socket is held until all ports are known.
+free_ports() {
+  "$PY" -c 'import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
+}
 
 # wait_ready NAME PIDFILE LOG CMD...: poll CMD for up to 30s; give up early if the process died.
 wait_ready() {
@@ -158,6 +169,58 @@ start_redis() {
     log "redis: started on 127.0.0.1:$port"
   fi
   emit LOCKSTORE_TEST_REDIS_URL "redis://127.0.0.1:$port"
+}
+
+# A Redis Cluster of three primaries without replicas (backend-redis/tests/cluster.rs runs the
+# lock and ledger suites on it): three `redis-server --cluster-enabled yes`, joined by
+# `redis-cli --cluster create`.  The cluster bus gets a free port of its own (`cluster-port`,
+# Redis 7) instead of the default port + 10000, which may be taken or beyond 65535.  No
+# persistence, like the single Redis; each node's nodes.conf lives in $DIR.
+cluster_ok() {
+  [[ $(timeout 2 redis-cli -h 127.0.0.1 -p "$1" cluster info 2>/dev/null | tr -d '\r' | grep '^cluster_state:') == cluster_state:ok ]]
+}
+
+start_redis_cluster() {
+  [[ -z ${LOCKSTORE_TEST_REDIS_CLUSTER_URL:-} ]] || { log "redis cluster: using LOCKSTORE_TEST_REDIS_CLUSTER_URL from env"; return 0; }
+  local ports=() i reuse=1
+  if [[ -f $DIR/cluster.ports ]]; then
+    read -ra ports <"$DIR/cluster.ports"
+    for i in 0 1 2; do
+      { alive "$DIR/cluster-$i.pid" && cluster_ok "${ports[$i]}"; } || reuse=
+    done
+  else
+    reuse=
+  fi
+  if [[ -n $reuse ]]; then
+    log "redis cluster: reusing 127.0.0.1:${ports[0]},${ports[1]},${ports[2]}"
+  else
+    rm -f "$DIR/cluster.ports"
+    for i in 0 1 2; do
+      if alive "$DIR/cluster-$i.pid"; then kill "$(<"$DIR/cluster-$i.pid")" 2>/dev/null || true; fi
+    done
+    read -ra ports <<<"$(free_ports 6)" # three client ports, then three bus ports
+    for i in 0 1 2; do
+      rm -rf "$DIR/cluster-$i" && mkdir -p "$DIR/cluster-$i"
+      setsid redis-server --bind 127.0.0.1 --port "${ports[$i]}" --cluster-enabled yes \
+        --cluster-port "${ports[$((i + 3))]}" --cluster-config-file "$DIR/cluster-$i/nodes.conf" \
+        --cluster-node-timeout 5000 --save '' --appendonly no --dir "$DIR/cluster-$i" \
+        </dev/null >"$DIR/cluster-$i.log" 2>&1 9>&- &
+      echo $! >"$DIR/cluster-$i.pid"
+    done
+    for i in 0 1 2; do
+      wait_ready "redis cluster node $i" "$DIR/cluster-$i.pid" "$DIR/cluster-$i.log" redis_ping "${ports[$i]}"
+    done
+    redis-cli --cluster create "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" "127.0.0.1:${ports[2]}" \
+      --cluster-replicas 0 --cluster-yes >"$DIR/cluster-create.log" 2>&1 ||
+      fail_with_log "redis-cli --cluster create failed" "$DIR/cluster-create.log"
+    # Every node must know every slot's owner before clients use it (gossip takes a moment).
+    for i in 0 1 2; do
+      wait_ready "redis cluster node $i" "$DIR/cluster-$i.pid" "$DIR/cluster-$i.log" cluster_ok "${ports[$i]}"
+    done
+    echo "${ports[*]:0:3}" >"$DIR/cluster.ports"
+    log "redis cluster: started on 127.0.0.1:${ports[0]},${ports[1]},${ports[2]} (three primaries)"
+  fi
+  emit LOCKSTORE_TEST_REDIS_CLUSTER_URL "redis+cluster://127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
 }
 
 start_postgres() {
@@ -294,6 +357,7 @@ start_all() {
   spawn_moto
   spawn_dynalite
   start_redis
+  start_redis_cluster
   start_postgres
   finish_moto
   finish_dynalite
@@ -304,7 +368,7 @@ start_all() {
 stop_all() {
   [[ -d $DIR ]] || { log "nothing to stop ($DIR does not exist)"; return 0; }
   local f pid i
-  for f in "$DIR/redis.pid" "$DIR/moto.pid" "$DIR/dynalite.pid"; do
+  for f in "$DIR/redis.pid" "$DIR"/cluster-[0-9].pid "$DIR/moto.pid" "$DIR/dynalite.pid"; do
     if alive "$f"; then
       pid=$(<"$f")
       kill "$pid"

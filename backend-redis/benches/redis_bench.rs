@@ -76,7 +76,9 @@ async fn run() {
         .await
         .expect("connect");
     let setup = Arc::new(Setup {
-        manager: store.connection_manager(),
+        manager: store
+            .connection_manager()
+            .expect("the bench runs on one Redis server, not a cluster"),
         rslock: rslock::LockManager::new(vec![url.clone()]),
         cad: redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use lockstore_api::LockError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::connection::{ClusterSettings, RedisConnection, Topology, cluster_nodes};
 use crate::error::{BACKEND, command_error};
 use crate::notify::{Listener, ListenerTimeouts};
 use crate::store::{Inner, RedisStore};
@@ -77,9 +78,12 @@ pub enum EvictionCheck {
 
 #[derive(Clone)]
 enum Target {
+    /// One server, or a cluster (`redis+cluster://…`).
     Url(String),
     Client(redis::Client),
     Manager(redis::Client, ConnectionManager),
+    /// A cluster, by the URLs of some of its nodes.
+    Cluster(Vec<String>),
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -116,6 +120,19 @@ impl RedisStoreBuilder {
             reconnect_retries: 6,
             eviction_check: EvictionCheck::Warn,
         }
+    }
+
+    /// Settings for a store on a Redis Cluster, given the URLs of some of its
+    /// nodes (`redis://host:port`, `rediss://…`; same credentials on each):
+    /// the client learns the other nodes from them. The same as
+    /// `RedisStore::builder("redis+cluster://host1:port1,host2:port2")`.
+    /// Give several: the store's release listener subscribes on one of
+    /// them and moves to the next when that one is down.
+    ///
+    /// Each script call goes to the primary of its key's slot. What a
+    /// cluster does to the lock contract (failover) is in the crate docs.
+    pub fn cluster<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> Self {
+        Self::with_target(Target::Cluster(nodes.into_iter().map(Into::into).collect()))
     }
 
     /// Settings for a store over an existing [`redis::Client`] (for TLS
@@ -217,7 +234,9 @@ impl RedisStoreBuilder {
     }
 
     /// How many times the connection manager tries to reconnect before a
-    /// call fails (default 6, with exponential backoff).
+    /// call fails (default 6, with exponential backoff). On a cluster: how
+    /// many times a command is retried (reconnects, redirects, a
+    /// `CLUSTERDOWN` during failover) before it fails.
     pub fn reconnect_retries(mut self, retries: usize) -> Self {
         self.reconnect_retries = retries;
         self
@@ -235,8 +254,9 @@ impl RedisStoreBuilder {
     /// # Errors
     /// [`LockError::Config`] for a malformed URL or failed authentication
     /// (the message names the problem, never the password), or for a server
-    /// that may evict keys under [`EvictionCheck::Refuse`]; a retryable
-    /// [`LockError::Backend`] when the server cannot be reached.
+    /// (on a cluster: any primary) that may evict keys under
+    /// [`EvictionCheck::Refuse`]; a retryable [`LockError::Backend`] when
+    /// the server cannot be reached.
     pub async fn connect(self) -> Result<RedisStore, LockError> {
         if self.key_prefix.contains(['{', '}']) {
             return Err(LockError::config(
@@ -249,24 +269,32 @@ impl RedisStoreBuilder {
                 ),
             ));
         }
-        let (client, manager) = match self.target.clone() {
-            Target::Url(url) => {
-                let client = open_client(&url)?;
-                let manager = self.manager(&client).await?;
-                (client, manager)
-            }
+        let topology = match self.target.clone() {
+            Target::Url(url) => match cluster_nodes(&url)? {
+                Some(nodes) => self.cluster_topology(&nodes).await?,
+                None => {
+                    let client = open_client(&url)?;
+                    let manager = self.manager(&client).await?;
+                    Topology::node(client, manager)
+                }
+            },
             Target::Client(client) => {
                 let manager = self.manager(&client).await?;
-                (client, manager)
+                Topology::node(client, manager)
             }
-            Target::Manager(client, manager) => (client, manager),
+            Target::Manager(client, manager) => Topology::node(client, manager),
+            Target::Cluster(nodes) => self.cluster_topology(&nodes).await?,
         };
-        let address = client.get_connection_info().addr().to_string();
-        let eviction_policy = self.check_eviction(&manager, &address).await?;
+        let Topology {
+            connection,
+            pubsub_clients,
+            address,
+        } = topology;
+        let eviction_policy = self.check_eviction(&connection, &address).await?;
         let channel = format!("{}released", self.key_prefix);
         let reply_wait = self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
         let listener = Listener::new(
-            client,
+            pubsub_clients,
             channel.clone(),
             ListenerTimeouts {
                 subscribe: self.connect_timeout + reply_wait,
@@ -274,7 +302,7 @@ impl RedisStoreBuilder {
             },
         );
         Ok(RedisStore::from_inner(Arc::new(Inner {
-            manager,
+            connection,
             address,
             key_prefix: self.key_prefix,
             channel,
@@ -293,49 +321,66 @@ impl RedisStoreBuilder {
         })))
     }
 
-    /// Asks for `maxmemory-policy` and applies [`EvictionCheck`]; the policy,
-    /// if the server told it.
+    /// Asks for `maxmemory-policy` (on a cluster: of every primary, since
+    /// each holds some of the leases) and applies [`EvictionCheck`]. Returns
+    /// the first policy other than `noeviction`, else `noeviction` if every
+    /// node told, else `None`.
     async fn check_eviction(
         &self,
-        manager: &ConnectionManager,
+        connection: &RedisConnection,
         address: &str,
     ) -> Result<Option<String>, LockError> {
         if self.eviction_check == EvictionCheck::Off {
             return Ok(None);
         }
-        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .query_async(&mut manager.clone())
-            .await;
-        let policy = match reply {
-            Ok(pair) => pair.into_iter().nth(1),
-            Err(err) => {
-                tracing::debug!(%address, error = %err, "CONFIG GET maxmemory-policy refused; eviction policy unknown");
-                return Ok(None);
+        let mut known = Some("noeviction".to_owned());
+        for (node, answer) in connection.eviction_policies(address).await {
+            let policy = match answer {
+                Ok(policy) => policy,
+                Err(err) => {
+                    tracing::debug!(%node, error = %err, "CONFIG GET maxmemory-policy refused; eviction policy unknown");
+                    known = known.filter(|policy| policy != "noeviction");
+                    continue;
+                }
+            };
+            if policy == "noeviction" {
+                continue;
             }
-        };
-        match policy.as_deref() {
-            None | Some("noeviction") => {}
-            Some(policy) if self.eviction_check == EvictionCheck::Refuse => {
+            if self.eviction_check == EvictionCheck::Refuse {
                 return Err(LockError::config(
                     BACKEND,
                     format!(
-                        "the Redis at {address} has maxmemory-policy {policy}: it may evict a live \
+                        "the Redis at {node} has maxmemory-policy {policy}: it may evict a live \
                          lease under memory pressure, and two clients would then hold one key. \
-                         Set `maxmemory-policy noeviction` on the server (or use a Redis for \
-                         locks only), or connect with EvictionCheck::Warn to accept the risk"
+                         Set `maxmemory-policy noeviction` on the server (on a cluster: on every \
+                         primary, or use a Redis for locks only), or connect with \
+                         EvictionCheck::Warn to accept the risk"
                     ),
                 ));
             }
-            Some(policy) => tracing::warn!(
-                %address,
+            tracing::warn!(
+                %node,
                 %policy,
                 "Redis maxmemory-policy is not noeviction: a live lease can be evicted under \
                  memory pressure, and two clients would then hold one key"
-            ),
+            );
+            if known.as_deref().is_none_or(|known| known == "noeviction") {
+                known = Some(policy);
+            }
         }
-        Ok(policy)
+        Ok(known)
+    }
+
+    async fn cluster_topology(&self, nodes: &[String]) -> Result<Topology, LockError> {
+        if nodes.iter().any(|node| is_tls(node)) {
+            enable_tls()?;
+        }
+        let settings = ClusterSettings {
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            retries: u32::try_from(self.reconnect_retries).unwrap_or(u32::MAX),
+        };
+        Topology::cluster(nodes, &settings).await
     }
 
     async fn manager(&self, client: &redis::Client) -> Result<ConnectionManager, LockError> {
@@ -355,18 +400,22 @@ impl RedisStoreBuilder {
 /// Parses the URL into a client, with errors that say what is wrong and never
 /// repeat the URL (it may hold a password).
 fn open_client(url: &str) -> Result<redis::Client, LockError> {
-    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
-    if matches!(scheme, Some("rediss" | "valkeys")) {
+    if is_tls(url) {
         enable_tls()?;
     }
     redis::Client::open(url).map_err(|err| LockError::Config {
         backend: BACKEND,
         message: format!(
-            "invalid Redis URL ({err}); expected redis://[user:password@]host[:port][/db] \
-             or rediss://… for TLS"
+            "invalid Redis URL ({err}); expected redis://[user:password@]host[:port][/db], \
+             rediss://… for TLS, or redis+cluster://host1:port1,host2:port2 for a cluster"
         ),
         source: Some(Box::new(err)),
     })
+}
+
+fn is_tls(url: &str) -> bool {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    matches!(scheme, Some("rediss" | "valkeys"))
 }
 
 #[cfg(feature = "tls")]

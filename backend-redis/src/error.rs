@@ -73,7 +73,8 @@ fn classify(err: &RedisError) -> Class {
         }
         ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask) => {
             return Class::Config(
-                "the URL points at one node of a Redis Cluster; this store needs a standalone server or a proxy",
+                "the URL points at one node of a Redis Cluster; name the cluster with \
+                 redis+cluster://host1:port1,host2:port2 (or use a cluster-aware proxy)",
             );
         }
         _ => {}

@@ -16,14 +16,16 @@
 //! The status sets are what make "unfinished, oldest first" a range read
 //! instead of a scan, and they are written by the same script as the
 //! record, so they never drift. A script may only touch keys of one
-//! cluster slot, so the namespace-wide hash tag puts a namespace's whole
-//! ledger in one slot: that is the price of one-script transitions (the
-//! alternative, per-key slots with sharded indexes, would need a second,
-//! non-atomic write per transition, and indexes could drift). A ledger
-//! holds one record per unit of *work*, not per request, so one slot per
-//! namespace is acceptable; spread big ledgers over several prefixes.
-//! (A key prefix must not contain `{`, or its first brace pair becomes
-//! the tag.)
+//! cluster slot, so the hash tag puts a namespace's whole ledger in one
+//! slot: that is the price of one-script transitions (the alternative,
+//! per-key slots with sharded indexes, would need a second, non-atomic
+//! write per transition, and indexes could drift). The tag is the literal
+//! `ledger` (a key prefix may not contain braces), so on a Redis Cluster
+//! the ledgers of *all* namespaces share that one slot, and one primary;
+//! several prefixes do not spread them. A ledger holds one record per unit
+//! of *work*, not per request, so one slot is acceptable for most uses; a
+//! ledger too big or busy for one primary needs a layout with the prefix
+//! inside the tag (not built: it would move existing records).
 //!
 //! # Fences and times
 //!
@@ -148,7 +150,7 @@ impl RedisStore {
         doing: impl Fn() -> String,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<Value, LockError> {
-        let mut connection = self.connection_manager();
+        let mut connection = self.connection();
         invocation
             .invoke_async(&mut connection)
             .await

@@ -33,13 +33,14 @@
 //!   holder still believes in it. `connect()` asks the server and warns, or
 //!   refuses with [`EvictionCheck::Refuse`]; managed services that hide
 //!   `CONFIG` are not checked.
-//! * **No asynchronous failover.** A replica promoted by Sentinel,
-//!   ElastiCache or any async replication may not have the last grant: a
-//!   second client then acquires the same key — two holders. Fencing tokens
-//!   still refuse the older holder's writes only if the new primary's clock
-//!   is not behind. Use one primary (with persistence if fences must
-//!   outlive restarts), or a backend with synchronous commits (PostgreSQL,
-//!   DynamoDB).
+//! * **No asynchronous failover.** A replica promoted by Sentinel, Redis
+//!   Cluster, ElastiCache or any async replication may not have the last
+//!   grant: a second client then acquires the same key — two holders.
+//!   Fencing tokens still refuse the older holder's writes only if the new
+//!   primary's clock is not behind. Use primaries without automatic
+//!   failover (with persistence if fences must outlive restarts), or a
+//!   backend with synchronous commits (PostgreSQL, DynamoDB). What failover
+//!   does in detail: [Redis Cluster](#redis-cluster) below.
 //! * **Persistence, for exclusion across restarts.** A restart without
 //!   persistence loses every live lease: the next acquirer gets the key at
 //!   once, while the old holder may still trust its lease until its own
@@ -51,8 +52,51 @@
 //!   by Δ hands out lower fences to keys granted within Δ. A forward step
 //!   larger than the holders' safety margin ends leases early.
 //!
-//! Keys are cluster-slot-safe (one hash tag per record), but the store
-//! connects to one node: Redis Cluster connections are not built yet.
+//! # Redis Cluster
+//!
+//! `RedisStore::builder("redis+cluster://10.0.0.1:6379,10.0.0.2:6379")`
+//! (`rediss+cluster://` for TLS; or [`RedisStoreBuilder::cluster`] with
+//! node URLs) connects to a cluster through some of its nodes, the seeds;
+//! the client learns the others and follows `MOVED`/`ASK` redirects and
+//! topology changes. Each script call is one `EVALSHA` on the primary of its
+//! key's slot: a lock's record is `<prefix>{<key>}`, so locks spread over
+//! the cluster by key, and every key a script touches shares the record's
+//! hash tag, so no script crosses slots. The promises of the contract hold
+//! per key exactly as on one server, under the same conditions — on every
+//! primary:
+//!
+//! * **Eviction**: `connect()` asks every primary for its
+//!   `maxmemory-policy` and warns (or refuses) naming the node.
+//! * **Waking waiters**: the release script's `PUBLISH` is forwarded by the
+//!   cluster to every node, so the store's one subscriber listens on one
+//!   seed (the next one if that one is down) and hears releases on every
+//!   primary. Each release costs one cluster-bus message per node; sharded
+//!   pub/sub (`SPUBLISH`) would avoid that but need one subscription per slot.
+//! * **The ledger**: every namespace's ledger lives under the hash tag
+//!   `{ledger}` (see [`ledger`]), so all ledgers of a cluster share one slot
+//!   and therefore one primary; the locks spread, the ledger does not.
+//!
+//! **Failover breaks mutual exclusion.** Replication is asynchronous: a
+//! primary answers an acquire before its replicas have the write. If it
+//! fails then and a replica is promoted, the grant is gone on the new
+//! primary; the key looks free, and a second client acquires it while the
+//! first still holds a lease it believes in — two holders, until the first
+//! holder's lease runs out on its own deadline (its renewals fail: the new
+//! primary does not know its lease id). Fencing tokens still order the two:
+//! the second token is `max(last fence the replica saw + 1, new primary's
+//! time in µs)`, above the lost grant's token as long as the new primary's
+//! clock is not behind the old one's by more than the time between the lost
+//! grant and the new one; a resource that refuses older fences then refuses
+//! the stale holder. A ledger run is affected the same way (a finished
+//! record lost in failover can run again). `WAIT 1 <ms>` after each grant
+//! would make the reply wait until a replica has it, which narrows the
+//! window but does not close it (a replica that has not acknowledged can
+//! still be promoted, and a timed-out `WAIT` leaves the grant in place); it
+//! costs a replica round trip per acquire and is not built. While a failover
+//! runs, calls to the slots of the failed primary fail with retryable
+//! errors (`CLUSTERDOWN`, timeouts) and the client retries them. Clusters
+//! without replicas (or with manual failover only) keep the contract, at the
+//! price of those slots being unavailable while their primary is down.
 //!
 //! # The record
 //!
@@ -190,17 +234,22 @@
 //! # Connections and errors
 //!
 //! Commands go over one multiplexed [`ConnectionManager`](redis::aio::ConnectionManager)
-//! that reconnects by itself. Connection loss, timeouts and the `LOADING`,
+//! that reconnects by itself, or on a cluster one
+//! [`ClusterConnection`](redis::cluster_async::ClusterConnection) (both
+//! behind [`RedisConnection`]). Connection loss, timeouts and the `LOADING`,
 //! `BUSY`, `READONLY`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` and `OOM`
 //! replies are retryable errors; a wrong type under a lock key or an
 //! unexpected reply is permanent; a bad URL, failed authentication or a
 //! missing ACL permission is a [`LockError::Config`](lockstore_api::LockError::Config)
-//! that never shows the password. Redis Cluster needs a cluster-aware proxy
-//! for now (the keys are slot-ready; the connection is single-node).
+//! that never shows the password. A plain URL of one cluster node answers
+//! keys of other nodes' slots with `MOVED`, reported as a
+//! [`LockError::Config`](lockstore_api::LockError::Config) that says to use
+//! a `redis+cluster://` URL.
 
 #![forbid(unsafe_code)]
 
 mod config;
+mod connection;
 mod error;
 pub mod ledger;
 mod notify;
@@ -211,4 +260,5 @@ pub use config::{
     DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, DEFAULT_PURGE_BATCH_SIZE, EvictionCheck,
     RedisStoreBuilder,
 };
+pub use connection::RedisConnection;
 pub use store::RedisStore;

@@ -15,6 +15,10 @@
 //! * when the connection drops, or cannot be made, every waiter is woken,
 //!   and until it is back they fall back to the client's jittered backoff.
 //!
+//! On a Redis Cluster the subscription is on one node: a cluster forwards
+//! every `PUBLISH` to all its nodes, so any node hears every release. When
+//! subscribing fails, the next attempt goes to the next node given.
+//!
 //! A connection that dies *silently* (a NAT or load balancer dropped the
 //! flow, a server or proxy that accepts but never answers) gives no error.
 //! Every wait on the server is therefore bounded: connecting and
@@ -28,6 +32,7 @@
 //! holder's time left (the client never sleeps past it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -44,7 +49,10 @@ pub(crate) const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The shared subscriber of one store.
 pub(crate) struct Listener {
-    client: redis::Client,
+    /// Where to subscribe: one server, or some nodes of a cluster.
+    clients: Vec<redis::Client>,
+    /// Which of `clients` the next subscription tries.
+    next_client: AtomicUsize,
     channel: String,
     timeouts: ListenerTimeouts,
     waiters: Mutex<Waiters>,
@@ -71,13 +79,15 @@ pub(crate) struct ListenerTimeouts {
 }
 
 impl Listener {
+    /// A listener on `channel`, subscribing through `clients` (at least one).
     pub(crate) fn new(
-        client: redis::Client,
+        clients: Vec<redis::Client>,
         channel: String,
         timeouts: ListenerTimeouts,
     ) -> Arc<Self> {
         Arc::new(Self {
-            client,
+            clients,
+            next_client: AtomicUsize::new(0),
             channel,
             timeouts,
             waiters: Mutex::default(),
@@ -180,6 +190,8 @@ impl Listener {
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
+                    // Perhaps that node is down: try the next one.
+                    self.next_client.fetch_add(1, Ordering::Relaxed);
                     warn!(channel = %self.channel, error = %err, failures, "release listener cannot subscribe; waiters poll meanwhile");
                     // Nobody listens: a waiter that registered since the
                     // last wake must not count on a signal.
@@ -195,7 +207,8 @@ impl Listener {
     }
 
     async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
+        let client = &self.clients[self.next_client.load(Ordering::Relaxed) % self.clients.len()];
+        let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&self.channel).await?;
         Ok(pubsub)
     }

@@ -14,6 +14,7 @@ use redis::Value;
 use redis::aio::ConnectionManager;
 
 use crate::config::RedisStoreBuilder;
+use crate::connection::RedisConnection;
 use crate::error::{command_error, unexpected_reply};
 use crate::notify::Listener;
 use crate::scripts;
@@ -29,8 +30,10 @@ pub struct RedisStore {
 }
 
 pub(crate) struct Inner {
-    pub(crate) manager: ConnectionManager,
-    /// `host:port` only, for messages: the URL may hold a password.
+    /// To the server or the cluster.
+    pub(crate) connection: RedisConnection,
+    /// `host:port` only (a cluster: its seeds), for messages: the URL may
+    /// hold a password.
     pub(crate) address: String,
     pub(crate) key_prefix: String,
     pub(crate) channel: String,
@@ -66,7 +69,8 @@ impl RedisStore {
     /// `lockstore:`, notifications on, 5 s timeouts.
     ///
     /// URLs: `redis://[user:password@]host[:port][/db]`, `rediss://…` for
-    /// TLS.
+    /// TLS; `redis+cluster://host1:port1,host2:port2` (`rediss+cluster://…`)
+    /// for a Redis Cluster, named by some of its nodes.
     ///
     /// # Errors
     /// As [`RedisStoreBuilder::connect`].
@@ -105,9 +109,18 @@ impl RedisStore {
     }
 
     /// A clone of the connection the store uses, for callers that want to
-    /// share it.
-    pub fn connection_manager(&self) -> ConnectionManager {
-        self.inner.manager.clone()
+    /// share it: to one server or to a cluster.
+    pub fn connection(&self) -> RedisConnection {
+        self.inner.connection.clone()
+    }
+
+    /// A clone of the store's [`ConnectionManager`]; `None` for a store on
+    /// a Redis Cluster (see [`connection`](Self::connection)).
+    pub fn connection_manager(&self) -> Option<ConnectionManager> {
+        match &self.inner.connection {
+            RedisConnection::Node(manager) => Some(manager.clone()),
+            RedisConnection::Cluster(_) => None,
+        }
     }
 
     /// The namespace's key prefix (for the ledger's keys).
@@ -142,7 +155,7 @@ impl RedisStore {
         doing: impl Fn() -> String,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<Value, LockError> {
-        let mut connection = self.inner.manager.clone();
+        let mut connection = self.inner.connection.clone();
         invocation
             .invoke_async(&mut connection)
             .await

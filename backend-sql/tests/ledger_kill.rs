@@ -21,6 +21,7 @@ use std::process::{Child, Command, ExitCode};
 use std::time::Duration;
 
 use lockstore_api::ledger::{Begin, Ledger, LedgerStore, RunOptions, RunStatus};
+use lockstore_conformance::provision::{Service, server_url};
 use lockstore_sql::{PostgresStore, SqliteStore};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
@@ -102,6 +103,15 @@ async fn write(pool: &SqlitePool, key: &str, fence: u64, phase: &str) -> bool {
     accepted
 }
 
+/// Where the parent found PostgreSQL, for its workers.
+const POSTGRES_URL_VAR: &str = "LEDGER_KILL_POSTGRES_URL";
+
+/// The PostgreSQL server: in a worker the parent's, else found as the
+/// conformance suite finds it (a URL, else a container, else a loud failure).
+fn postgres_url() -> String {
+    std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| server_url(Service::Postgres))
+}
+
 /// Where a test's processes meet: the ledger's store, the resource file and
 /// the marker directory, passed to workers in the environment.
 struct Setup {
@@ -136,9 +146,7 @@ impl Setup {
                 store.ensure_schema().await.expect("ensure_schema");
                 std::sync::Arc::new(store)
             } else if let Some(table) = self.store.strip_prefix("postgres:") {
-                let url = std::env::var("LOCKSTORE_TEST_POSTGRES_URL")
-                    .expect("LOCKSTORE_TEST_POSTGRES_URL (scripts/servers.sh start)");
-                let store = PostgresStore::builder(url)
+                let store = PostgresStore::builder(postgres_url())
                     .schema("lockstore_conformance")
                     .table(table)
                     .max_connections(2)
@@ -154,7 +162,13 @@ impl Setup {
     }
 
     fn spawn_worker(&self) -> Child {
-        Command::new(std::env::current_exe().expect("the test binary"))
+        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+        if self.store.starts_with("postgres:") {
+            // The parent's server: a worker finding one of its own (a
+            // container, when no URL is set) would use another database.
+            command.env(POSTGRES_URL_VAR, postgres_url());
+        }
+        command
             .arg("--worker")
             .env("LEDGER_KILL_STORE", &self.store)
             .env("LEDGER_KILL_RESOURCE", &self.resource)

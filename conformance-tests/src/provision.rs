@@ -3,9 +3,16 @@
 //! In order: a URL in the environment (`LOCKSTORE_TEST_REDIS_URL`,
 //! `LOCKSTORE_TEST_POSTGRES_URL`, `LOCKSTORE_TEST_DYNAMODB_URL`); else a
 //! container started through `testcontainers` when a Docker engine is
-//! reachable (official images, overridable with `LOCKSTORE_TEST_*_IMAGE`);
+//! reachable (official images, overridable with `LOCKSTORE_TEST_*_IMAGE`;
+//! `eval "$(scripts/docker.sh images)"` starts an engine and builds local
+//! stand-ins for machines without Docker Hub, and sets those variables);
 //! else a failure that says how to provide a server. Nothing is skipped: a
 //! backend whose server cannot be had fails its tests loudly.
+//!
+//! Before the first container of a process, the engine's supported Docker
+//! API versions are compared with the version testcontainers' client sends;
+//! an engine that would refuse it fails the start with both versions and
+//! what to do (why this needs checking: the `engine_api` module).
 //!
 //! A container serves the whole test process and is removed after it ends,
 //! by a small reaper process that needs `sh` and the `docker` CLI. Without
@@ -15,9 +22,12 @@
 //!
 //! `eval "$(scripts/servers.sh start)"` starts all three servers locally without Docker
 //! (and dynalite, a second DynamoDB-compatible server the DynamoDB tests read from
-//! `LOCKSTORE_TEST_DYNALITE_URL`; it has no container fallback).
+//! `LOCKSTORE_TEST_DYNALITE_URL`, and a Redis Cluster for `LOCKSTORE_TEST_REDIS_CLUSTER_URL`;
+//! neither has a container fallback).
 
 use std::sync::OnceLock;
+
+mod engine_api;
 
 /// A server the suite can talk to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,7 +94,9 @@ fn find_server(service: Service) -> String {
          Provide one of:\n  \
          - {var}=<url> pointing at a running server (`eval \"$(scripts/servers.sh start)\"` starts Redis, \
          PostgreSQL and a DynamoDB-compatible moto server on 127.0.0.1 and sets all three), or\n  \
-         - a reachable Docker engine, and the image {image} (override with {image_var}) is started for you.",
+         - a reachable Docker engine, and the image {image} (override with {image_var}) is started for you \
+         (`eval \"$(scripts/docker.sh images)\"` starts an engine and builds local images, for machines \
+         without Docker Hub).",
         var = service.url_var(),
         image = service.default_image(),
         image_var = service.image_var(),
@@ -128,7 +140,7 @@ mod docker {
 
     use std::io::{Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
-    use std::sync::Mutex;
+    use std::sync::{Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
     use testcontainers::core::IntoContainerPort;
@@ -159,6 +171,22 @@ mod docker {
     /// never answers; the message names the image and both ways around it.
     pub(super) fn start(service: Service) -> Option<String> {
         let engine = reachable_engine()?;
+        // Once per process, before the first container: an engine that
+        // refuses the client's API version fails here, saying so.
+        static API_CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+        let checked = API_CHECK.get_or_init(|| {
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| super::engine_api::check(&engine))
+                    .join()
+                    .unwrap_or_else(|_| Err("the API version check panicked".to_owned()))
+            })
+        });
+        if let Err(message) = checked {
+            panic!(
+                "cannot start {service:?} containers for the lockstore conformance tests: {message}"
+            );
+        }
         let image = std::env::var(service.image_var())
             .ok()
             .filter(|image| !image.trim().is_empty())

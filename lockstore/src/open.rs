@@ -7,6 +7,7 @@
 //! | `sqlite:PATH`, `sqlite:///abs/path`, `sqlite::memory:` (`?table=T`) | one file per host | `sqlite` |
 //! | `postgres://user:pw@host/db` (`?schema=S&table=T`, plus libpq options such as `sslmode`) | PostgreSQL | `postgres` |
 //! | `redis://host:6379/0`, `rediss://…` (`?prefix=P`) | Redis | `redis` |
+//! | `redis+cluster://host1:port1,host2:port2`, `rediss+cluster://…` (`?prefix=P`) | Redis Cluster | `redis` |
 //! | `dynamodb://TABLE?region=R&endpoint=URL&profile=P&prefix=X&partition_key=K` | DynamoDB | `dynamodb` |
 //!
 //! The parameters in brackets are lockstore's own and are removed before
@@ -219,6 +220,7 @@ impl Store {
 /// | `sqlite:PATH`, `sqlite:///abs/path`, `sqlite::memory:` (`?table=T`) | SQLite file (`sqlite`) |
 /// | `postgres://user@host/db` (`?schema=S&table=T`) | PostgreSQL (`postgres`) |
 /// | `redis://host:6379/0`, `rediss://…` (`?prefix=P`) | Redis (`redis`) |
+/// | `redis+cluster://host1:port1,host2:port2` (`?prefix=P`) | Redis Cluster (`redis`) |
 /// | `dynamodb://TABLE` (`?region=R&endpoint=URL&profile=P&prefix=X&partition_key=K`) | DynamoDB (`dynamodb`) |
 ///
 /// Nothing is created: call [`Store::ensure_schema`] once (or run the DDL as
@@ -280,7 +282,8 @@ struct DynamoDbTarget {
 }
 
 const FORMS: &str = "memory:, sqlite:PATH, sqlite::memory:, postgres://user@host/db, \
-                     redis://host:port, rediss://host:port, dynamodb://TABLE?region=…";
+                     redis://host:port, rediss://host:port, redis+cluster://host1:port1,host2:port2, \
+                     dynamodb://TABLE?region=…";
 
 impl Target {
     fn parse(url: &str) -> Result<Target, OpenError> {
@@ -349,7 +352,8 @@ impl Target {
                     table,
                 })
             }
-            "redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "unix" => {
+            "redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "unix" | "redis+cluster"
+            | "rediss+cluster" | "valkey+cluster" | "valkeys+cluster" => {
                 let (base, params) = split_query(url);
                 let mut params = Params::parse(params).map_err(&malformed)?;
                 let prefix = params.take("prefix");
@@ -725,6 +729,14 @@ mod tests {
             parse("redis://127.0.0.1"),
             Target::Redis { prefix: None, .. }
         ));
+        // A cluster URL goes to the Redis store whole (it reads the nodes).
+        assert_eq!(
+            parse("redis+cluster://:pw@a:7000,b:7001?prefix=jobs:"),
+            Target::Redis {
+                url: "redis+cluster://:pw@a:7000,b:7001".into(),
+                prefix: Some("jobs:".into()),
+            }
+        );
     }
 
     #[test]

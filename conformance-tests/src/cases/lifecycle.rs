@@ -118,7 +118,12 @@ pub async fn renew_extends_the_lease(ctx: Ctx) {
         let mut confirmed = Instant::now();
         let (lease, _) = must_acquire(&*store, &k, short, "alice").await;
         for _ in 0..4 {
-            ctx.sleep(short / 2).await;
+            // Due half a TTL after the last confirmed request was *sent*,
+            // not after its reply: the lease runs from the request, and a
+            // slow reply must not eat the rest of it first.
+            let due = confirmed + short / 2;
+            ctx.sleep(due.saturating_duration_since(Instant::now()))
+                .await;
             let sent = Instant::now();
             let outcome = store.renew(&k, lease.lease_id, ttl(short)).await.unwrap();
             match outcome {
