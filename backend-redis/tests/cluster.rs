@@ -16,7 +16,7 @@ use lockstore_api::ledger::LedgerStore;
 use lockstore_api::{
     AcquireOutcome, AcquireRequest, LeaseId, LockError, LockKey, LockStore, OwnerLabel, Ttl,
 };
-use lockstore_conformance::{Harness, Profile};
+use lockstore_conformance::{Harness, Network, Profile, Restart};
 use lockstore_redis::{EvictionCheck, RedisStore};
 
 const URL_VAR: &str = "LOCKSTORE_TEST_REDIS_CLUSTER_URL";
@@ -62,7 +62,14 @@ impl ClusterHarness {
 impl Harness for ClusterHarness {
     fn profile(&self) -> Profile {
         // Each call is one script on one primary, as on a single server.
-        Profile::real_server()
+        // The fault-proxy and restart cases run on the single-server suite
+        // (tests/conformance.rs): the nodes announce their own addresses,
+        // which a proxy in front of one of them cannot intercept.
+        Profile {
+            network: Network::Cluster,
+            restart: Restart::Cluster,
+            ..Profile::real_server()
+        }
     }
 
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
@@ -155,7 +162,8 @@ async fn records_live_on_the_primary_of_their_slot_on_every_node() {
 
 /// The listener subscribes on one node; a release on any primary wakes
 /// the waiters of its key, because the cluster forwards `PUBLISH` to every
-/// node. The releases come from a second store, with its own connections.
+/// node. The releases come from a second store, with its own connections,
+/// each after the waiter was refused the key while its signal was held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_on_any_primary_wakes_the_waiters_of_its_key() {
     let prefix = common::fresh_prefix("wake");
@@ -180,6 +188,15 @@ async fn a_release_on_any_primary_wakes_the_waiters_of_its_key() {
         let signal = waiter
             .release_signal(&key)
             .expect("a cluster store gives release signals");
+        // As a waiting client does: registered, then refused. A release
+        // publishes only when a refused waiter asked for it (wake_fence).
+        assert!(
+            matches!(
+                waiter.try_acquire(&request(&key)).await.unwrap(),
+                AcquireOutcome::Held(_)
+            ),
+            "the waiter got a held key"
+        );
         holder.release(&key, lease).await.unwrap();
         // Generous: only a signal that never fires fails this.
         tokio::time::timeout(Duration::from_secs(20), signal)

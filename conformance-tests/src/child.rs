@@ -71,6 +71,11 @@ pub fn spawn(ctx: &Ctx, env: &[(&str, String)]) -> ChildProcess {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    // The parent's servers, containers included: a child that looked for
+    // its own would start a second container and hold its lease there.
+    for (key, value) in crate::provision::found_servers() {
+        command.env(key, value);
+    }
     for (key, value) in env {
         command.env(key, value);
     }

@@ -126,6 +126,13 @@ pub enum Network {
     /// In this process or a file on this host (memory, SQLite): there is no
     /// connection to delay, cut or reset.
     Embedded,
+    /// Over TCP to a Redis Cluster, whose nodes announce their own
+    /// addresses (`CLUSTER SLOTS`, `MOVED`): the client follows them past
+    /// any proxy in front of the one address it was given, so the
+    /// fault-proxy cases cannot stand between it and the nodes. They run on
+    /// the single-server Redis suite, which sends the same scripts; here
+    /// they check only that the backend is Redis.
+    Cluster,
 }
 
 /// What restarting the backend's server does to its locks.
@@ -147,6 +154,12 @@ pub enum Restart {
     /// ([`PrivateServer::provision`](servers::PrivateServer::provision));
     /// fences then rise again, from the writers' wall clock.
     LosesTable,
+    /// A Redis Cluster: a primary restarted without persistence loses its
+    /// slots' leases as a single server does ([`Restart::LosesLeases`],
+    /// checked by the single-server Redis suite); a primary replaced by a
+    /// replica is the failover the contract documents. The case checks
+    /// only that the backend is Redis.
+    Cluster,
 }
 
 /// Whose locks a second OS process can share.

@@ -75,10 +75,25 @@ impl Service {
 /// When no server can be had, with a message saying how to provide one;
 /// this is test support, and a missing server must fail the run.
 pub fn server_url(service: Service) -> String {
-    static URLS: [OnceLock<String>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
     let slot = &URLS[service as usize];
     slot.get_or_init(|| find_server(service)).clone()
 }
+
+/// The URL variables of every server this process has found so far, with
+/// their values: a child test process (see [`crate::child`]) gets them, so
+/// that it talks to its parent's servers, not to containers of its own.
+pub fn found_servers() -> Vec<(&'static str, String)> {
+    [Service::Redis, Service::Postgres, Service::DynamoDb]
+        .into_iter()
+        .filter_map(|service| {
+            let url = URLS[service as usize].get()?;
+            Some((service.url_var(), url.clone()))
+        })
+        .collect()
+}
+
+/// What [`server_url`] found for each [`Service`], by its discriminant.
+static URLS: [OnceLock<String>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
 
 fn find_server(service: Service) -> String {
     if let Ok(url) = std::env::var(service.url_var())

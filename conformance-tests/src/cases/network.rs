@@ -105,6 +105,13 @@ pub(crate) async fn network_applies(ctx: &Ctx) -> bool {
             );
             false
         }
+        Network::Cluster => {
+            assert_eq!(
+                backend, "redis",
+                "the profile of {backend} says Network::Cluster, which only a Redis Cluster is"
+            );
+            false
+        }
     }
 }
 
