@@ -566,7 +566,8 @@ impl LockStore for DynamoDbStore {
 
     async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
         let pk = self.item_key(&request.key);
-        let what = format!("acquire {}", request.key);
+        // Only errors and refusals need it: not formatted on the way to a grant.
+        let what = || format!("acquire {}", request.key);
         let owner = request.owner.as_str();
         let mut fence_floor = 0;
         for _ in 0..ACQUIRE_ROUNDS {
@@ -601,7 +602,7 @@ impl LockStore for DynamoDbStore {
             let refusal = match reply {
                 Ok(out) => {
                     self.inner.observations.forget(&pk);
-                    let fence = fence_of(out.attributes(), || what.clone())?;
+                    let fence = fence_of(out.attributes(), what)?;
                     return Ok(AcquireOutcome::Acquired { fence });
                 }
                 Err(e) if is_condition_failure(&e) => e.into_service_error(),
@@ -614,11 +615,11 @@ impl LockStore for DynamoDbStore {
             // Stamped after the read, which may be a GetItem: a version it
             // shows may have been written after the refusal came back.
             let received = Instant::now();
-            let lease = read_lease(&item).map_err(|problem| bad_item(&what, problem))?;
+            let lease = read_lease(&item).map_err(|problem| bad_item(&what(), problem))?;
             // Only wall-clock grants carry the cleanup rule (skew-free ones
             // remove the cleanup time).
             let fence_ahead = match self.config().takeover {
-                TakeoverMode::WallClock => fence_at_or_above(&item, cleanup.fence_cap, &what)?,
+                TakeoverMode::WallClock => fence_at_or_above(&item, cleanup.fence_cap, &what())?,
                 TakeoverMode::SkewFree => None,
             };
             if let Some(fence) = fence_ahead {
@@ -651,7 +652,7 @@ impl LockStore for DynamoDbStore {
             BACKEND,
             format!(
                 "{}: the lock item changed under {ACQUIRE_ROUNDS} attempts in a row",
-                what
+                what()
             ),
             lockstore_api::UnexpectedReply("heavy contention on one key".into()),
         ))
@@ -664,7 +665,7 @@ impl LockStore for DynamoDbStore {
         ttl: Ttl,
     ) -> Result<RenewOutcome, LockError> {
         let pk = self.item_key(key);
-        let what = format!("renew {key}");
+        let what = || format!("renew {key}");
         let mut fence_floor = 0;
         // A second round only when the cleanup rule refused the first.
         for _ in 0..2 {
@@ -690,11 +691,11 @@ impl LockStore for DynamoDbStore {
             let Some(item) = self.refused_item(key, &pk, &refusal).await? else {
                 return Ok(RenewOutcome::Lost);
             };
-            let lease = read_lease(&item).map_err(|problem| bad_item(&what, problem))?;
+            let lease = read_lease(&item).map_err(|problem| bad_item(&what(), problem))?;
             let ours_and_live = lease.live.as_ref().is_some_and(|l| {
                 l.lease_id == lease_id.to_string() && l.expires_at_ms > millis(now)
             });
-            match fence_at_or_above(&item, cleanup.fence_cap, &what)? {
+            match fence_at_or_above(&item, cleanup.fence_cap, &what())? {
                 Some(fence) if ours_and_live => fence_floor = fence + 1,
                 _ => return Ok(RenewOutcome::Lost),
             }
@@ -704,7 +705,7 @@ impl LockStore for DynamoDbStore {
 
     async fn release(&self, key: &LockKey, lease_id: LeaseId) -> Result<ReleaseOutcome, LockError> {
         let pk = self.item_key(key);
-        let what = format!("release {key}");
+        let what = || format!("release {key}");
         let mut fence_floor = 0;
         // A second round only when the cleanup rule refused the first.
         for _ in 0..2 {
@@ -735,7 +736,7 @@ impl LockStore for DynamoDbStore {
                         .attributes()
                         .map(|a| number(a, layout::LEASE_EXPIRES_AT_MS))
                         .transpose()
-                        .map_err(|problem| bad_item(&what, problem))?
+                        .map_err(|problem| bad_item(&what(), problem))?
                         .flatten()
                         .unwrap_or(0);
                     return Ok(if expires_at_ms > millis(now) {
@@ -750,16 +751,16 @@ impl LockStore for DynamoDbStore {
             let Some(item) = self.refused_item(key, &pk, &refusal).await? else {
                 return Ok(ReleaseOutcome::NotHeld);
             };
-            if string(&item, layout::RECORD_VERSION).map_err(|p| bad_item(&what, p))?
+            if string(&item, layout::RECORD_VERSION).map_err(|p| bad_item(&what(), p))?
                 == Some(version.as_str())
             {
                 // Our own request, applied by an earlier attempt whose reply
                 // was lost (the SDK retried it): its values are in the item.
-                return released_by_earlier_attempt(&item, &what);
+                return released_by_earlier_attempt(&item, &what());
             }
-            let ours = string(&item, layout::LEASE_ID).map_err(|p| bad_item(&what, p))?
+            let ours = string(&item, layout::LEASE_ID).map_err(|p| bad_item(&what(), p))?
                 == Some(lease_id.to_string().as_str());
-            match fence_at_or_above(&item, cleanup.fence_cap, &what)? {
+            match fence_at_or_above(&item, cleanup.fence_cap, &what())? {
                 Some(fence) if ours => fence_floor = fence + 1,
                 _ => return Ok(ReleaseOutcome::NotHeld),
             }

@@ -34,11 +34,8 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::config_bag::ConfigBag;
-use common::Server;
-use lockstore_api::{
-    AcquireOutcome, AcquireRequest, FencingToken, Holder, LeaseId, LockKey, LockStore, OwnerLabel,
-    ReleaseOutcome, RenewOutcome, Ttl,
-};
+use common::{Server, acquired, held, key, request};
+use lockstore_api::{AcquireOutcome, LeaseId, LockKey, LockStore, ReleaseOutcome, RenewOutcome};
 use lockstore_dynamodb::{DynamoDbStore, TakeoverMode, WallClock};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -65,33 +62,6 @@ fn epoch_secs_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn key(name: &str) -> LockKey {
-    LockKey::new(name).unwrap()
-}
-
-fn request(key: &LockKey, ttl: Duration, owner: &str) -> AcquireRequest {
-    AcquireRequest {
-        key: key.clone(),
-        lease_id: LeaseId::random(),
-        ttl: Ttl::new(ttl).unwrap(),
-        owner: OwnerLabel::new(owner).unwrap(),
-    }
-}
-
-async fn acquired(store: &dyn LockStore, request: &AcquireRequest) -> FencingToken {
-    match store.try_acquire(request).await.unwrap() {
-        AcquireOutcome::Acquired { fence } => fence,
-        AcquireOutcome::Held(holder) => panic!("{} refused, held by {holder:?}", request.key),
-    }
-}
-
-async fn held(store: &dyn LockStore, request: &AcquireRequest) -> Holder {
-    match store.try_acquire(request).await.unwrap() {
-        AcquireOutcome::Held(holder) => holder,
-        AcquireOutcome::Acquired { fence } => panic!("{} granted (fence {fence})", request.key),
-    }
 }
 
 /// A store on `server`'s shared table under `prefix`, with this clock and

@@ -12,38 +12,11 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 use common::counting::RequestCounter;
+use common::{acquired, held, key, request};
 use lockstore_api::{
-    AcquireOutcome, AcquireRequest, FencingToken, Holder, LeaseId, LockError, LockKey, LockStore,
-    OwnerLabel, ReleaseOutcome, RenewOutcome, Ttl,
+    AcquireOutcome, FencingToken, LockError, LockStore, ReleaseOutcome, RenewOutcome,
 };
 use lockstore_dynamodb::{DynamoDbStore, TableProblem, TakeoverMode, WallClock};
-
-fn key(name: &str) -> LockKey {
-    LockKey::new(name).unwrap()
-}
-
-fn request(key: &LockKey, ttl: Duration, owner: &str) -> AcquireRequest {
-    AcquireRequest {
-        key: key.clone(),
-        lease_id: LeaseId::random(),
-        ttl: Ttl::new(ttl).unwrap(),
-        owner: OwnerLabel::new(owner).unwrap(),
-    }
-}
-
-async fn acquired(store: &dyn LockStore, request: &AcquireRequest) -> FencingToken {
-    match store.try_acquire(request).await.unwrap() {
-        AcquireOutcome::Acquired { fence } => fence,
-        AcquireOutcome::Held(holder) => panic!("{} refused, held by {holder:?}", request.key),
-    }
-}
-
-async fn held(store: &dyn LockStore, request: &AcquireRequest) -> Holder {
-    match store.try_acquire(request).await.unwrap() {
-        AcquireOutcome::Held(holder) => holder,
-        AcquireOutcome::Acquired { fence } => panic!("{} granted (fence {fence})", request.key),
-    }
-}
 
 fn raw_client() -> Client {
     Client::from_conf(common::sdk_config_builder().build())

@@ -12,6 +12,10 @@ pub mod counting;
 
 use std::time::Duration;
 
+use lockstore_api::{
+    AcquireOutcome, AcquireRequest, FencingToken, Holder, LeaseId, LockKey, LockStore, OwnerLabel,
+    Ttl,
+};
 use lockstore_conformance::provision::{Service, server_url};
 use lockstore_dynamodb::{DynamoDbStore, DynamoDbStoreBuilder};
 use tokio::sync::OnceCell;
@@ -149,4 +153,35 @@ pub async fn store_on(server: Server, prefix: &str) -> DynamoDbStore {
 /// A fresh random prefix.
 pub fn fresh_prefix(name: &str) -> String {
     format!("{name}-{:016x}", rand::random::<u64>())
+}
+
+/// A lock key; panics on an invalid name (test support).
+pub fn key(name: &str) -> LockKey {
+    LockKey::new(name).unwrap()
+}
+
+/// A request for `key` by a new lease of `owner`.
+pub fn request(key: &LockKey, ttl: Duration, owner: &str) -> AcquireRequest {
+    AcquireRequest {
+        key: key.clone(),
+        lease_id: LeaseId::random(),
+        ttl: Ttl::new(ttl).unwrap(),
+        owner: OwnerLabel::new(owner).unwrap(),
+    }
+}
+
+/// The fence of a grant; panics when the key is held.
+pub async fn acquired(store: &dyn LockStore, request: &AcquireRequest) -> FencingToken {
+    match store.try_acquire(request).await.unwrap() {
+        AcquireOutcome::Acquired { fence } => fence,
+        AcquireOutcome::Held(holder) => panic!("{} refused, held by {holder:?}", request.key),
+    }
+}
+
+/// The holder that refused; panics when the key is granted.
+pub async fn held(store: &dyn LockStore, request: &AcquireRequest) -> Holder {
+    match store.try_acquire(request).await.unwrap() {
+        AcquireOutcome::Held(holder) => holder,
+        AcquireOutcome::Acquired { fence } => panic!("{} granted (fence {fence})", request.key),
+    }
 }
