@@ -26,7 +26,7 @@ use lockstore_api::{
     AcquireOptions, AcquireOutcome, AcquireRequest, Backoff, LeaseId, LockClient, LockKey,
     LockStore, OwnerLabel, Ttl,
 };
-use lockstore_conformance::bench::{self, Figures, Plan, Table, Variant, at_least, at_most, us};
+use lockstore_conformance::bench::{self, Plan, Table, Variant};
 use lockstore_conformance::provision::{Service, server_url};
 use lockstore_redis::RedisStore;
 use redis::aio::ConnectionManager;
@@ -113,28 +113,11 @@ async fn uncontended(setup: &Arc<Setup>, rounds: usize) {
         per_round: 400,
         warm_up: 40,
     };
-    let variants = vec![
+    let [store_cycle, client_cycle] = bench::uncontended_variants(&setup.store, TTL);
+    let mut variants = vec![
         ping(setup),
-        Variant::timed("lockstore store: try_acquire + release", {
-            let s = Arc::clone(setup);
-            move |_| {
-                let s = Arc::clone(&s);
-                async move { store_cycle(&s.store, "uncontended").await }
-            }
-        }),
-        Variant::timed("lockstore client: acquire_lease + release", {
-            let client = LockClient::new(setup.store.clone());
-            move |_| {
-                let client = client.clone();
-                async move {
-                    let lease = client
-                        .acquire_lease("uncontended-client", AcquireOptions::new(TTL))
-                        .await
-                        .expect("acquire");
-                    client.release(&lease).await.expect("release");
-                }
-            }
-        }),
+        store_cycle,
+        client_cycle,
         Variant::timed("peer: SET NX PX + Lua delete", {
             let s = Arc::clone(setup);
             move |_| {
@@ -156,12 +139,11 @@ async fn uncontended(setup: &Arc<Setup>, rounds: usize) {
             }
         }),
     ];
-    let mut variants = variants;
     if std::env::var_os("BENCH_DIAG").is_some() {
         variants.extend(diagnostics(setup));
     }
     let figures = bench::sequential(&variants, plan).await;
-    print_uncontended(&figures, plan);
+    bench::print_uncontended("Redis", "PING", &figures, plan, 2.4);
 }
 
 async fn handoff_table(setup: &Arc<Setup>, rounds: usize) {
@@ -174,11 +156,11 @@ async fn handoff_table(setup: &Arc<Setup>, rounds: usize) {
         ping(setup),
         Variant::self_timed("hand-off, pub/sub notification", {
             let s = Arc::clone(setup);
-            move |_| handoff(s.store.clone(), s.store.clone())
+            move |_| bench::handoff(s.store.clone(), s.store.clone(), TTL)
         }),
         Variant::self_timed("hand-off, polling only (default backoff)", {
             let s = Arc::clone(setup);
-            move |_| handoff(s.store.clone(), s.polling.clone())
+            move |_| bench::handoff(s.store.clone(), s.polling.clone(), TTL)
         }),
     ];
     let mut variants = variants;
@@ -214,36 +196,7 @@ async fn handoff_table(setup: &Arc<Setup>, rounds: usize) {
         ));
     }
     let figures = bench::sequential(&variants, plan).await;
-    let mut table = Table::new(
-        format!(
-            "Redis hand-off: release sent → the waiter holds ({} rounds × {} hand-offs; unit: PING p50 of the same round)",
-            plan.rounds, plan.per_round
-        ),
-        &[
-            "variant",
-            "p50",
-            "p99",
-            "p50 in RTT",
-            "p50 in cold RTT",
-            "goal ≤ 3 RTT",
-        ],
-    );
-    for f in &figures[1..] {
-        let ratio = f.p50_in(&figures[0]);
-        table.row(vec![
-            f.name.clone(),
-            us(f.p50()),
-            us(f.p99()),
-            format!("{ratio:.2}"),
-            format!("{:.2}", f.p50_in(&figures[3])),
-            if f.name.contains("notification") {
-                at_most(ratio, 3.0)
-            } else {
-                "(no goal)".into()
-            },
-        ]);
-    }
-    table.print();
+    bench::print_handoff("Redis", "PING", &figures, plan, "notification");
 }
 
 /// Connections of a fresh store: after connecting, and while a waiter waits
@@ -371,72 +324,6 @@ fn ping(setup: &Arc<Setup>) -> Variant {
     })
 }
 
-fn print_uncontended(figures: &[Figures], plan: Plan) {
-    let rtt = &figures[0];
-    let best_peer = figures
-        .iter()
-        .filter(|f| f.name.starts_with("peer"))
-        .max_by(|a, b| a.per_second().total_cmp(&b.per_second()))
-        .expect("peers");
-    let mut table = Table::new(
-        format!(
-            "Redis uncontended acquire+release, one client ({} rounds × {} cycles, interleaved; unit: PING p50 of the same round)",
-            plan.rounds, plan.per_round
-        ),
-        &[
-            "variant",
-            "p50",
-            "p99",
-            "p50 in RTT",
-            "cycles/s",
-            "vs best peer",
-            "goal p50 ≤ 2.4 RTT",
-            "goal ≥ best peer",
-        ],
-    );
-    for f in figures {
-        let ratio = f.p50_in(rtt);
-        let lockstore = f.name.starts_with("lockstore");
-        let vs_peer = f.rate_over(best_peer);
-        table.row(vec![
-            f.name.clone(),
-            us(f.p50()),
-            us(f.p99()),
-            format!("{ratio:.2}"),
-            format!("{:.0}", f.per_second()),
-            format!("{vs_peer:.2}×"),
-            if lockstore {
-                at_most(ratio, 2.4)
-            } else {
-                String::new()
-            },
-            if lockstore {
-                at_least(vs_peer, 1.0)
-            } else {
-                String::new()
-            },
-        ]);
-    }
-    table.print();
-}
-
-async fn store_cycle(store: &RedisStore, key: &str) {
-    let request = AcquireRequest {
-        key: LockKey::new(key).expect("key"),
-        lease_id: LeaseId::random(),
-        ttl: Ttl::new(TTL).expect("ttl"),
-        owner: OwnerLabel::new("bench").expect("owner"),
-    };
-    match store.try_acquire(&request).await.expect("acquire") {
-        AcquireOutcome::Acquired { .. } => {}
-        AcquireOutcome::Held(holder) => panic!("uncontended key held by {holder:?}"),
-    }
-    store
-        .release(&request.key, request.lease_id)
-        .await
-        .expect("release");
-}
-
 /// One `SET NX PX` attempt and, if it took the key, the Lua delete. `None`
 /// when the key was held.
 async fn set_nx_try(s: &Setup, key: &str) -> Option<()> {
@@ -462,31 +349,6 @@ async fn set_nx_try(s: &Setup, key: &str) -> Option<()> {
         .expect("CAD");
     assert_eq!(deleted, 1);
     Some(())
-}
-
-/// Release → waiter holds. The waiter has been waiting (refused once, then
-/// asleep or subscribed) for 20 ms when the release is sent.
-async fn handoff(holder_store: RedisStore, waiter_store: RedisStore) -> Duration {
-    let holder = LockClient::new(holder_store);
-    let waiter = LockClient::new(waiter_store);
-    let held = holder
-        .acquire_lease("handoff", AcquireOptions::new(TTL))
-        .await
-        .expect("holder");
-    let waiting = tokio::spawn(async move {
-        let lease = waiter
-            .acquire_lease("handoff", AcquireOptions::new(TTL).wait_forever())
-            .await
-            .expect("waiter");
-        let at = Instant::now();
-        waiter.release(&lease).await.expect("release waiter");
-        at
-    });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let released = Instant::now();
-    holder.release(&held).await.expect("release");
-    let acquired = waiting.await.expect("waiter task");
-    acquired - released
 }
 
 /// Release sent → the store's release signal fires, for a waiter that
@@ -548,49 +410,14 @@ async fn publish_latency(s: Arc<Setup>) -> Duration {
 }
 
 async fn contention(setup: &Arc<Setup>, rounds: usize) {
-    let mut table = Table::new(
-        format!(
-            "Redis contention: acquire (waiting) + release at once, {rounds} rounds interleaved, 256 cycles per round split over the clients"
-        ),
-        &[
-            "clients × keys",
-            "variant",
-            "cycles/s",
-            "p99 acquire",
-            "p99 in RTT",
-            "vs best peer (cycles/s)",
-        ],
-    );
-    for (clients, keys) in [(1, 1), (8, 1), (64, 1), (1, 64), (8, 64), (64, 64)] {
-        let plan = Plan {
-            rounds,
-            per_round: (256 / clients).max(4),
-            warm_up: keys.min(64),
-        };
-        let tag = format!("c{clients}k{keys}");
-        let variants = vec![
+    let client = LockClient::new(setup.store.clone());
+    bench::contention_table("Redis", rounds, |tag| {
+        vec![
             ping(setup),
-            Variant::self_timed("lockstore (LockClient, pub/sub wake-up)", {
-                let client = LockClient::new(setup.store.clone());
-                let tag = tag.clone();
-                move |key| {
-                    let client = client.clone();
-                    let key = format!("{tag}-{key}");
-                    async move {
-                        let started = Instant::now();
-                        let lease = client
-                            .acquire_lease(key.as_str(), AcquireOptions::new(TTL).wait_forever())
-                            .await
-                            .expect("acquire");
-                        let took = started.elapsed();
-                        client.release(&lease).await.expect("release");
-                        took
-                    }
-                }
-            }),
+            bench::waiting_client("lockstore (LockClient, pub/sub wake-up)", &client, tag, TTL),
             Variant::self_timed("peer: SET NX PX + Lua delete (default backoff)", {
                 let s = Arc::clone(setup);
-                let tag = tag.clone();
+                let tag = tag.to_owned();
                 move |key| {
                     let s = Arc::clone(&s);
                     let key = format!("{tag}-{key}");
@@ -609,7 +436,7 @@ async fn contention(setup: &Arc<Setup>, rounds: usize) {
             }),
             Variant::self_timed("peer: rslock (its own retry loop)", {
                 let s = Arc::clone(setup);
-                let tag = tag.clone();
+                let tag = tag.to_owned();
                 move |key| {
                     let s = Arc::clone(&s);
                     let resource = format!("{}rslock-{tag}-{key}", s.prefix);
@@ -626,25 +453,9 @@ async fn contention(setup: &Arc<Setup>, rounds: usize) {
                     }
                 }
             }),
-        ];
-        let figures = bench::concurrent(&variants, plan, clients, keys).await;
-        let rtt = &figures[0];
-        let best_peer = figures[2..]
-            .iter()
-            .max_by(|a, b| a.per_second().total_cmp(&b.per_second()))
-            .expect("peers");
-        for f in &figures[1..] {
-            table.row(vec![
-                format!("{clients} × {keys}"),
-                f.name.clone(),
-                format!("{:.0}", f.per_second()),
-                us(f.p99()),
-                format!("{:.1}", f.p99_in(rtt)),
-                format!("{:.2}×", f.rate_over(best_peer)),
-            ]);
-        }
-    }
-    table.print();
+        ]
+    })
+    .await;
 }
 
 /// How many clients the server has connected.

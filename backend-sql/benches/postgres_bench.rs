@@ -24,11 +24,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstore_api::{
-    AcquireOptions, AcquireOutcome, AcquireRequest, LeaseId, LockClient, LockKey, LockStore,
-    OwnerLabel, Ttl,
-};
-use lockstore_conformance::bench::{self, Figures, Plan, Table, Variant, at_least, at_most, us};
+use lockstore_api::{AcquireOptions, LeaseId, LockClient};
+use lockstore_conformance::bench::{self, Plan, Table, Variant, us};
 use lockstore_conformance::provision::{Service, server_url};
 use lockstore_sql::PostgresStore;
 use sqlx::PgPool;
@@ -150,28 +147,11 @@ async fn uncontended(setup: &Arc<Setup>, rounds: usize) {
         per_round: 300,
         warm_up: 30,
     };
+    let [store_cycle, client_cycle] = bench::uncontended_variants(&setup.store, TTL);
     let mut variants = vec![
         select_one(setup),
-        Variant::timed("lockstore store: try_acquire + release", {
-            let store = setup.store.clone();
-            move |_| {
-                let store = store.clone();
-                async move { store_cycle(&store, "uncontended").await }
-            }
-        }),
-        Variant::timed("lockstore client: acquire_lease + release", {
-            let client = LockClient::new(setup.store.clone());
-            move |_| {
-                let client = client.clone();
-                async move {
-                    let lease = client
-                        .acquire_lease("uncontended-client", AcquireOptions::new(TTL))
-                        .await
-                        .expect("acquire");
-                    client.release(&lease).await.expect("release");
-                }
-            }
-        }),
+        store_cycle,
+        client_cycle,
         Variant::timed("peer: PgAdvisoryLock acquire + release_now", {
             let s = Arc::clone(setup);
             move |_| {
@@ -219,69 +199,7 @@ async fn uncontended(setup: &Arc<Setup>, rounds: usize) {
         }));
     }
     let figures = bench::sequential(&variants, plan).await;
-    print_uncontended(&figures, plan);
-}
-
-fn print_uncontended(figures: &[Figures], plan: Plan) {
-    let rtt = &figures[0];
-    let peer = &figures[3];
-    let mut table = Table::new(
-        format!(
-            "PostgreSQL uncontended acquire+release, one client ({} rounds × {} cycles, interleaved; unit: SELECT 1 p50 of the same round)",
-            plan.rounds, plan.per_round
-        ),
-        &[
-            "variant",
-            "p50",
-            "p99",
-            "p50 in RTT",
-            "cycles/s",
-            "vs peer",
-            "goal p50 ≤ 2.4 RTT",
-            "goal ≥ peer",
-        ],
-    );
-    for f in figures {
-        let ratio = f.p50_in(rtt);
-        let lockstore = f.name.starts_with("lockstore");
-        let vs_peer = f.rate_over(peer);
-        table.row(vec![
-            f.name.clone(),
-            us(f.p50()),
-            us(f.p99()),
-            format!("{ratio:.2}"),
-            format!("{:.0}", f.per_second()),
-            format!("{vs_peer:.2}×"),
-            if lockstore {
-                at_most(ratio, 2.4)
-            } else {
-                String::new()
-            },
-            if lockstore {
-                at_least(vs_peer, 1.0)
-            } else {
-                String::new()
-            },
-        ]);
-    }
-    table.print();
-}
-
-async fn store_cycle(store: &PostgresStore, key: &str) {
-    let request = AcquireRequest {
-        key: LockKey::new(key).expect("key"),
-        lease_id: LeaseId::random(),
-        ttl: Ttl::new(TTL).expect("ttl"),
-        owner: OwnerLabel::new("bench").expect("owner"),
-    };
-    match store.try_acquire(&request).await.expect("acquire") {
-        AcquireOutcome::Acquired { .. } => {}
-        AcquireOutcome::Held(holder) => panic!("uncontended key held by {holder:?}"),
-    }
-    store
-        .release(&request.key, request.lease_id)
-        .await
-        .expect("release");
+    bench::print_uncontended("PostgreSQL", "SELECT 1", &figures, plan, 2.4);
 }
 
 async fn handoff_table(setup: &Arc<Setup>, rounds: usize) {
@@ -294,11 +212,11 @@ async fn handoff_table(setup: &Arc<Setup>, rounds: usize) {
         select_one(setup),
         Variant::self_timed("hand-off, LISTEN/NOTIFY", {
             let s = Arc::clone(setup);
-            move |_| handoff(s.store.clone(), s.store.clone())
+            move |_| bench::handoff(s.store.clone(), s.store.clone(), TTL)
         }),
         Variant::self_timed("hand-off, polling only (default backoff)", {
             let s = Arc::clone(setup);
-            move |_| handoff(s.store.clone(), s.polling.clone())
+            move |_| bench::handoff(s.store.clone(), s.polling.clone(), TTL)
         }),
         Variant::self_timed("SELECT 1 after 20 ms idle (a cold RTT)", {
             let pool = setup.store.pool().clone();
@@ -324,61 +242,7 @@ async fn handoff_table(setup: &Arc<Setup>, rounds: usize) {
         ),
     ];
     let figures = bench::sequential(&variants, plan).await;
-    let mut table = Table::new(
-        format!(
-            "PostgreSQL hand-off: release sent → the waiter holds ({} rounds × {} hand-offs; unit: SELECT 1 p50 of the same round)",
-            plan.rounds, plan.per_round
-        ),
-        &[
-            "variant",
-            "p50",
-            "p99",
-            "p50 in RTT",
-            "p50 in cold RTT",
-            "goal ≤ 3 RTT",
-        ],
-    );
-    for f in &figures[1..] {
-        let ratio = f.p50_in(&figures[0]);
-        table.row(vec![
-            f.name.clone(),
-            us(f.p50()),
-            us(f.p99()),
-            format!("{ratio:.2}"),
-            format!("{:.2}", f.p50_in(&figures[3])),
-            if f.name.contains("NOTIFY") {
-                at_most(ratio, 3.0)
-            } else {
-                "(no goal)".into()
-            },
-        ]);
-    }
-    table.print();
-}
-
-/// Release → waiter holds. The waiter has been waiting (refused once, then
-/// asleep or listening) for 20 ms when the release is sent.
-async fn handoff(holder_store: PostgresStore, waiter_store: PostgresStore) -> Duration {
-    let holder = LockClient::new(holder_store);
-    let waiter = LockClient::new(waiter_store);
-    let held = holder
-        .acquire_lease("handoff", AcquireOptions::new(TTL))
-        .await
-        .expect("holder");
-    let waiting = tokio::spawn(async move {
-        let lease = waiter
-            .acquire_lease("handoff", AcquireOptions::new(TTL).wait_forever())
-            .await
-            .expect("waiter");
-        let at = Instant::now();
-        waiter.release(&lease).await.expect("release waiter");
-        at
-    });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let released = Instant::now();
-    holder.release(&held).await.expect("release");
-    let acquired = waiting.await.expect("waiter task");
-    acquired - released
+    bench::print_handoff("PostgreSQL", "SELECT 1", &figures, plan, "NOTIFY");
 }
 
 /// The peer's hand-off: a session blocked in `pg_advisory_lock` is granted
@@ -405,49 +269,19 @@ async fn advisory_handoff(s: Arc<Setup>) -> Duration {
 }
 
 async fn contention(setup: &Arc<Setup>, rounds: usize) {
-    let mut table = Table::new(
-        format!(
-            "PostgreSQL contention: acquire (waiting) + release at once, {rounds} rounds interleaved, 256 cycles per round split over the clients"
-        ),
-        &[
-            "clients × keys",
-            "variant",
-            "cycles/s",
-            "p99 acquire",
-            "p99 in RTT",
-            "vs peer (cycles/s)",
-        ],
-    );
-    for (clients, keys) in [(1, 1), (8, 1), (64, 1), (1, 64), (8, 64), (64, 64)] {
-        let plan = Plan {
-            rounds,
-            per_round: (256 / clients).max(4),
-            warm_up: keys.min(64),
-        };
-        let tag = format!("c{clients}k{keys}");
-        let variants = vec![
+    let client = LockClient::new(setup.store.clone());
+    bench::contention_table("PostgreSQL", rounds, |tag| {
+        vec![
             select_one(setup),
-            Variant::self_timed("lockstore (LockClient, LISTEN/NOTIFY wake-up)", {
-                let client = LockClient::new(setup.store.clone());
-                let tag = tag.clone();
-                move |key| {
-                    let client = client.clone();
-                    let key = format!("{tag}-{key}");
-                    async move {
-                        let started = Instant::now();
-                        let lease = client
-                            .acquire_lease(key.as_str(), AcquireOptions::new(TTL).wait_forever())
-                            .await
-                            .expect("acquire");
-                        let took = started.elapsed();
-                        client.release(&lease).await.expect("release");
-                        took
-                    }
-                }
-            }),
+            bench::waiting_client(
+                "lockstore (LockClient, LISTEN/NOTIFY wake-up)",
+                &client,
+                tag,
+                TTL,
+            ),
             Variant::self_timed("peer: PgAdvisoryLock (blocking, a connection each)", {
                 let s = Arc::clone(setup);
-                let tag = tag.clone();
+                let tag = tag.to_owned();
                 move |key| {
                     let s = Arc::clone(&s);
                     let name = format!("{tag}-{key}");
@@ -462,22 +296,9 @@ async fn contention(setup: &Arc<Setup>, rounds: usize) {
                     }
                 }
             }),
-        ];
-        let figures = bench::concurrent(&variants, plan, clients, keys).await;
-        let rtt = &figures[0];
-        let peer = &figures[2];
-        for f in &figures[1..] {
-            table.row(vec![
-                format!("{clients} × {keys}"),
-                f.name.clone(),
-                format!("{:.0}", f.per_second()),
-                us(f.p99()),
-                format!("{:.1}", f.p99_in(rtt)),
-                format!("{:.2}×", f.rate_over(peer)),
-            ]);
-        }
-    }
-    table.print();
+        ]
+    })
+    .await;
 }
 
 /// lockstore's acquire and release statements sent by hand, the release

@@ -18,6 +18,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockstore_api::{
+    AcquireOptions, AcquireOutcome, AcquireRequest, LeaseId, LockClient, LockKey, LockStore,
+    OwnerLabel, Ttl,
+};
 use tokio::time::Instant;
 
 /// A future the harness can spawn.
@@ -373,6 +377,262 @@ pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+// The lock measures the Redis and PostgreSQL bench programs share: the same
+// lockstore variants and tables, with each server's own unit and peers.
+
+/// The best of the figures whose variant is named `peer…` (the hand-written
+/// or third-party peers), by cycles per second.
+///
+/// # Panics
+/// When no variant is named `peer…`: a bench table without a peer is a bug
+/// in the bench program.
+pub fn best_peer(figures: &[Figures]) -> &Figures {
+    figures
+        .iter()
+        .filter(|f| f.name.starts_with("peer"))
+        .max_by(|a, b| a.per_second().total_cmp(&b.per_second()))
+        .expect("a bench table names at least one variant `peer…`")
+}
+
+/// An uncontended store-level cycle: `try_acquire` of a free key, then
+/// `release` (2 requests; panics if the key is held, since then the bench
+/// measures something else).
+pub async fn store_cycle<S: LockStore>(store: &S, key: &str, ttl: Duration) {
+    let request = AcquireRequest {
+        key: LockKey::new(key).expect("key"),
+        lease_id: LeaseId::random(),
+        ttl: Ttl::new(ttl).expect("ttl"),
+        owner: OwnerLabel::new("bench").expect("owner"),
+    };
+    match store.try_acquire(&request).await.expect("acquire") {
+        AcquireOutcome::Acquired { .. } => {}
+        AcquireOutcome::Held(holder) => panic!("uncontended key held by {holder:?}"),
+    }
+    store
+        .release(&request.key, request.lease_id)
+        .await
+        .expect("release");
+}
+
+/// The two lockstore rows of an uncontended table: the store's
+/// `try_acquire` + `release`, and the client's `acquire_lease` + `release`
+/// (guard bookkeeping included).
+pub fn uncontended_variants<S: LockStore + Clone>(store: &S, ttl: Duration) -> [Variant; 2] {
+    let store_variant = Variant::timed("lockstore store: try_acquire + release", {
+        let store = store.clone();
+        move |_| {
+            let store = store.clone();
+            async move { store_cycle(&store, "uncontended", ttl).await }
+        }
+    });
+    let client_variant = Variant::timed("lockstore client: acquire_lease + release", {
+        let client = LockClient::new(store.clone());
+        move |_| {
+            let client = client.clone();
+            async move {
+                let lease = client
+                    .acquire_lease("uncontended-client", AcquireOptions::new(ttl))
+                    .await
+                    .expect("acquire");
+                client.release(&lease).await.expect("release");
+            }
+        }
+    });
+    [store_variant, client_variant]
+}
+
+/// Prints the uncontended table: every variant against `figures[0]` (the
+/// server's round trip) and the best peer, with the goals of p50 ≤
+/// `goal_rtt` round trips and cycles/s ≥ the best peer for lockstore's rows.
+pub fn print_uncontended(server: &str, unit: &str, figures: &[Figures], plan: Plan, goal_rtt: f64) {
+    let rtt = &figures[0];
+    let peer = best_peer(figures);
+    let goal_p50 = format!("goal p50 ≤ {goal_rtt} RTT");
+    let mut table = Table::new(
+        format!(
+            "{server} uncontended acquire+release, one client ({} rounds × {} cycles, interleaved; unit: {unit} p50 of the same round)",
+            plan.rounds, plan.per_round
+        ),
+        &[
+            "variant",
+            "p50",
+            "p99",
+            "p50 in RTT",
+            "cycles/s",
+            "vs best peer",
+            &goal_p50,
+            "goal ≥ best peer",
+        ],
+    );
+    for f in figures {
+        let ratio = f.p50_in(rtt);
+        let lockstore = f.name.starts_with("lockstore");
+        let vs_peer = f.rate_over(peer);
+        let goal = |verdict: String| if lockstore { verdict } else { String::new() };
+        table.row(vec![
+            f.name.clone(),
+            us(f.p50()),
+            us(f.p99()),
+            format!("{ratio:.2}"),
+            format!("{:.0}", f.per_second()),
+            format!("{vs_peer:.2}×"),
+            goal(at_most(ratio, goal_rtt)),
+            goal(at_least(vs_peer, 1.0)),
+        ]);
+    }
+    table.print();
+}
+
+/// Release → the waiter holds, through two clients. The waiter has been
+/// waiting (refused once, then asleep or subscribed) for 20 ms when the
+/// release is sent; the duration is from sending the release to the
+/// waiter's acquire returning.
+pub async fn handoff<S: LockStore>(holder_store: S, waiter_store: S, ttl: Duration) -> Duration {
+    let holder = LockClient::new(holder_store);
+    let waiter = LockClient::new(waiter_store);
+    let held = holder
+        .acquire_lease("handoff", AcquireOptions::new(ttl))
+        .await
+        .expect("holder");
+    let waiting = tokio::spawn(async move {
+        let lease = waiter
+            .acquire_lease("handoff", AcquireOptions::new(ttl).wait_forever())
+            .await
+            .expect("waiter");
+        let at = Instant::now();
+        waiter.release(&lease).await.expect("release waiter");
+        at
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let released = Instant::now();
+    holder.release(&held).await.expect("release");
+    let acquired = waiting.await.expect("waiter task");
+    acquired - released
+}
+
+/// Prints the hand-off table: every variant after the first (the server's
+/// round trip) in round trips and in cold round trips (the variant named
+/// `…cold RTT…`: the same command after the idle time a waiter has), with
+/// the goal of ≤ 3 round trips for the variants whose name contains
+/// `notified` (the store's hand-off with notification).
+///
+/// # Panics
+/// When no variant is named `…cold RTT…`.
+pub fn print_handoff(server: &str, unit: &str, figures: &[Figures], plan: Plan, notified: &str) {
+    let cold = figures
+        .iter()
+        .find(|f| f.name.contains("cold RTT"))
+        .expect("a hand-off table measures a cold round trip");
+    let mut table = Table::new(
+        format!(
+            "{server} hand-off: release sent → the waiter holds ({} rounds × {} hand-offs; unit: {unit} p50 of the same round)",
+            plan.rounds, plan.per_round
+        ),
+        &[
+            "variant",
+            "p50",
+            "p99",
+            "p50 in RTT",
+            "p50 in cold RTT",
+            "goal ≤ 3 RTT",
+        ],
+    );
+    for f in &figures[1..] {
+        let ratio = f.p50_in(&figures[0]);
+        table.row(vec![
+            f.name.clone(),
+            us(f.p50()),
+            us(f.p99()),
+            format!("{ratio:.2}"),
+            format!("{:.2}", f.p50_in(cold)),
+            if f.name.contains(notified) {
+                at_most(ratio, 3.0)
+            } else {
+                "(no goal)".into()
+            },
+        ]);
+    }
+    table.print();
+}
+
+/// The contention row of lockstore: a [`LockClient`] waiting for the key
+/// (`wait_forever`, woken the store's way), then releasing it. What counts
+/// is the acquire. Keys are `{tag}-{index}`.
+pub fn waiting_client<S: LockStore>(
+    name: &str,
+    client: &LockClient<S>,
+    tag: &str,
+    ttl: Duration,
+) -> Variant {
+    let client = client.clone();
+    let tag = tag.to_owned();
+    Variant::self_timed(name, move |key| {
+        let client = client.clone();
+        let key = format!("{tag}-{key}");
+        async move {
+            let started = Instant::now();
+            let lease = client
+                .acquire_lease(key.as_str(), AcquireOptions::new(ttl).wait_forever())
+                .await
+                .expect("acquire");
+            let took = started.elapsed();
+            client.release(&lease).await.expect("release");
+            took
+        }
+    })
+}
+
+/// The contention table: 1, 8 and 64 clients on one key and on 64 keys,
+/// 256 cycles per round split over the clients. `variants(tag)` gives the
+/// variants for one cell, keys named after `tag`: the server's round trip
+/// first (the unit), then lockstore's and the peers' (named `peer…`).
+pub async fn contention_table(
+    server: &str,
+    rounds: usize,
+    mut variants: impl FnMut(&str) -> Vec<Variant>,
+) {
+    let mut table = Table::new(
+        format!(
+            "{server} contention: acquire (waiting) + release at once, {rounds} rounds interleaved, 256 cycles per round split over the clients"
+        ),
+        &[
+            "clients × keys",
+            "variant",
+            "cycles/s",
+            "p99 acquire",
+            "p99 in RTT",
+            "vs best peer (cycles/s)",
+        ],
+    );
+    for (clients, keys) in [(1, 1), (8, 1), (64, 1), (1, 64), (8, 64), (64, 64)] {
+        let plan = Plan {
+            rounds,
+            per_round: (256 / clients).max(4),
+            warm_up: keys.min(64),
+        };
+        let figures = concurrent(
+            &variants(&format!("c{clients}k{keys}")),
+            plan,
+            clients,
+            keys,
+        )
+        .await;
+        let rtt = &figures[0];
+        let peer = best_peer(&figures);
+        for f in &figures[1..] {
+            table.row(vec![
+                format!("{clients} × {keys}"),
+                f.name.clone(),
+                format!("{:.0}", f.per_second()),
+                us(f.p99()),
+                format!("{:.1}", f.p99_in(rtt)),
+                format!("{:.2}×", f.rate_over(peer)),
+            ]);
+        }
+    }
+    table.print();
 }
 
 #[cfg(test)]

@@ -373,8 +373,37 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
 /// sequences of up to 40 operations, each in a fresh namespace, shrunk to a
 /// minimal failing sequence on failure.
 pub async fn model_based_sequences(ctx: Ctx) {
+    let ctx = &ctx;
+    let run = move |ops: Vec<Op>| async move { run_sequence(ctx, &ops).await };
+    if let Some((case, ops, failure)) = shrunk_failure(ctx, op(), run).await {
+        panic!(
+            "model test case {case} failed: {failure:?}\nminimal sequence ({} ops):\n{ops:#?}",
+            ops.len()
+        );
+    }
+}
+
+/// Runs `profile.model_cases` random sequences of 1 to 40 steps drawn from
+/// `step` through `run`, and returns the first that fails, shrunk to a
+/// minimal failing sequence, with its case number and failure. Shared by
+/// the lock's and the ledger's model tests.
+///
+/// proptest's own runner cannot drive an async test, so its shrinking walk
+/// is driven here by hand: simplify while the sequence still fails, step
+/// back (complicate) when a simplification made it pass. A real-clock
+/// backend gets a smaller shrink budget, each run taking real time.
+pub(crate) async fn shrunk_failure<S, E, F, Fut>(
+    ctx: &Ctx,
+    step: S,
+    run: F,
+) -> Option<(u32, Vec<S::Value>, E)>
+where
+    S: Strategy,
+    F: Fn(Vec<S::Value>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
     let cases = ctx.profile().model_cases;
-    let strategy = proptest::collection::vec(op(), 1..40);
+    let strategy = proptest::collection::vec(step, 1..40);
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
@@ -388,12 +417,10 @@ pub async fn model_based_sequences(ctx: Ctx) {
         let mut tree = strategy
             .new_tree(&mut runner)
             .expect("the strategy always generates");
-        let Err(first) = run_sequence(&ctx, &tree.current()).await else {
+        let Err(first) = run(tree.current()).await else {
             continue;
         };
         let mut smallest = (tree.current(), first);
-        // proptest's shrinking walk: simplify while it still fails, step back
-        // (complicate) when a simplification made it pass.
         let mut failing = true;
         for _ in 0..shrink_budget {
             let moved = if failing {
@@ -404,7 +431,7 @@ pub async fn model_based_sequences(ctx: Ctx) {
             if !moved {
                 break;
             }
-            match run_sequence(&ctx, &tree.current()).await {
+            match run(tree.current()).await {
                 Err(failure) => {
                     smallest = (tree.current(), failure);
                     failing = true;
@@ -412,11 +439,7 @@ pub async fn model_based_sequences(ctx: Ctx) {
                 Ok(()) => failing = false,
             }
         }
-        panic!(
-            "model test case {case} failed: {:?}\nminimal sequence ({} ops):\n{:#?}",
-            smallest.1,
-            smallest.0.len(),
-            smallest.0
-        );
+        return Some((case, smallest.0, smallest.1));
     }
+    None
 }

@@ -336,22 +336,24 @@ async fn main() {
         std::process::exit(1);
     }
     let mut skipped = Vec::new();
+    let namespace = &namespace;
 
     if selected("sqlite") {
         let dir = std::env::temp_dir().join(format!("lockstore-{namespace}"));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("soak.db");
-        let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
-        for _ in 0..CLIENTS {
-            let store = lockstore::sqlite::SqliteStore::builder(path.to_str().unwrap())
+        let path = path.to_str().unwrap();
+        let stores = clients(|| async move {
+            let store = lockstore::sqlite::SqliteStore::builder(path)
                 .durable(false)
                 .busy_timeout(Duration::from_secs(30))
                 .build()
                 .await
                 .unwrap();
             store.ensure_schema().await.unwrap();
-            stores.push(Arc::new(store));
-        }
+            store
+        })
+        .await;
         println!(
             "{}",
             soak("SQLite", stores, target, limit, Duration::ZERO)
@@ -363,15 +365,15 @@ async fn main() {
 
     match std::env::var("LOCKSTORE_TEST_REDIS_URL") {
         Ok(url) if selected("redis") => {
-            let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
-            for _ in 0..CLIENTS {
-                let store = lockstore::redis::RedisStore::builder(url.clone())
+            let url = &url;
+            let stores = clients(|| async move {
+                lockstore::redis::RedisStore::builder(url.clone())
                     .key_prefix(format!("{namespace}:"))
                     .connect()
                     .await
-                    .unwrap();
-                stores.push(Arc::new(store));
-            }
+                    .unwrap()
+            })
+            .await;
             println!(
                 "{}",
                 soak("Redis", stores, target, limit, Duration::ZERO)
@@ -380,12 +382,12 @@ async fn main() {
             );
         }
         Ok(_) => {}
-        Err(_) => skipped.push("Redis (LOCKSTORE_TEST_REDIS_URL unset)"),
+        Err(_) => skipped.push("Redis (LOCKSTORE_TEST_REDIS_URL unset)".to_owned()),
     }
     match std::env::var("LOCKSTORE_TEST_POSTGRES_URL") {
         Ok(url) if selected("postgres") => {
-            let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
-            for _ in 0..CLIENTS {
+            let url = &url;
+            let stores = clients(|| async move {
                 let store = lockstore::postgres::PostgresStore::builder(url.clone())
                     .table(format!("{namespace}_locks"))
                     .max_connections(2)
@@ -393,8 +395,9 @@ async fn main() {
                     .await
                     .unwrap();
                 store.ensure_schema().await.unwrap();
-                stores.push(Arc::new(store));
-            }
+                store
+            })
+            .await;
             println!(
                 "{}",
                 soak("PostgreSQL", stores, target, limit, Duration::ZERO)
@@ -403,7 +406,7 @@ async fn main() {
             );
         }
         Ok(_) => {}
-        Err(_) => skipped.push("PostgreSQL (LOCKSTORE_TEST_POSTGRES_URL unset)"),
+        Err(_) => skipped.push("PostgreSQL (LOCKSTORE_TEST_POSTGRES_URL unset)".to_owned()),
     }
     for (name, selector, variable) in [
         ("DynamoDB (moto)", "moto", "LOCKSTORE_TEST_DYNAMODB_URL"),
@@ -416,39 +419,46 @@ async fn main() {
         match std::env::var(variable) {
             Ok(url) if selected(selector) => {
                 create_soak_table(&url).await.unwrap();
-                let mut stores: Vec<Arc<dyn LockStore>> = Vec::new();
-                for _ in 0..CLIENTS {
-                    let store = lockstore::dynamodb::DynamoDbStore::builder("lockstore_soak")
+                let url = &url;
+                let stores = clients(|| async move {
+                    lockstore::dynamodb::DynamoDbStore::builder("lockstore_soak")
                         .endpoint_url(url.clone())
                         .region("us-east-1")
                         .static_credentials("test", "test")
                         .key_prefix(namespace.clone())
                         .build()
                         .await
-                        .unwrap();
-                    stores.push(Arc::new(store));
-                }
+                        .unwrap()
+                })
+                .await;
                 let row = soak(name, stores, target, emulator_limit, Duration::ZERO).await;
-                println!(
-                    "{}",
-                    row.line.replace(
-                        &format!(" (stopped at the time limit, short of {target})"),
-                        ""
-                    )
-                );
+                // An emulator's row is meant to stop at the time limit.
+                let short = format!(" (stopped at the time limit, short of {target})");
+                println!("{}", row.line.replace(&short, ""));
             }
             Ok(_) => {}
-            Err(_) => skipped.push(if selector == "moto" {
-                "DynamoDB (moto) (LOCKSTORE_TEST_DYNAMODB_URL unset)"
-            } else {
-                "DynamoDB (dynalite) (LOCKSTORE_TEST_DYNALITE_URL unset)"
-            }),
+            Err(_) => skipped.push(format!("{name} ({variable} unset)")),
         }
     }
     if !skipped.is_empty() {
         println!("\nnot run: {}", skipped.join(", "));
     }
 }
+
+/// One store per soak client, each with connections of its own, as
+/// separate processes would have.
+async fn clients<S, Fut>(connect: impl Fn() -> Fut) -> Vec<Arc<dyn LockStore>>
+where
+    S: LockStore,
+    Fut: std::future::Future<Output = S>,
+{
+    let mut stores: Vec<Arc<dyn LockStore>> = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        stores.push(Arc::new(connect().await));
+    }
+    stores
+}
+
 async fn create_soak_table(url: &str) -> Result<(), LockError> {
     lockstore::dynamodb::DynamoDbStore::builder("lockstore_soak")
         .endpoint_url(url)

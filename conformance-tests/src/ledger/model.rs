@@ -16,11 +16,10 @@ use lockstore_api::ledger::{
 };
 use lockstore_api::{FencingToken, LeaseId, LockKey, OwnerLabel, RenewOutcome, Ttl};
 use proptest::prelude::*;
-use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config, TestRunner};
 
 use super::long_ttl;
-use crate::{Clock, Ctx};
+use crate::Ctx;
+use crate::model::shrunk_failure;
 
 const WORKERS: u8 = 3;
 const KEYS: u8 = 2;
@@ -325,48 +324,12 @@ async fn step_once(
 /// every step: who may start, attempts, statuses, refusals, stale
 /// finishers, enqueue, retry, purge, and strictly increasing fences.
 pub async fn ledger_model_based_sequences(ctx: Ctx) {
-    let cases = ctx.profile().model_cases;
-    let strategy = proptest::collection::vec(op(), 1..40);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let shrink_budget = match ctx.profile().clock {
-        Clock::Tokio => 1024,
-        Clock::Real => 48,
-    };
-    for case in 0..cases {
-        let mut tree = strategy
-            .new_tree(&mut runner)
-            .expect("the strategy always generates");
-        let Err(first) = run_sequence(&ctx, &tree.current()).await else {
-            continue;
-        };
-        let mut smallest = (tree.current(), first);
-        let mut failing = true;
-        for _ in 0..shrink_budget {
-            let moved = if failing {
-                tree.simplify()
-            } else {
-                tree.complicate()
-            };
-            if !moved {
-                break;
-            }
-            match run_sequence(&ctx, &tree.current()).await {
-                Err(failure) => {
-                    smallest = (tree.current(), failure);
-                    failing = true;
-                }
-                Ok(()) => failing = false,
-            }
-        }
+    let ctx = &ctx;
+    let run = move |ops: Vec<Op>| async move { run_sequence(ctx, &ops).await };
+    if let Some((case, ops, failure)) = shrunk_failure(ctx, op(), run).await {
         panic!(
-            "ledger model case {case} failed: {}\nminimal sequence ({} ops):\n{:#?}",
-            smallest.1,
-            smallest.0.len(),
-            smallest.0
+            "ledger model case {case} failed: {failure}\nminimal sequence ({} ops):\n{ops:#?}",
+            ops.len()
         );
     }
 }
