@@ -246,15 +246,23 @@ pub async fn guard_reports_loss_by_its_deadline_when_starved(ctx: Ctx) {
 /// renewal) reports the loss at once, not only at its deadline (M2).
 pub async fn guard_reports_loss_when_its_task_dies(ctx: Ctx) {
     let store = ctx.store().await;
-    let client =
-        LockClient::from_arc(Arc::new(PanickingStore::new(store))).with_renewals_per_ttl(20);
-    let lease_ttl = long_ttl(&ctx);
+    // The deadline must lie beyond anything a busy machine can do to the
+    // test, so that a loss seen before it can only come from the task's
+    // death. Between the panic and the loss signal run the panic hook (with
+    // RUST_BACKTRACE set, it symbolizes a backtrace of the test binary) and
+    // the unwinding; at load average 8, a 9 s deadline (this case's long TTL
+    // on Redis) was once passed before the test saw the loss. So the TTL is
+    // at least 4 × HANG; the first renewal (the panic) still comes at a
+    // twentieth of the usual long TTL.
+    let lease_ttl = long_ttl(&ctx).max(HANG * 4);
+    let renewals = 20 * lease_ttl.as_millis().div_ceil(long_ttl(&ctx).as_millis());
+    let client = LockClient::from_arc(Arc::new(PanickingStore::new(store)))
+        .with_renewals_per_ttl(u32::try_from(renewals).expect("a few hundred"));
     let guard = client
         .acquire("task-dies", AcquireOptions::new(lease_ttl))
         .await
         .unwrap();
-    // The first renewal, at a twentieth of the TTL, kills the task; the
-    // deadline is at nine tenths.
+    // The deadline is at nine tenths of the TTL, over 3 × HANG away.
     timeout(HANG, guard.lost())
         .await
         .expect("the renewal task died and the guard never reported the loss");
