@@ -47,13 +47,12 @@ pub async fn guard_release_frees_the_key(ctx: Ctx) {
 pub async fn dropped_guard_releases_the_key(ctx: Ctx) {
     let client = ctx.client().await;
     let guard = client
-        .acquire("guard-drop", AcquireOptions::new(long_ttl(&ctx)))
+        .acquire("guard-drop", AcquireOptions::new(beyond_stalls(&ctx)))
         .await
         .unwrap();
     drop(guard);
-    // Long before the TTL, and far more than a release takes even on a busy
-    // machine: a guard that left the key to expire fails here.
-    let bound = long_ttl(&ctx) / 2;
+    // A hang bound, long before the TTL: a guard that left the key to
+    // expire fails here, a slow machine does not.
     let started = Instant::now();
     loop {
         if client
@@ -65,20 +64,24 @@ pub async fn dropped_guard_releases_the_key(ctx: Ctx) {
             break;
         }
         assert!(
-            started.elapsed() < bound,
-            "a dropped guard did not release its key within {bound:?}"
+            started.elapsed() < HANG,
+            "a dropped guard did not release its key within {HANG:?}"
         );
-        ctx.sleep(bound / 20).await;
+        ctx.sleep(ctx.profile().short_ttl / 4).await;
     }
 }
 
 /// When a renewal finds the lease gone, the guard says so at once — well
 /// before its local deadline would have.
 pub async fn guard_signals_loss_when_renewal_finds_lease_gone(ctx: Ctx) {
-    // The first renewal comes at a tenth of the TTL, the deadline at nine
-    // tenths: the renewal's answer has most of the TTL to arrive.
-    let client = ctx.client().await.with_renewals_per_ttl(10);
-    let lease_ttl = ctx.profile().short_ttl * 10;
+    // The first renewal comes after a short TTL, the deadline after over
+    // 3 × HANG: only a hang, not a busy machine, can delay the renewal's
+    // answer past it.
+    let lease_ttl = beyond_stalls(&ctx);
+    let client = ctx
+        .client()
+        .await
+        .with_renewals_per_ttl(renewals_every(lease_ttl, ctx.profile().short_ttl));
     let guard = client
         .acquire(
             "lost-by-renewal",
@@ -246,23 +249,18 @@ pub async fn guard_reports_loss_by_its_deadline_when_starved(ctx: Ctx) {
 /// renewal) reports the loss at once, not only at its deadline (M2).
 pub async fn guard_reports_loss_when_its_task_dies(ctx: Ctx) {
     let store = ctx.store().await;
-    // The deadline must lie beyond anything a busy machine can do to the
-    // test, so that a loss seen before it can only come from the task's
-    // death. Between the panic and the loss signal run the panic hook (with
+    // Between the panic and the loss signal run the panic hook (with
     // RUST_BACKTRACE set, it symbolizes a backtrace of the test binary) and
-    // the unwinding; at load average 8, a 9 s deadline (this case's long TTL
-    // on Redis) was once passed before the test saw the loss. So the TTL is
-    // at least 4 × HANG; the first renewal (the panic) still comes at a
-    // twentieth of the usual long TTL.
-    let lease_ttl = long_ttl(&ctx).max(HANG * 4);
-    let renewals = 20 * lease_ttl.as_millis().div_ceil(long_ttl(&ctx).as_millis());
+    // the unwinding; at load average 8, a 9 s deadline (this case's TTL on
+    // Redis before) was once passed before the test saw the loss. The first
+    // renewal (the panic) comes at a twentieth of the usual long TTL.
+    let lease_ttl = beyond_stalls(&ctx);
     let client = LockClient::from_arc(Arc::new(PanickingStore::new(store)))
-        .with_renewals_per_ttl(u32::try_from(renewals).expect("a few hundred"));
+        .with_renewals_per_ttl(renewals_every(lease_ttl, long_ttl(&ctx) / 20));
     let guard = client
         .acquire("task-dies", AcquireOptions::new(lease_ttl))
         .await
         .unwrap();
-    // The deadline is at nine tenths of the TTL, over 3 × HANG away.
     timeout(HANG, guard.lost())
         .await
         .expect("the renewal task died and the guard never reported the loss");
@@ -272,4 +270,17 @@ pub async fn guard_reports_loss_when_its_task_dies(ctx: Ctx) {
     );
     assert!(guard.is_lost());
     drop(guard);
+}
+
+/// A lease TTL whose deadline no busy machine reaches within a case: at
+/// least 4 × [`HANG`] (the default safety margin leaves the deadline over
+/// 3 × `HANG` away). A case that must tell an event before the deadline from
+/// the deadline itself uses it, so that only a hang can fail it.
+fn beyond_stalls(ctx: &Ctx) -> Duration {
+    long_ttl(ctx).max(HANG * 4)
+}
+
+/// The renewals per TTL that make a guard renew every `every`.
+fn renewals_every(ttl: Duration, every: Duration) -> u32 {
+    u32::try_from(ttl.as_millis().div_ceil(every.as_millis().max(1))).unwrap_or(u32::MAX)
 }
