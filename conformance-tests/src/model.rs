@@ -155,7 +155,7 @@ impl Model {
 
 struct Failure(String);
 
-impl fmt::Debug for Failure {
+impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -374,31 +374,25 @@ async fn run_sequence(ctx: &Ctx, ops: &[Op]) -> Result<(), Failure> {
 /// minimal failing sequence on failure.
 pub async fn model_based_sequences(ctx: Ctx) {
     let ctx = &ctx;
-    let run = move |ops: Vec<Op>| async move { run_sequence(ctx, &ops).await };
-    if let Some((case, ops, failure)) = shrunk_failure(ctx, op(), run).await {
-        panic!(
-            "model test case {case} failed: {failure:?}\nminimal sequence ({} ops):\n{ops:#?}",
-            ops.len()
-        );
-    }
+    check_sequences(ctx, "model test", op(), move |ops| async move {
+        run_sequence(ctx, &ops).await
+    })
+    .await;
 }
 
 /// Runs `profile.model_cases` random sequences of 1 to 40 steps drawn from
-/// `step` through `run`, and returns the first that fails, shrunk to a
-/// minimal failing sequence, with its case number and failure. Shared by
-/// the lock's and the ledger's model tests.
+/// `step` through `run`, and panics on the first that fails, naming `what`,
+/// the case, the failure and the failing sequence shrunk to a minimal one.
+/// Shared by the lock's and the ledger's model tests.
 ///
 /// proptest's own runner cannot drive an async test, so its shrinking walk
 /// is driven here by hand: simplify while the sequence still fails, step
 /// back (complicate) when a simplification made it pass. A real-clock
 /// backend gets a smaller shrink budget, each run taking real time.
-pub(crate) async fn shrunk_failure<S, E, F, Fut>(
-    ctx: &Ctx,
-    step: S,
-    run: F,
-) -> Option<(u32, Vec<S::Value>, E)>
+pub(crate) async fn check_sequences<S, E, F, Fut>(ctx: &Ctx, what: &str, step: S, run: F)
 where
     S: Strategy,
+    E: fmt::Display,
     F: Fn(Vec<S::Value>) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
 {
@@ -439,7 +433,10 @@ where
                 Ok(()) => failing = false,
             }
         }
-        return Some((case, smallest.0, smallest.1));
+        let (ops, failure) = smallest;
+        panic!(
+            "{what} case {case} failed: {failure}\nminimal sequence ({} ops):\n{ops:#?}",
+            ops.len()
+        );
     }
-    None
 }

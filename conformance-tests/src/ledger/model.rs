@@ -19,7 +19,7 @@ use proptest::prelude::*;
 
 use super::long_ttl;
 use crate::Ctx;
-use crate::model::shrunk_failure;
+use crate::model::check_sequences;
 
 const WORKERS: u8 = 3;
 const KEYS: u8 = 2;
@@ -325,11 +325,8 @@ async fn step_once(
 /// finishers, enqueue, retry, purge, and strictly increasing fences.
 pub async fn ledger_model_based_sequences(ctx: Ctx) {
     let ctx = &ctx;
-    let run = move |ops: Vec<Op>| async move { run_sequence(ctx, &ops).await };
-    if let Some((case, ops, failure)) = shrunk_failure(ctx, op(), run).await {
-        panic!(
-            "ledger model case {case} failed: {failure}\nminimal sequence ({} ops):\n{ops:#?}",
-            ops.len()
-        );
-    }
+    check_sequences(ctx, "ledger model", op(), move |ops| async move {
+        run_sequence(ctx, &ops).await
+    })
+    .await;
 }
