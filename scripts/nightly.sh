@@ -15,7 +15,12 @@ work='echo "loading $LOCKSTORE_KEY with fence $LOCKSTORE_FENCE"; sleep 2; echo l
 
 "$lockctl" run --once "$job" -- sh -c "$work" &
 first=$!
-sleep 0.5
+# Let the first scheduler record its run before the second fires, however busy the
+# machine (at most 10 s; a record from an earlier run today ends the wait at once).
+for _ in $(seq 100); do
+  "$lockctl" status --json "$job" 2>/dev/null | grep -q '"run":{' && break
+  sleep 0.1
+done
 "$lockctl" run --once "$job" -- sh -c "$work"
 echo "second scheduler: exit $? (200 = running elsewhere)"
 wait "$first"
