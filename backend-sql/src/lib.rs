@@ -52,17 +52,24 @@
 //!   a refused acquire costs one round trip. The same lease id asking again
 //!   refreshes its lease and keeps its fence (a retried request is
 //!   idempotent). The dialects differ here:
-//!   * PostgreSQL: `INSERT … ON CONFLICT (key) DO UPDATE … WHERE <free,
-//!     expired or ours>`, and in the same statement a `SELECT … FOR SHARE`
-//!     of the holder when that `WHERE` is false. A refused poll writes no
-//!     row version (no bloat, `xmin` and `ctid` unchanged): it only locks
-//!     the row, which costs a lock-only `xmax`, a small WAL record and a
-//!     transaction id, and still queues behind the holder's renew or
-//!     release. `FOR SHARE` makes the read follow the row to the version
-//!     the upsert judged, not the statement's older snapshot. When another
-//!     client created the key's row during the statement the snapshot cannot
-//!     see it and no row comes back; the store then runs the statement
-//!     again (a second round trip, only in that race).
+//!   * PostgreSQL: first a plain read of the key's row in the statement's
+//!     snapshot: a live lease that is not ours refuses at once, without
+//!     locking or writing anything (for a waiter, only once an earlier
+//!     waiter has asked that lease's release to notify). So a refused poll
+//!     writes no row version and takes no row lock (`xmin`, `ctid`, `xmax`
+//!     unchanged), and many pollers of one key read side by side instead
+//!     of queueing behind each other and the holder's release. Next, a
+//!     plain `UPDATE … WHERE <free, expired or ours>` (one WAL record).
+//!     Otherwise `INSERT … ON CONFLICT (key) DO UPDATE … WHERE <free,
+//!     expired or ours>`, and a `SELECT … FOR SHARE` of the holder when
+//!     that `WHERE` is false (a new key, the first waiter of a lease, or a
+//!     row that changed after the snapshot): that refusal locks the row and
+//!     writes at most `wake_fence`. `FOR SHARE` makes the read follow the
+//!     row to the version the upsert judged, not the statement's older
+//!     snapshot. When another client created the key's row during the
+//!     statement the snapshot cannot see it and no row comes back; the
+//!     store then runs the statement again (a second round trip, only in
+//!     that race).
 //!   * SQLite: `INSERT … ON CONFLICT (key) DO UPDATE SET <each column =
 //!     CASE WHEN the row is free, expired or ours THEN new ELSE old END>
 //!     RETURNING …`; a refused poll rewrites the row to itself, which costs

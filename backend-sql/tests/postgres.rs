@@ -233,10 +233,13 @@ async fn each_operation_is_one_statement_in_one_round_trip() {
 }
 
 // ------------------------------------------------------------ refused polls
-/// Review m7: a refused acquire writes no row version. The row's `xmin`
-/// (the transaction that wrote the version) and `ctid` (where the version
-/// lives) are what they were, and the refusal still names the holder, with
-/// its fence and time left, from the same statement.
+/// Review m7: a refused acquire writes no row version and takes no row
+/// lock. The row's `xmin` (the transaction that wrote the version), `ctid`
+/// (where the version lives) and `xmax` (set by anyone who locks the row)
+/// are what they were, and the refusal still names the holder, with its
+/// fence and time left, from the same statement. Waiters are the
+/// exception, once per lease: the first records `wake_fence` (a new
+/// version), and those after it find it recorded and write nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_acquire_writes_no_row_version_and_names_the_holder() {
     let harness = PostgresHarness::default();
@@ -246,8 +249,8 @@ async fn a_refused_acquire_writes_no_row_version_and_names_the_holder() {
     assert_eq!(store.table_name(), table);
     let pool = harness.pool().await;
     let version = || async {
-        sqlx::query_as::<_, (String, String)>(&format!(
-            "SELECT xmin::text, ctid::text FROM {table} WHERE key = 'polled'"
+        sqlx::query_as::<_, (String, String, String)>(&format!(
+            "SELECT xmin::text, ctid::text, xmax::text FROM {table} WHERE key = 'polled'"
         ))
         .fetch_one(&pool)
         .await
@@ -275,7 +278,33 @@ async fn a_refused_acquire_writes_no_row_version_and_names_the_holder() {
         assert_eq!(
             version().await,
             written,
-            "poll {poll}: a refused acquire wrote a new row version"
+            "poll {poll}: a refused acquire wrote a new row version or locked the row"
+        );
+    }
+    // A waiting poll (this process holds a release signal for the key): the
+    // first asks the release to notify, which writes; the next ones don't.
+    let key = LockKey::new("polled").unwrap();
+    let _signal = store
+        .release_signal(&key)
+        .expect("PostgreSQL has notifications");
+    assert!(matches!(
+        store.try_acquire(&request("polled", ttl_ms)).await.unwrap(),
+        AcquireOutcome::Held(_)
+    ));
+    let registered = version().await;
+    assert_ne!(
+        registered.0, written.0,
+        "the first waiter records wake_fence"
+    );
+    for poll in 0..3 {
+        assert!(matches!(
+            store.try_acquire(&request("polled", ttl_ms)).await.unwrap(),
+            AcquireOutcome::Held(_)
+        ));
+        assert_eq!(
+            version().await,
+            registered,
+            "waiting poll {poll}: the release is already asked to notify, yet it wrote or locked"
         );
     }
     // A retried acquire of our own lease does write: it refreshes the expiry.
@@ -482,6 +511,37 @@ async fn notify_wakes_other_stores_and_survives_listener_loss() {
     }
 }
 
+/// Only the first waiter of a lease writes (it asks the release to
+/// notify); the waiters after it are refused from the statement's snapshot,
+/// without a lock or a write. The release still wakes every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_waiter_of_a_lease_is_woken_though_only_the_first_registers() {
+    let harness = PostgresHarness::default();
+    let table = fresh_table();
+    let releaser = harness.postgres_store(&table).await;
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        waiters.push(harness.postgres_store(&table).await);
+    }
+    let held = request("k", 60_000);
+    acquired(&releaser, &held).await;
+    let mut signals = Vec::new();
+    for waiter in &waiters {
+        signals.push(
+            waiter
+                .release_signal(&held.key)
+                .expect("notifications are on"),
+        );
+        assert!(refused_while_waiting(waiter, "k").await);
+    }
+    releaser.release(&held.key, held.lease_id).await.unwrap();
+    for (i, signal) in signals.into_iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(5), signal)
+            .await
+            .unwrap_or_else(|_| panic!("waiter {i} was not woken by the release"));
+    }
+}
+
 // ------------------------------------------------------------ errors
 
 /// A releasing store on a fresh table, a fault proxy to the server, and a
@@ -677,6 +737,12 @@ async fn statement_timeout_is_retryable() {
         .unwrap();
     let req = request("blocked", 60_000);
     acquired(&plain, &req).await;
+    // A free row: the acquire takes the upsert, which needs the row lock (a
+    // live foreign lease would be refused from the snapshot, lock-free).
+    assert_eq!(
+        plain.release(&req.key, req.lease_id).await.unwrap(),
+        ReleaseOutcome::Released
+    );
     // Hold the row lock in an open transaction so the acquire must wait.
     let mut blocker = harness.pool().await.begin().await.unwrap();
     sqlx::query(&format!(

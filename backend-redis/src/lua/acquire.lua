@@ -22,7 +22,7 @@ if redis.replicate_commands then redis.replicate_commands() end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
-local record = redis.call('HMGET', KEYS[1], 'lease_id', 'owner', 'fence', 'expires_at_us')
+local record = redis.call('HMGET', KEYS[1], 'lease_id', 'owner', 'fence', 'expires_at_us', 'wake_fence')
 local holder = record[1]
 local holder_expires_at = tonumber(record[4])
 
@@ -30,12 +30,13 @@ local holder_expires_at = tonumber(record[4])
 -- are exact, and '%.0f' writes them without an exponent.
 if holder and holder_expires_at and holder_expires_at > now then
   if holder ~= ARGV[1] then
-    if ARGV[5] == '1' then
+    if ARGV[5] == '1' and record[5] ~= record[3] then
       -- A waiter: ask this holder's release to publish. The release
       -- publishes only when `wake_fence` is the fence it ends, so a
       -- registration is never carried over to a later lease, and a release
       -- nobody waits for costs no PUBLISH. Written in the same step as the
-      -- refusal, so a release after this reply always sees it.
+      -- refusal, so a release after this reply always sees it; the waiters
+      -- after the first find it written and write (and replicate) nothing.
       redis.call('HSET', KEYS[1], 'wake_fence', record[3] or '0')
     end
     return {0, record[2] or '', tonumber(record[3]) or 0, holder_expires_at - now}
