@@ -73,6 +73,8 @@ WITH seen AS (
       AND (NOT $5 OR wake_fence = fence)
 ),
 taken AS (
+    -- fence and acquired_at: the same rule as in the upsert's DO UPDATE
+    -- below (SQL cannot share it); change both together.
     UPDATE {table} AS held SET
         fence = CASE
             WHEN held.lease_id IS NOT NULL AND held.expires_at > now() THEN held.fence
@@ -95,6 +97,7 @@ attempt AS (
     SELECT $1, $2, $3, nextval('{fence_seq}'), now(), now() + $4::bigint * interval '1 millisecond', now()
     WHERE NOT EXISTS (SELECT FROM seen) AND NOT EXISTS (SELECT FROM taken)
     ON CONFLICT (key) DO UPDATE SET
+        -- fence and acquired_at: as in `taken` above.
         fence = CASE
             WHEN held.lease_id IS NOT NULL AND held.expires_at > now() THEN held.fence
             ELSE GREATEST(nextval('{fence_seq}'), held.fence + 1)
