@@ -228,7 +228,12 @@ pub async fn guard_reports_loss_by_its_deadline_when_starved(ctx: Ctx) {
         .await
         .unwrap();
     let handle = guard.handle();
-    assert_eq!(guard.check().unwrap(), guard.fence());
+    // Nothing says the lease is still trusted here: with a short TTL, a busy
+    // machine may read the acquire's reply past the guard's deadline. What
+    // a guard that does trust it must hand out is its own fence.
+    if let Ok(fence) = guard.check() {
+        assert_eq!(fence, guard.fence());
+    }
     // No renewal can confirm, even if another worker runs the task.
     partitioned.cut();
     ctx.stall(short + ctx.profile().tolerance);
