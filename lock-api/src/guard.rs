@@ -137,6 +137,15 @@ impl GuardSettings {
 
 type ReleaseReply = oneshot::Sender<Result<ReleaseOutcome, LockError>>;
 
+/// How the guard's owner ends the lease: release it now, or (`expire_in`)
+/// stop renewing after one last renewal for that TTL, so the key stays held
+/// until then and frees itself.
+#[derive(Debug)]
+struct Stop {
+    reply: ReleaseReply,
+    expire_in: Option<Ttl>,
+}
+
 /// A held lock. Renews its lease in the background, tells you when the lease
 /// is lost, and releases it on [`LockGuard::release`] — or, best effort, when
 /// dropped (the release then runs on the background task; drop never blocks).
@@ -170,7 +179,7 @@ pub struct LockGuard {
     id: LeaseId,
     fence: FencingToken,
     view: LeaseView,
-    stop: Option<oneshot::Sender<ReleaseReply>>,
+    stop: Option<oneshot::Sender<Stop>>,
 }
 
 /// The lease as last confirmed, with the local deadline it gives.
@@ -359,12 +368,42 @@ impl LockGuard {
     /// # Errors
     /// Backend errors. A lease already lost answers
     /// [`ReleaseOutcome::NotHeld`].
-    pub async fn release(mut self) -> Result<ReleaseOutcome, LockError> {
+    pub async fn release(self) -> Result<ReleaseOutcome, LockError> {
+        self.stop(None).await
+    }
+
+    /// Stops renewing and lets the lease end `hold` from now instead of
+    /// releasing it: one last renewal for `hold`, after which nobody renews
+    /// it and the key frees itself. A `hold` under a millisecond releases at
+    /// once. This is how a job keeps a key for a minimum time whatever its
+    /// own run time (ShedLock's `lockAtLeastFor`): see
+    /// [`LockClient::run_tick`](crate::LockClient::run_tick).
+    ///
+    /// # Errors
+    /// [`LockError::LeaseLost`] when the lease no longer held its key (the
+    /// key may already be someone else's); backend errors, after which the
+    /// lease ends by its last TTL.
+    pub async fn release_after(self, hold: Duration) -> Result<(), LockError> {
+        let (key, fence) = (self.key.clone(), self.fence);
+        let Ok(hold) = Ttl::new(hold) else {
+            return self.release().await.map(|_| ());
+        };
+        match self.stop(Some(hold)).await? {
+            ReleaseOutcome::Released => Ok(()),
+            ReleaseOutcome::NotHeld => Err(LockError::LeaseLost { key, fence }),
+        }
+    }
+
+    async fn stop(mut self, expire_in: Option<Ttl>) -> Result<ReleaseOutcome, LockError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let Some(stop) = self.stop.take() else {
             return Err(task_gone());
         };
-        if stop.send(reply_tx).is_err() {
+        let message = Stop {
+            reply: reply_tx,
+            expire_in,
+        };
+        if stop.send(message).is_err() {
             return Err(task_gone());
         }
         reply_rx.await.unwrap_or_else(|_| Err(task_gone()))
@@ -452,7 +491,7 @@ async fn keep_alive<S: ?Sized + LockStore>(
     settings: GuardSettings,
     lease_tx: watch::Sender<Trusted>,
     lost: CancellationToken,
-    mut stop: oneshot::Receiver<ReleaseReply>,
+    mut stop: oneshot::Receiver<Stop>,
 ) {
     let mut next_renewal = lease.sent_at() + settings.renew_interval(&lease);
     let reply = loop {
@@ -502,14 +541,28 @@ async fn keep_alive<S: ?Sized + LockStore>(
             }
         }
     };
+    let (reply, expire_in) = match reply {
+        Some(Stop { reply, expire_in }) => (Some(reply), expire_in),
+        None => (None, None),
+    };
     // Release even a lease believed lost: if it was lost only by the local
     // deadline, the backend may still hold it and others should not wait.
     // Bounded: over a dead network the release would hang, and after one TTL
-    // the lease is gone anyway.
-    let outcome = tokio::time::timeout(
-        lease.ttl().as_duration(),
-        store.release(lease.key(), lease.id()),
-    )
+    // the lease is gone anyway. A lease to be held on is renewed once for
+    // the time left instead, by the same rules; a renewal the backend
+    // refuses means the lease was no longer ours, which `NotHeld` says.
+    let outcome = tokio::time::timeout(lease.ttl().as_duration(), async {
+        match expire_in {
+            None => store.release(lease.key(), lease.id()).await,
+            Some(hold) => store
+                .renew(lease.key(), lease.id(), hold)
+                .await
+                .map(|renewed| match renewed {
+                    RenewOutcome::Renewed => ReleaseOutcome::Released,
+                    RenewOutcome::Lost => ReleaseOutcome::NotHeld,
+                }),
+        }
+    })
     .await
     .unwrap_or_else(|_| Err(release_timed_out(&lease)));
     lost.cancel();

@@ -26,6 +26,8 @@
 //!   background, [`LockClient::with_lock`], and bare leases.
 //! * [`ledger`] — the execution ledger ("run once") on the same backends:
 //!   [`ledger::LedgerStore`] for backends, [`ledger::Ledger`] for callers.
+//! * [`schedule`] — a scheduled job that fires on every replica runs once
+//!   per tick ([`LockClient::run_tick`]).
 //!
 //! ```
 //! # use lockstore_api::*;
@@ -54,6 +56,7 @@ mod guard;
 mod key;
 mod lease;
 pub mod ledger;
+pub mod schedule;
 mod store;
 #[cfg(test)]
 mod test_store;

@@ -24,6 +24,7 @@ mod network;
 mod ownership;
 mod pause;
 mod restart;
+mod schedule;
 mod skew;
 mod validation;
 mod waiting;
@@ -40,6 +41,7 @@ pub use network::*;
 pub use ownership::*;
 pub use pause::*;
 pub use restart::*;
+pub use schedule::*;
 pub use skew::*;
 pub use validation::*;
 pub use waiting::*;
@@ -93,6 +95,9 @@ macro_rules! __cases {
             (with_lock_runs_work_and_releases, Default),
             (with_lock_stops_work_when_lease_is_lost, Default),
             (dyn_lock_store_works, Default),
+            (scheduled_tick_runs_on_one_replica, Default),
+            (scheduled_tick_is_free_once_its_holds_are_over, Default),
+            (scheduled_tick_of_a_crashed_replica_is_free_after_hold_at_most, Default),
             (model_based_sequences, Default),
             (concurrent_holders_never_overlap, MultiThread),
             (lock_histories_are_linearizable, MultiThread),
