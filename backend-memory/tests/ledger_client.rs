@@ -429,12 +429,36 @@ async fn a_lost_begin_reply_costs_no_attempt() {
     // Past the TTL, the key is done, not given up.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let again = ledger
-        .run_once("lossy", options, |_| async { Ok::<u32, RunFailure>(6) })
+        .run_once("lossy", options.clone(), |_| async {
+            Ok::<u32, RunFailure>(6)
+        })
         .await
         .unwrap();
     assert!(
         matches!(again, RunOnce::AlreadySucceeded { value: 5, .. }),
         "{again:?}"
+    );
+
+    // A caller that waits for nothing still has its lost replies retried.
+    ledger.store().lost_begin_replies.store(2, Ordering::SeqCst);
+    let outcome = ledger
+        .run_once(
+            "lossy-no-wait",
+            options.wait_for_running(Duration::ZERO),
+            |_| async { Ok::<u32, RunFailure>(8) },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            RunOnce::Ran {
+                value: 8,
+                attempt: 1,
+                ..
+            }
+        ),
+        "{outcome:?}"
     );
 }
 

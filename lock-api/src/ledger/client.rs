@@ -296,7 +296,8 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
     ///
     /// A retryable failure (a lost or late reply: one request is given at
     /// most the TTL) is retried with the same lease id, with backoff, for up
-    /// to one TTL: a request that was applied although its reply was lost
+    /// to one TTL (in `run_once`, also no longer than its wait for a run
+    /// elsewhere, but at least two seconds or the TTL): a request that was applied although its reply was lost
     /// is found again by its lease id (the store answers `Started` with the
     /// same fence and attempt), so a lost reply neither costs an attempt nor
     /// leaves a run nobody holds.
@@ -368,9 +369,11 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
     /// what is left of the caller's deadline (at least a short floor), never
     /// more than the TTL; a retryable failure is retried with the same lease
     /// id, with backoff, until one TTL after the first request or the
-    /// caller's deadline, whichever is first. Returns the answer and when
-    /// the request that got it was sent (where the lease's time starts: a
-    /// repeated begin refreshes the lease).
+    /// caller's deadline, whichever is first — but for at least the same
+    /// short floor, so that a caller who waits for nothing still has a lost
+    /// reply retried rather than an attempt spent. Returns the answer and
+    /// when the request that got it was sent (where the lease's time starts:
+    /// a repeated begin refreshes the lease).
     async fn send_begin(
         &self,
         request: &BeginRequest,
@@ -380,7 +383,8 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
         let ttl_later = first
             .checked_add(request.ttl.as_duration())
             .unwrap_or_else(far_future);
-        let retry_until = deadline.map_or(ttl_later, |deadline| deadline.min(ttl_later));
+        let floor = first + ATTEMPT_FLOOR.min(request.ttl.as_duration());
+        let retry_until = deadline.map_or(ttl_later, |deadline| deadline.max(floor).min(ttl_later));
         let mut retries = 0u32;
         loop {
             let sent_at = Instant::now();
