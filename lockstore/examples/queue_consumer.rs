@@ -141,7 +141,7 @@ fn describe(outcome: &Processed<String>) -> String {
         Processed::GaveUp(failure) => format!("failed for good: {failure}"),
         Processed::Ignored(record) => format!("ignored after {} attempts", record.attempts),
         Processed::Rejected(err) => format!("rejected: {err}"),
-        Processed::Error(err) => format!("no answer from the ledger, will be redelivered: {err}"),
+        Processed::Error(err) => format!("not processed, will be redelivered: {err}"),
     }
 }
 

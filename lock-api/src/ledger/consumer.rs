@@ -14,10 +14,11 @@
 //! | a duplicate of a message that succeeded | `Replayed(value)` (the stored value) | no |
 //! | a duplicate arriving while the first copy runs | `InProgress` (or it waits, if asked) | yes: it comes back later and is replayed or run |
 //! | the work failed, another attempt will run | `Failed` | yes |
-//! | the work failed for good, or ran out of attempts | `Ignored` | no: redelivering cannot help (route it to a dead-letter queue yourself) |
+//! | the work failed now for good (fatal, its last attempt, or a result over 64 KiB) | `GaveUp` | no |
+//! | the work failed for good earlier, or ran out of attempts | `Ignored` | no: redelivering cannot help (route it to a dead-letter queue yourself) |
 //! | the message's own input is unusable: an invalid key, or a key seen with a different payload hash | `Rejected` | no |
 //! | the handler panicked | `Failed` (recorded as a retryable failure) | yes |
-//! | the ledger answered with a retryable error or not in time, or the run's lease was lost | `Error` | yes |
+//! | the ledger answered with a retryable error or not in time, the run's lease was lost, or the stored result does not decode as the handler's type | `Error` | yes |
 //! | the ledger answered with a configuration or permanent error | — | the whole batch fails: [`IdempotentConsumer::process`] returns `Err` |
 //!
 //! A message is never acknowledged unless its outcome is known: a store or
