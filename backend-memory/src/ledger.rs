@@ -198,6 +198,7 @@ impl LedgerStore for MemoryStore {
     }
 
     async fn finish(&self, request: &FinishRequest) -> Result<FinishOutcome, LockError> {
+        request.validate()?;
         let now = Instant::now();
         let mut state = self.state();
         let runs = &mut state.runs;
@@ -215,7 +216,7 @@ impl LedgerStore for MemoryStore {
             }
             Finish::Failed { error } => {
                 let slot = error.slot() as usize;
-                run.errors[slot] = Some(error.clone());
+                run.errors[slot] = Some(error.stored());
                 if error.retryable && run.attempts < run.max_attempts {
                     RunStatus::Failed
                 } else {

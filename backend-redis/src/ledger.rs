@@ -217,6 +217,7 @@ impl LedgerStore for RedisStore {
     }
 
     async fn finish(&self, request: &FinishRequest) -> Result<FinishOutcome, LockError> {
+        request.validate()?;
         let doing = || format!("finish the run of {:?}", request.key.as_str());
         let mut invocation = self.ledger_invocation(&FINISH, Some(&request.key));
         invocation

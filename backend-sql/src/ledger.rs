@@ -539,6 +539,7 @@ macro_rules! impl_ledger_store {
                 &self,
                 request: &lockstore_api::ledger::FinishRequest,
             ) -> Result<lockstore_api::ledger::FinishOutcome, lockstore_api::LockError> {
+                request.validate()?;
                 let binds = $crate::ledger::FinishBinds::of(request);
                 let status: Option<String> = sqlx::query_scalar(&self.inner.ledger.finish)
                     .bind(request.key.as_str())

@@ -493,12 +493,12 @@ impl<S: ?Sized + LockStore> LockClient<S> {
 /// even when the caller's wait is shorter or zero: a single attempt must be
 /// able to reach a slow or loaded backend at all, and a timed-out attempt
 /// costs a release.
-const ATTEMPT_FLOOR: Duration = Duration::from_secs(2);
+pub(crate) const ATTEMPT_FLOOR: Duration = Duration::from_secs(2);
 
 /// How long one acquire attempt may take: what is left of the caller's wait
 /// (at least [`ATTEMPT_FLOOR`]), and never more than the TTL — a grant that
 /// arrives after its TTL is worthless to the holder anyway.
-fn attempt_bound(give_up_at: Option<Instant>, now: Instant, ttl: Ttl) -> Duration {
+pub(crate) fn attempt_bound(give_up_at: Option<Instant>, now: Instant, ttl: Ttl) -> Duration {
     let ttl = ttl.as_duration();
     let floor = ttl.min(ATTEMPT_FLOOR);
     match give_up_at {

@@ -8,7 +8,9 @@
 //! consumer. [`IdempotentConsumer`] records every message's work in the
 //! ledger: a message whose work succeeded is replayed from the stored result,
 //! one that is running elsewhere is reported in progress, and a failure is
-//! reported so that only that message comes back.
+//! reported so that only that message comes back. A ledger that cannot be
+//! used at all (a missing table, a denied permission) fails the whole batch
+//! instead: nothing is acknowledged that was not processed.
 //!
 //! The backend is the in-process memory store by default. Build with a
 //! backend's feature to run the same consumer against a real server:
@@ -23,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lockstore::LockError;
 use lockstore::ledger::{
     BatchReport, IdempotentConsumer, Ledger, LedgerStore, Message, Processed, RunFailure,
 };
@@ -88,16 +91,26 @@ pub struct Handler<L: ?Sized + LedgerStore> {
 
 impl<L: ?Sized + LedgerStore> Handler<L> {
     /// A handler recording its work in `ledger`.
-    pub fn new(ledger: Ledger<L>, payments: Arc<Payments>) -> Self {
-        Self {
-            consumer: IdempotentConsumer::new(ledger, Duration::from_secs(30)).max_attempts(5),
+    ///
+    /// # Errors
+    /// Options the ledger cannot run with (checked here, once, at start-up).
+    pub fn new(ledger: Ledger<L>, payments: Arc<Payments>) -> Result<Self, LockError> {
+        Ok(Self {
+            consumer: IdempotentConsumer::new(ledger, Duration::from_secs(30))?.max_attempts(5)?,
             payments,
-        }
+        })
     }
 
     /// Processes one delivery of a batch: every message is charged at most
     /// once successfully; the report names the messages to deliver again.
-    pub async fn handle(&self, batch: &[(String, Order)]) -> BatchReport<String> {
+    ///
+    /// # Errors
+    /// A configuration or permanent ledger error: return it from the Lambda
+    /// handler, so that the whole batch is delivered again.
+    pub async fn handle(
+        &self,
+        batch: &[(String, Order)],
+    ) -> Result<BatchReport<String>, LockError> {
         let messages: Vec<_> = batch
             .iter()
             .map(|(message_id, order)| {
@@ -128,7 +141,7 @@ fn describe(outcome: &Processed<String>) -> String {
         Processed::GaveUp(failure) => format!("failed for good: {failure}"),
         Processed::Ignored(record) => format!("ignored after {} attempts", record.attempts),
         Processed::Rejected(err) => format!("rejected: {err}"),
-        Processed::Error(err) => format!("ledger error, will be redelivered: {err}"),
+        Processed::Error(err) => format!("not processed, will be redelivered: {err}"),
     }
 }
 
@@ -165,11 +178,11 @@ pub async fn demo<L: ?Sized + LedgerStore>(
     ledger: Ledger<L>,
 ) -> Result<HashMap<String, u32>, Box<dyn std::error::Error>> {
     let payments = Arc::new(Payments::default());
-    let handler = Handler::new(ledger, payments.clone());
+    let handler = Handler::new(ledger, payments.clone())?;
     let batch = orders();
     payments.fail_once("A-102");
 
-    let first = handler.handle(&batch).await;
+    let first = handler.handle(&batch).await?;
     print_report("first delivery", &first);
     if first.batch_item_failures() != ["m-3"] {
         return Err(format!(
@@ -181,12 +194,12 @@ pub async fn demo<L: ?Sized + LedgerStore>(
 
     // The queue ignores the partial answer (an older integration, or a
     // handler that threw): the whole batch comes back.
-    let second = handler.handle(&batch).await;
+    let second = handler.handle(&batch).await?;
     print_report("whole batch redelivered", &second);
 
     // The producer sent order A-100 again, with a new message id.
     let copy = vec![("m-9".to_owned(), batch[0].1.clone())];
-    print_report("copy under a new message id", &handler.handle(&copy).await);
+    print_report("copy under a new message id", &handler.handle(&copy).await?);
 
     let charges = payments.charges();
     println!("charges per order: {charges:?}");
@@ -254,11 +267,12 @@ mod tests {
         let handler = Handler::new(
             Ledger::new(lockstore::memory::MemoryStore::new()),
             payments.clone(),
-        );
+        )
+        .unwrap();
         let batch = orders();
-        let first = handler.handle(&batch).await;
+        let first = handler.handle(&batch).await.unwrap();
         assert!(first.batch_item_failures().is_empty());
-        let again = handler.handle(&batch).await;
+        let again = handler.handle(&batch).await.unwrap();
         for (id, outcome) in &again.items {
             assert!(
                 matches!(outcome, Processed::Replayed(_)),

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use lockstore_api::ledger::{
     Begin, BeginOutcome, BeginRequest, EnqueueOutcome, Finish, FinishOutcome, FinishRequest,
-    IdempotentConsumer, Ledger, LedgerStore, Message, Order, Processed, RequestHash, RetryOutcome,
-    RunError, RunFailure, RunOnce, RunOptions, RunQuery, RunRecord, RunStatus, StatusFilter,
-    unix_millis,
+    IdempotentConsumer, Ledger, LedgerStore, MAX_ERROR_BYTES, MAX_RESULT_BYTES, Message, Order,
+    Processed, RequestHash, RetryOutcome, RunError, RunFailure, RunOnce, RunOptions, RunQuery,
+    RunRecord, RunStatus, StatusFilter, unix_millis,
 };
 use lockstore_api::{
     AcquireOptions, Backoff, FencingToken, LeaseId, LockClient, LockError, LockKey, OwnerLabel,
@@ -47,6 +47,7 @@ macro_rules! __ledger_cases {
             (ledger_failed_key_out_of_attempts_is_not_started, Default),
             (ledger_stuck_run_without_attempts_left_waits_for_an_operator, Default),
             (ledger_error_history_keeps_the_last_attempts, Default),
+            (ledger_finish_enforces_size_limits, Default),
             (ledger_enqueue_creates_pending_and_never_resets, Default),
             (ledger_retry_requeues_only_failed_ignored_or_stuck, Default),
             (ledger_request_hash_mismatch_is_refused, Default),
@@ -58,6 +59,7 @@ macro_rules! __ledger_cases {
             (ledger_wait_times_out_naming_the_holder, Default),
             (ledger_run_once_reports_every_outcome, Default),
             (ledger_run_once_waits_for_a_run_elsewhere, Default),
+            (ledger_run_once_waiting_takes_over_a_crashed_run, Default),
             (ledger_dropped_run_records_an_abandoned_attempt, Default),
             (ledger_consumer_runs_a_redelivered_batch_once, Default),
             (ledger_invalid_input_is_rejected_before_any_request, Default),
@@ -554,6 +556,64 @@ pub async fn ledger_error_history_keeps_the_last_attempts(ctx: Ctx) {
     let attempts: Vec<u32> = record.errors.iter().map(|e| e.attempt).collect();
     assert_eq!(attempts, vec![3, 4, 5, 6, 7]);
     assert_eq!(record.last_error().unwrap().message, "error 7");
+}
+
+/// The size limits are the store's own: `finish` refuses a result over
+/// 64 KiB with a typed error and changes nothing, stores a result of
+/// exactly 64 KiB whole, and cuts an error message over 2 KiB even when it
+/// was set through `RunError`'s public field (not `RunError::new`).
+pub async fn ledger_finish_enforces_size_limits(ctx: Ctx) {
+    let ledger = ctx.ledger().await;
+    let k = key("sizes");
+    let run = begin_request(&k, long_ttl(&ctx), "worker", 3);
+    must_start(&*ledger, &run).await;
+    let oversized = ledger
+        .finish(&FinishRequest {
+            key: k.clone(),
+            lease_id: run.lease_id,
+            finish: Finish::Succeeded {
+                result: Some(vec![b'x'; MAX_RESULT_BYTES + 1]),
+            },
+        })
+        .await;
+    assert!(
+        matches!(oversized, Err(LockError::ResultTooLarge { .. })),
+        "a result over {MAX_RESULT_BYTES} bytes was not refused: {oversized:?}"
+    );
+    let unchanged = record(&*ledger, &k).await;
+    assert_eq!(unchanged.status, RunStatus::Running, "{unchanged:?}");
+    assert!(unchanged.result.is_none());
+
+    let mut error = RunError::new(1, "", true);
+    error.message = "é".repeat(MAX_ERROR_BYTES);
+    assert_eq!(
+        finish(&*ledger, &run, Finish::Failed { error }).await,
+        FinishOutcome::Finished(RunStatus::Failed)
+    );
+    let failed = record(&*ledger, &k).await;
+    let message = &failed.last_error().expect("the error is kept").message;
+    assert!(
+        message.len() <= MAX_ERROR_BYTES && message.ends_with('…'),
+        "an error message of {} bytes was stored as {} bytes",
+        MAX_ERROR_BYTES * 2,
+        message.len()
+    );
+
+    let largest = vec![b'y'; MAX_RESULT_BYTES];
+    let second = begin_request(&k, long_ttl(&ctx), "worker", 3);
+    must_start(&*ledger, &second).await;
+    assert_eq!(
+        finish(
+            &*ledger,
+            &second,
+            Finish::Succeeded {
+                result: Some(largest.clone())
+            }
+        )
+        .await,
+        FinishOutcome::Finished(RunStatus::Succeeded)
+    );
+    assert_eq!(record(&*ledger, &k).await.result, Some(largest));
 }
 
 // ---------------------------------------------------------------- operator
@@ -1076,6 +1136,44 @@ pub async fn ledger_run_once_waits_for_a_run_elsewhere(ctx: Ctx) {
     );
 }
 
+/// `run_once` waiting for a run elsewhere takes over a run whose worker
+/// crashed once its lease expires (within about one TTL), instead of
+/// waiting out its whole wait.
+pub async fn ledger_run_once_waiting_takes_over_a_crashed_run(ctx: Ctx) {
+    let store = ctx.ledger().await;
+    let k = key("crashed-while-waited-for");
+    let crashed = begin_request(&k, ctx.profile().short_ttl, "crashed", 3);
+    let (old_fence, _) = must_start(&*store, &crashed).await;
+    let ledger = Ledger::from_arc(Arc::clone(&store)).with_backoff(quick_backoff(&ctx));
+    let options = RunOptions::new(long_ttl(&ctx)).wait_for_running(Duration::from_secs(3600));
+    // Only detects a wait for the whole hour: a takeover comes one short
+    // TTL (plus the backend's allowance) after the crash.
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(300),
+        ledger.run_once(&k, options, |run| async move {
+            Ok::<u64, RunFailure>(run.fence().get())
+        }),
+    )
+    .await
+    .expect("run_once kept waiting for a crashed run instead of taking it over")
+    .unwrap();
+    let RunOnce::Ran {
+        value,
+        fence,
+        attempt,
+    } = outcome
+    else {
+        panic!("the crashed run was not taken over: {outcome:?}")
+    };
+    assert_eq!(attempt, 2, "the crashed run counts as an attempt");
+    assert!(
+        fence > old_fence,
+        "takeover fence {fence} not above {old_fence}"
+    );
+    assert_eq!(value, fence.get());
+    assert_eq!(record(&*store, &k).await.status, RunStatus::Succeeded);
+}
+
 /// A run guard dropped without finishing records the attempt as failed
 /// (retryable, "abandoned"), so the next begin need not wait for the lease.
 pub async fn ledger_dropped_run_records_an_abandoned_attempt(ctx: Ctx) {
@@ -1112,7 +1210,7 @@ pub async fn ledger_dropped_run_records_an_abandoned_attempt(ctx: Ctx) {
 /// leaves the fatal one alone, and a copy in progress elsewhere comes back.
 pub async fn ledger_consumer_runs_a_redelivered_batch_once(ctx: Ctx) {
     let ledger = ctx.ledger_client().await;
-    let consumer = IdempotentConsumer::new(ledger.clone(), long_ttl(&ctx));
+    let consumer = IdempotentConsumer::new(ledger.clone(), long_ttl(&ctx)).unwrap();
     let runs = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let handler = |body: &'static str, _lease| {
         let runs = Arc::clone(&runs);
@@ -1145,7 +1243,7 @@ pub async fn ledger_consumer_runs_a_redelivered_batch_once(ctx: Ctx) {
                 .with_request_hash(RequestHash::new("h1").unwrap()),
         ]
     };
-    let first = consumer.process(batch(), handler).await;
+    let first = consumer.process(batch(), handler).await.unwrap();
     assert_eq!(first.batch_item_failures(), vec!["m-2"], "{first:?}");
     assert_eq!(
         first.sqs_response(),
@@ -1153,7 +1251,7 @@ pub async fn ledger_consumer_runs_a_redelivered_batch_once(ctx: Ctx) {
     );
     assert!(matches!(&first.items[2].1, Processed::GaveUp(f) if !f.is_retryable()));
 
-    let again = consumer.process(batch(), handler).await;
+    let again = consumer.process(batch(), handler).await.unwrap();
     assert!(again.batch_item_failures().is_empty(), "{again:?}");
     assert!(
         matches!(&again.items[0].1, Processed::Replayed(v) if v == "done ok"),
@@ -1181,7 +1279,7 @@ pub async fn ledger_consumer_runs_a_redelivered_batch_once(ctx: Ctx) {
     let other = Message::new("m-5", "order")
         .with_key("order/77")
         .with_request_hash(RequestHash::new("h2").unwrap());
-    let rejected = consumer.process(vec![other], handler).await;
+    let rejected = consumer.process(vec![other], handler).await.unwrap();
     assert!(
         matches!(
             &rejected.items[0].1,
@@ -1201,7 +1299,8 @@ pub async fn ledger_consumer_runs_a_redelivered_batch_once(ctx: Ctx) {
     };
     let dup = consumer
         .process(vec![Message::new("m-6", "ok")], handler)
-        .await;
+        .await
+        .unwrap();
     assert!(
         matches!(&dup.items[0].1, Processed::InProgress(_)),
         "{dup:?}"
@@ -1210,7 +1309,8 @@ pub async fn ledger_consumer_runs_a_redelivered_batch_once(ctx: Ctx) {
     first_copy.succeed_json(&"first copy").await.unwrap();
     let replayed = consumer
         .process(vec![Message::new("m-6", "ok")], handler)
-        .await;
+        .await
+        .unwrap();
     assert!(
         matches!(&replayed.items[0].1, Processed::Replayed(v) if v == "first copy"),
         "{replayed:?}"

@@ -9,14 +9,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::time::{Instant, sleep};
+use tokio::time::{Instant, sleep, timeout};
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::record::{MAX_ATTEMPTS, MAX_RESULT_BYTES, RequestHash, RunError, RunRecord, RunStatus};
+use super::record::{MAX_ATTEMPTS, RequestHash, RunError, RunRecord, RunStatus};
 use super::store::{
     BeginOutcome, BeginRequest, EnqueueOutcome, Finish, FinishOutcome, FinishRequest, LedgerStore,
     RetryOutcome, RunPage, RunQuery,
 };
+use crate::client::{ATTEMPT_FLOOR, attempt_bound};
 use crate::guard::{GuardSettings, LeaseHandle, LockGuard};
 use crate::{
     AcquireOutcome, AcquireRequest, Backoff, FencingToken, Holder, Lease, LeaseId, LockError,
@@ -56,7 +57,8 @@ impl RunOptions {
     }
 
     /// Give the key at most `attempts` runs before it is `ignored`
-    /// (1..=1000; checked when used).
+    /// (1..=1000; checked when used, or up front by
+    /// [`Ledger::check_options`]).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
@@ -69,8 +71,10 @@ impl RunOptions {
     }
 
     /// When another instance is running the key, wait up to `timeout` for
-    /// its outcome (and run it here if that run fails and attempts are
-    /// left) instead of answering [`RunOnce::Running`] at once.
+    /// its outcome (and run it here if that run fails, or crashes and its
+    /// lease expires, and attempts are left) instead of answering
+    /// [`RunOnce::Running`] at once. Every request `run_once` sends before
+    /// the work starts is bounded by this timeout too.
     pub fn wait_for_running(mut self, timeout: Duration) -> Self {
         self.wait_for_running = Some(timeout);
         self
@@ -272,15 +276,39 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
         &self.store
     }
 
+    /// Checks `options` as [`Ledger::begin`] would, without a request: the
+    /// TTL (and that this ledger's guard can renew a lease of it) and the
+    /// attempt limit. For callers that take options once and use them for
+    /// many keys, so a bad setting fails at start-up rather than per key.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidTtl`] or [`LockError::InvalidArgument`] saying
+    /// what to change.
+    pub fn check_options(&self, options: &RunOptions) -> Result<(), LockError> {
+        let ttl = Ttl::new(options.ttl)?;
+        self.guard.validate(ttl)?;
+        check_attempts(options.max_attempts)
+    }
+
     /// Starts a run of `key` if its record allows one (see
     /// [`LedgerStore::begin`]), in one request. A started run's lease is
     /// renewed in the background by the same guard as a lock's.
     ///
+    /// A retryable failure (a lost or late reply: one request is given at
+    /// most the TTL) is retried with the same lease id, with backoff, for up
+    /// to one TTL (in `run_once`, also no longer than its wait for a run
+    /// elsewhere, but at least two seconds or the TTL): a request that was applied although its reply was lost
+    /// is found again by its lease id (the store answers `Started` with the
+    /// same fence and attempt), so a lost reply neither costs an attempt nor
+    /// leaves a run nobody holds.
+    ///
     /// # Errors
     /// Input errors (key, TTL, attempt limit); [`LockError::RequestMismatch`]
     /// when the key's record was made for a different request hash;
-    /// backend errors (a retryable one is retried once with the same lease
-    /// id, so a lost reply never leaves an orphan run).
+    /// backend errors: a permanent one at once, the last retryable one when
+    /// the retries ran out (the run may then have been started by a request
+    /// whose reply never came: it ends when its lease expires, and counts as
+    /// an attempt).
     pub async fn begin<K>(&self, key: K, options: &RunOptions) -> Result<Begin, LockError>
     where
         K: TryInto<LockKey, Error = LockError>,
@@ -288,28 +316,21 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
         let key = key.try_into()?;
         let request = build_begin_request(key, options, self.owner.clone())?;
         let span = info_span!("lockstore.begin", backend = self.store.backend_name(), key = %request.key, fence = tracing::field::Empty, attempt = tracing::field::Empty);
-        self.begin_request_sent(request, options)
+        self.begin_request_sent(request, options, None)
             .instrument(span)
             .await
     }
 
+    /// Begins `request`; `deadline` is the caller's, if it has one.
     async fn begin_request_sent(
         &self,
         request: BeginRequest,
         options: &RunOptions,
+        deadline: Option<Instant>,
     ) -> Result<Begin, LockError> {
         // The run's lease is kept by a guard: refuse what it cannot renew.
         self.guard.validate(request.ttl)?;
-        let sent_at = Instant::now();
-        let outcome = match self.store.begin(&request).await {
-            Err(err) if err.is_retryable() => {
-                // The reply may have been lost after the run started: ask
-                // again with the same lease id, which finds that run.
-                warn!(error = %err, "begin failed; retrying once with the same lease id");
-                self.store.begin(&request).await
-            }
-            other => other,
-        }?;
+        let (outcome, sent_at) = self.send_begin(&request, deadline).await?;
         match outcome {
             BeginOutcome::Started { fence, attempt } => {
                 let span = tracing::Span::current();
@@ -334,12 +355,58 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                     keeper,
                     guard: Some(guard),
                     attempt,
+                    ttl: request.ttl,
                 }))
             }
             BeginOutcome::Existing(record) => {
                 check_hash(&record, options)?;
                 Ok(classify(record, options))
             }
+        }
+    }
+
+    /// Sends `request` until the store answers. One request gets at most
+    /// what is left of the caller's deadline (at least a short floor), never
+    /// more than the TTL; a retryable failure is retried with the same lease
+    /// id, with backoff, until one TTL after the first request or the
+    /// caller's deadline, whichever is first — but for at least the same
+    /// short floor, so that a caller who waits for nothing still has a lost
+    /// reply retried rather than an attempt spent. Returns the answer and
+    /// when the request that got it was sent (where the lease's time starts:
+    /// a repeated begin refreshes the lease).
+    async fn send_begin(
+        &self,
+        request: &BeginRequest,
+        deadline: Option<Instant>,
+    ) -> Result<(BeginOutcome, Instant), LockError> {
+        let first = Instant::now();
+        let ttl_later = first
+            .checked_add(request.ttl.as_duration())
+            .unwrap_or_else(far_future);
+        let floor = first + ATTEMPT_FLOOR.min(request.ttl.as_duration());
+        let retry_until = deadline.map_or(ttl_later, |deadline| deadline.max(floor).min(ttl_later));
+        let mut retries = 0u32;
+        loop {
+            let sent_at = Instant::now();
+            let bound = attempt_bound(Some(retry_until), sent_at, request.ttl);
+            let result = timeout(bound, self.store.begin(request))
+                .await
+                .unwrap_or_else(|_| Err(no_answer("begin", &request.key, bound)));
+            let err = match result {
+                Ok(outcome) => return Ok((outcome, sent_at)),
+                Err(err) if err.is_retryable() => err,
+                Err(err) => return Err(err),
+            };
+            let now = Instant::now();
+            if now >= retry_until {
+                warn!(error = %err, retries, "begin failed; giving up");
+                return Err(err);
+            }
+            // The reply may have been lost after the run started: the same
+            // lease id finds that run instead of starting another attempt.
+            warn!(error = %err, retries, "begin failed; retrying with the same lease id");
+            sleep(self.backoff.delay(retries).min(retry_until - now)).await;
+            retries = retries.saturating_add(1);
         }
     }
 
@@ -355,7 +422,7 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
     ///
     /// # Errors
     /// As [`Ledger::begin`]; [`LockError::LeaseLost`]; a result that does
-    /// not serialise, or is over [`MAX_RESULT_BYTES`]
+    /// not serialise, or is over [`MAX_RESULT_BYTES`](super::MAX_RESULT_BYTES)
     /// ([`LockError::ResultTooLarge`]: the attempt is then recorded as a
     /// fatal failure); a stored result that does not decode as `T`.
     pub async fn run_once<K, T, F, Fut>(
@@ -376,11 +443,12 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                 .checked_add(timeout)
                 .unwrap_or_else(far_future)
         });
+        let mut waited = false;
         let guard = loop {
             let request = build_begin_request(key.clone(), &options, self.owner.clone())?;
             let span = info_span!("lockstore.begin", backend = self.store.backend_name(), key = %request.key, fence = tracing::field::Empty, attempt = tracing::field::Empty);
             match self
-                .begin_request_sent(request, &options)
+                .begin_request_sent(request, &options, give_up_at)
                 .instrument(span)
                 .await?
             {
@@ -394,11 +462,27 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                     let Some(give_up_at) = give_up_at else {
                         return Ok(RunOnce::Running { record });
                     };
-                    let left = give_up_at.saturating_duration_since(Instant::now());
-                    match self.wait_until(&key, left).await {
-                        Ok(_) => continue, // ended: begin again decides what it means
+                    let now = Instant::now();
+                    if waited && now >= give_up_at {
+                        // The wait saw the run end, yet a begin at the
+                        // deadline finds one live again: it is over.
+                        return Ok(RunOnce::Running { record });
+                    }
+                    waited = true;
+                    match self
+                        .wait_until(&key, give_up_at - now.min(give_up_at))
+                        .await
+                    {
+                        // The run ended, or it is stuck (its worker is gone):
+                        // begin again decides — take it over, replay its
+                        // result, or give up when no attempts are left.
+                        Ok(_) => continue,
                         Err(LockError::Timeout { .. }) => {
-                            let record = self.store.get(&key).await?.unwrap_or(record);
+                            let latest = timeout(ATTEMPT_FLOOR, self.store.get(&key)).await;
+                            let record = match latest {
+                                Ok(Ok(Some(latest))) => latest,
+                                _ => record,
+                            };
                             return Ok(RunOnce::Running { record });
                         }
                         Err(err) => return Err(err),
@@ -423,18 +507,21 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                 Err(LockError::LeaseLost { key, fence })
             }
             Some(Ok(value)) => match serde_json::to_vec(&value) {
-                Ok(bytes) if bytes.len() <= MAX_RESULT_BYTES => {
-                    guard.succeed(Some(bytes)).await?;
+                Ok(bytes) => {
+                    let succeeded = Finish::Succeeded {
+                        result: Some(bytes),
+                    };
+                    if let Err(err) = succeeded.validate() {
+                        guard.fail(RunFailure::fatal(&err)).await?;
+                        return Err(err);
+                    }
+                    let mut guard = guard;
+                    guard.finish(succeeded).await?;
                     Ok(RunOnce::Ran {
                         value,
                         fence,
                         attempt,
                     })
-                }
-                Ok(bytes) => {
-                    let err = result_too_large(bytes.len());
-                    guard.fail(RunFailure::fatal(&err)).await?;
-                    Err(err)
                 }
                 Err(err) => {
                     let message = format!("the result does not serialise as JSON: {err}");
@@ -456,14 +543,22 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
         }
     }
 
-    /// Waits until `key`'s record exists and is not `running` (its run
-    /// ended, or it was taken over and ended), woken by the backend's
-    /// notification where it has one, else polling with backoff bounded by
-    /// the running lease's time left.
+    /// Waits until `key`'s record exists and its run has ended: it is not
+    /// `running`, or it is stuck (running with an expired lease: its worker
+    /// crashed or hung, and the next [`Ledger::begin`] takes it over, or
+    /// answers [`Begin::Ignored`] when no attempts are left). Woken by the
+    /// backend's notification where it has one, else polling with backoff
+    /// bounded by the running lease's time left.
+    ///
+    /// Every read is bounded by what is left of `timeout` (at least a short
+    /// floor, so a read can reach a slow backend at all), and a read that
+    /// fails retryably is tried again within it.
     ///
     /// # Errors
     /// [`LockError::Timeout`] naming the running holder when `timeout`
-    /// passes first; a bad key; backend errors.
+    /// passes first (with the last read's error, if it failed); a bad key;
+    /// a permanent backend error; when no read ever saw the record running
+    /// and the last one failed or got no answer, that retryable error.
     pub async fn wait<K>(&self, key: K, timeout: Duration) -> Result<RunRecord, LockError>
     where
         K: TryInto<LockKey, Error = LockError>,
@@ -501,28 +596,47 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
         Ok(records)
     }
 
-    async fn wait_until(&self, key: &LockKey, timeout: Duration) -> Result<RunRecord, LockError> {
+    async fn wait_until(&self, key: &LockKey, wait: Duration) -> Result<RunRecord, LockError> {
         let started = Instant::now();
-        let give_up_at = started.checked_add(timeout).unwrap_or_else(far_future);
+        let give_up_at = started.checked_add(wait).unwrap_or_else(far_future);
         let mut attempt = 0u32;
+        let mut last_holder = None;
         loop {
             let signal = self.store.finish_signal(key);
-            let record = self.store.get(key).await?;
-            let holder = match &record {
-                Some(record) if record.status != RunStatus::Running => {
-                    return Ok(record.clone());
+            let bound = give_up_at
+                .saturating_duration_since(Instant::now())
+                .max(ATTEMPT_FLOOR);
+            let read = timeout(bound, self.store.get(key))
+                .await
+                .unwrap_or_else(|_| Err(no_answer("read of the record", key, bound)));
+            let (holder, failure) = match read {
+                // A stuck run has ended too, by expiry: nobody announces it,
+                // and waiting on would outlast the takeover it allows.
+                Ok(Some(record)) if record.status != RunStatus::Running || record.is_stuck() => {
+                    return Ok(record);
                 }
-                Some(record) => record.holder(),
-                None => None,
+                Ok(Some(record)) => (record.holder(), None),
+                Ok(None) => (None, None),
+                Err(err) if err.is_retryable() => (None, Some(err)),
+                Err(err) => return Err(err),
             };
+            if holder.is_some() {
+                last_holder.clone_from(&holder);
+            }
             let now = Instant::now();
             if now >= give_up_at {
-                return Err(LockError::Timeout {
-                    key: key.clone(),
-                    waited: started.elapsed(),
-                    holder,
-                    last_error: None,
+                return Err(match (failure, last_holder) {
+                    (Some(err), None) => err,
+                    (failure, holder) => LockError::Timeout {
+                        key: key.clone(),
+                        waited: started.elapsed(),
+                        holder,
+                        last_error: failure.map(Box::new),
+                    },
                 });
+            }
+            if let Some(err) = &failure {
+                warn!(%key, error = %err, "reading a run record failed; trying again");
             }
             let mut delay = self.backoff.delay(attempt).min(give_up_at - now);
             if let Some(holder) = &holder {
@@ -617,12 +731,7 @@ fn build_begin_request(
     owner: Option<OwnerLabel>,
 ) -> Result<BeginRequest, LockError> {
     let ttl = Ttl::new(options.ttl)?;
-    if options.max_attempts == 0 || options.max_attempts > MAX_ATTEMPTS {
-        return Err(LockError::InvalidArgument {
-            name: "max_attempts",
-            reason: format!("{} is outside 1..=1000", options.max_attempts),
-        });
-    }
+    check_attempts(options.max_attempts)?;
     Ok(BeginRequest {
         key,
         lease_id: LeaseId::random(),
@@ -631,6 +740,16 @@ fn build_begin_request(
         max_attempts: options.max_attempts,
         request_hash: options.request_hash.clone(),
     })
+}
+
+fn check_attempts(max_attempts: u32) -> Result<(), LockError> {
+    if max_attempts == 0 || max_attempts > MAX_ATTEMPTS {
+        return Err(LockError::InvalidArgument {
+            name: "max_attempts",
+            reason: format!("{max_attempts} is outside 1..=1000"),
+        });
+    }
+    Ok(())
 }
 
 fn check_hash(record: &RunRecord, options: &RunOptions) -> Result<(), LockError> {
@@ -654,15 +773,21 @@ fn classify(record: RunRecord, _options: &RunOptions) -> Begin {
     }
 }
 
-fn result_too_large(size: usize) -> LockError {
-    LockError::ResultTooLarge {
-        size,
-        limit: MAX_RESULT_BYTES,
-    }
-}
-
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// A request that got no answer in time: retryable, since it may yet have
+/// been applied (and a repeat finds out).
+fn no_answer(what: &str, key: &LockKey, bound: Duration) -> LockError {
+    LockError::Backend {
+        backend: "client",
+        retryable: true,
+        message: format!(
+            "{what} of run {key} got no answer within {bound:?}; the backend may still have applied it"
+        ),
+        source: None,
+    }
 }
 
 /// What a [`RunGuard`] needs of its keeper, without naming the store type.
@@ -685,6 +810,9 @@ pub struct RunGuard {
     keeper: Arc<dyn RunFinisher>,
     guard: Option<LockGuard>,
     attempt: u32,
+    /// Bounds each finish request: a finish later than that finds the run's
+    /// lease expired anyway.
+    ttl: Ttl,
 }
 
 impl RunGuard {
@@ -734,7 +862,7 @@ impl RunGuard {
     }
 
     /// Records success with `result` (raw bytes, at most
-    /// [`MAX_RESULT_BYTES`]) in one request conditioned on the run's lease.
+    /// [`MAX_RESULT_BYTES`](super::MAX_RESULT_BYTES)) in one request conditioned on the run's lease.
     ///
     /// # Errors
     /// [`LockError::ResultTooLarge`] (the result is not sent, and the
@@ -743,14 +871,9 @@ impl RunGuard {
     /// [`LockError::LeaseLost`] when another run took the key over (nothing
     /// was changed); backend errors (the run then ends by its lease).
     pub async fn succeed(mut self, result: Option<Vec<u8>>) -> Result<(), LockError> {
-        if let Some(size) = result
-            .as_ref()
-            .map(Vec::len)
-            .filter(|&n| n > MAX_RESULT_BYTES)
-        {
-            return Err(result_too_large(size));
-        }
-        self.finish(Finish::Succeeded { result }).await.map(|_| ())
+        let finish = Finish::Succeeded { result };
+        finish.validate()?;
+        self.finish(finish).await.map(|_| ())
     }
 
     /// Records success with `result` serialised as JSON (see
@@ -788,13 +911,19 @@ impl RunGuard {
             lease_id: guard.lease_id(),
             finish,
         };
-        let outcome = match self.keeper.finish_run(&request).await {
+        let bound = self.ttl.as_duration();
+        let send = || async {
+            timeout(bound, self.keeper.finish_run(&request))
+                .await
+                .unwrap_or_else(|_| Err(no_answer("finish", &request.key, bound)))
+        };
+        let outcome = match send().await {
             Err(err) if err.is_retryable() => {
                 // Finishing is conditioned on the lease id, so a repeat after
                 // a lost reply is harmless: it answers NotHeld if the first
                 // one landed, which we then cannot tell from a takeover.
                 warn!(key = %request.key, error = %err, "finish failed; retrying once");
-                self.keeper.finish_run(&request).await
+                send().await
             }
             other => other,
         };

@@ -26,11 +26,13 @@
 //!   nothing and is told so. A retryable failure leaves the record `failed`
 //!   while attempts are left; a fatal one, or the last attempt, makes it
 //!   `ignored`.
-//! * **Wait** returns the record once it leaves `running`, woken by the
-//!   backend's notification where it has one.
+//! * **Wait** returns the record once its run has ended: it left `running`,
+//!   or it is stuck (its worker crashed, and the next begin takes it over).
+//!   Woken by the backend's notification where it has one.
 //! * **Enqueue** creates a `pending` record and never resets an existing one;
 //!   **retry** (an operator's action) puts a failed, ignored or stuck record
-//!   back to `pending`; **query** lists records by status, page by page;
+//!   back to `pending`; **query** lists records by status, page by page (by
+//!   position, not over a snapshot: a record updated between pages moves);
 //!   **purge** deletes finished records past a retention and never a
 //!   running one.
 //!

@@ -200,9 +200,22 @@ impl RunError {
         self.attempt % ERROR_HISTORY
     }
 
-    /// The JSON text backends store (one slot per failed attempt).
+    /// The error as a store keeps it: the message cut to
+    /// [`MAX_ERROR_BYTES`]. The fields are public, so an error built without
+    /// [`RunError::new`] can hold a longer message; every store cuts it here,
+    /// at its own boundary, rather than trusting the caller.
+    pub fn stored(&self) -> Self {
+        Self {
+            attempt: self.attempt,
+            message: truncate(self.message.clone(), MAX_ERROR_BYTES),
+            retryable: self.retryable,
+        }
+    }
+
+    /// The JSON text backends store (one slot per failed attempt), with the
+    /// message cut as [`RunError::stored`] does.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a RunError always serialises")
+        serde_json::to_string(&self.stored()).expect("a RunError always serialises")
     }
 
     /// Reads a stored slot back.
@@ -305,11 +318,11 @@ impl RunRecord {
             .result
             .as_deref()
             .ok_or_else(|| LockError::InvalidArgument {
-                name: "result",
+                name: "stored result",
                 reason: format!("the record of {} holds no result", self.key),
             })?;
         serde_json::from_slice(bytes).map_err(|err| LockError::InvalidArgument {
-            name: "result",
+            name: "stored result",
             reason: format!(
                 "the stored result of {} does not decode as {}: {err}",
                 self.key,
@@ -377,6 +390,21 @@ mod tests {
         assert!(error.message.ends_with('…'));
         let back = RunError::from_json("test", &error.to_json()).unwrap();
         assert_eq!(back, error);
+    }
+
+    #[test]
+    fn stores_cut_a_long_message_set_through_the_public_field() {
+        let mut error = RunError::new(3, "", false);
+        error.message = "x".repeat(MAX_ERROR_BYTES * 4);
+        let stored = RunError::from_json("test", &error.to_json()).unwrap();
+        assert!(
+            stored.message.len() <= MAX_ERROR_BYTES,
+            "{}",
+            stored.message.len()
+        );
+        assert!(stored.message.ends_with('…'));
+        assert_eq!(stored, error.stored());
+        assert_eq!((stored.attempt, stored.retryable), (3, false));
     }
 
     #[test]

@@ -81,6 +81,40 @@ pub struct FinishRequest {
     pub finish: Finish,
 }
 
+impl FinishRequest {
+    /// Checks what a store must refuse whoever calls it: a result over
+    /// [`MAX_RESULT_BYTES`](super::MAX_RESULT_BYTES). Every
+    /// [`LedgerStore::finish`] calls it before sending anything, so the limit
+    /// holds for a store called directly as for one behind
+    /// [`Ledger`](super::Ledger). (An error message over
+    /// [`MAX_ERROR_BYTES`](super::MAX_ERROR_BYTES) is not refused but cut,
+    /// as [`RunError::stored`] does.)
+    ///
+    /// # Errors
+    /// [`LockError::ResultTooLarge`].
+    pub fn validate(&self) -> Result<(), LockError> {
+        self.finish.validate()
+    }
+}
+
+impl Finish {
+    /// Checks the result size; see [`FinishRequest::validate`].
+    ///
+    /// # Errors
+    /// [`LockError::ResultTooLarge`].
+    pub fn validate(&self) -> Result<(), LockError> {
+        match self {
+            Finish::Succeeded {
+                result: Some(result),
+            } if result.len() > super::MAX_RESULT_BYTES => Err(LockError::ResultTooLarge {
+                size: result.len(),
+                limit: super::MAX_RESULT_BYTES,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The answer to [`LedgerStore::finish`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishOutcome {
@@ -152,6 +186,9 @@ pub enum Order {
 /// Where the next page of a query starts: after the record updated at
 /// `updated_ms` (ms since the Unix epoch) with key `key`, in the query's
 /// order. Records are ordered by `(updated_at, key)`.
+///
+/// A cursor is a position, not a snapshot: see [`LedgerStore::query`] for
+/// what paging promises while records change.
 ///
 /// Opaque to callers ([`fmt::Display`] / [`std::str::FromStr`] give a text
 /// form for a CLI's `--after`); every backend pages by the same position.
@@ -282,7 +319,12 @@ pub struct RunPage {
 ///
 /// Inputs reach a backend validated by the client ([`LockKey`], [`Ttl`],
 /// result size, attempt limit); a backend that is called directly must not
-/// panic on anything else either.
+/// panic on anything else either. The size limits are the store's own to
+/// keep, whoever calls it: `finish` refuses a result over
+/// [`MAX_RESULT_BYTES`](super::MAX_RESULT_BYTES) through
+/// [`FinishRequest::validate`], and stores an error message cut to
+/// [`MAX_ERROR_BYTES`](super::MAX_ERROR_BYTES) ([`RunError::stored`],
+/// [`RunError::to_json`]).
 #[async_trait]
 pub trait LedgerStore: Send + Sync + fmt::Debug + 'static {
     /// A short name for errors and traces: `"memory"`, `"postgres"`, ….
@@ -315,6 +357,10 @@ pub trait LedgerStore: Send + Sync + fmt::Debug + 'static {
     /// Ends the run `request.lease_id` of `request.key`, if the record is
     /// still `running` under that lease id (its lease may have expired, as
     /// long as nobody took over). Clears the lease and sets `finished_at`.
+    ///
+    /// Calls [`FinishRequest::validate`] first: an oversized result is
+    /// [`LockError::ResultTooLarge`] and changes nothing. The error of a
+    /// failure is stored as [`RunError::stored`] gives it.
     async fn finish(&self, request: &FinishRequest) -> Result<FinishOutcome, LockError>;
 
     /// The record of `key`, if any.
@@ -335,6 +381,15 @@ pub trait LedgerStore: Send + Sync + fmt::Debug + 'static {
 
     /// Records matching `query.filter`, ordered by `(updated_at, key)` in
     /// `query.order`, starting after `query.after`, at most `query.limit`.
+    ///
+    /// Paging is by position, not over a snapshot. A record that does not
+    /// change while the pages are read is listed exactly once. A record
+    /// updated in between (a run started or finished, a retry) moves to its
+    /// new `updated_at`: oldest first, it can be listed again on a later
+    /// page; newest first, it moves behind the cursor and is missed; and it
+    /// may leave or enter the filter. A record that is never updated again
+    /// is always reached, so a scheduler that pages oldest first and skips
+    /// keys it has seen sees every waiting record at least once.
     async fn query(&self, query: &RunQuery) -> Result<RunPage, LockError>;
 
     /// Deletes finished records (`succeeded`, `ignored`) whose `updated_at`
