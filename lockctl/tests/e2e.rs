@@ -88,13 +88,15 @@ impl Backend {
         backend
     }
 
-    /// `lockctl ARGS` on this store (through LOCKSTORE_URL, so a child
-    /// calling lockctl uses the same store).
+    /// `lockctl ARGS` on this store, through LOCKSTORE_URL. The command
+    /// of a `run` does not get LOCKSTORE_URL (it may hold a password), so
+    /// a command calling lockctl finds the store in E2E_STORE.
     fn lockctl(&self, args: &[&str]) -> Lockctl {
         let mut command = Command::new(LOCKCTL);
         command
             .args(args)
             .env("LOCKSTORE_URL", &self.url)
+            .env("E2E_STORE", &self.url)
             .env("LOCKCTL", LOCKCTL)
             .env_remove("LOCKCTL_LOG");
         Lockctl(command)
@@ -234,6 +236,89 @@ fn wait_for_file(path: &Path) {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A `sleep` argument no other process has (`1000.<digits>`), to find the
+/// processes a case started by scanning /proc. Dropped, it kills any left,
+/// so a failing case leaves nothing behind.
+struct Marker(String);
+
+impl Marker {
+    fn new() -> Marker {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Marker(format!("1000.{nanos:09}{}{n}", std::process::id()))
+    }
+
+    fn arg(&self) -> &str {
+        &self.0
+    }
+
+    /// The live (not zombie) processes with this argument.
+    fn pids(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let has = cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| arg == self.0.as_bytes());
+                // `pid (comm) S …`: the state follows the last `)`.
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let zombie = stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+                has && !zombie
+            })
+            .collect()
+    }
+
+    /// Waits until a process with this argument runs.
+    fn wait_running(&self) {
+        let started = Instant::now();
+        while self.pids().is_empty() {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "sleep {} never started",
+                self.0
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (only to detect a hang) until no process with this argument
+    /// is left; false if one still is at the limit.
+    fn gone_within(&self, limit: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            if self.pids().is_empty() {
+                return true;
+            }
+            if started.elapsed() > limit {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------- the cases
@@ -457,7 +542,7 @@ fn lease_loss_stops_the_child(b: &Backend) {
     // release with its lease id — and then waits to be stopped.
     let script = format!(
         r#"trap 'echo term > "{m}"; kill $! 2>/dev/null; exit 0' TERM
-"$LOCKCTL" release "$LOCKSTORE_KEY" "$LOCKSTORE_LEASE_ID" || exit 99
+"$LOCKCTL" --store "$E2E_STORE" release "$LOCKSTORE_KEY" "$LOCKSTORE_LEASE_ID" || exit 99
 sleep 100 & wait"#,
         m = marker.display()
     );
@@ -483,7 +568,7 @@ sleep 100 & wait"#,
 fn lease_loss_kills_a_child_that_ignores_sigterm(b: &Backend) {
     let key = unique("kill");
     let script = r#"trap '' TERM
-"$LOCKCTL" release "$LOCKSTORE_KEY" "$LOCKSTORE_LEASE_ID" || exit 99
+"$LOCKCTL" --store "$E2E_STORE" release "$LOCKSTORE_KEY" "$LOCKSTORE_LEASE_ID" || exit 99
 while :; do sleep 1; done"#;
     let out = b
         .lockctl(&[
@@ -633,6 +718,142 @@ sleep 100 & echo up > "{r}"; wait"#,
     assert_eq!(skipped.code(), 202, "{}", skipped.stderr);
 }
 
+/// The lease is lost while the command is `sh -c 'sleep …; :'`: SIGTERM
+/// reaches the sleep too (the whole process group), and lockctl exits only
+/// once nothing of the command is left.
+fn lease_loss_stops_the_whole_process_tree(b: &Backend) {
+    let key = unique("tree-lost");
+    let sleeper = Marker::new();
+    let script = format!("sleep {}; :", sleeper.arg());
+    let first = b
+        .lockctl(&[
+            "run",
+            &key,
+            "--ttl",
+            "1s",
+            "--kill-grace",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn(Stdio::null());
+    sleeper.wait_running();
+    // Paused, lockctl renews nothing: once its lease runs out another run
+    // takes the key, and lockctl, continued, finds its lease gone.
+    send_signal(&first, "STOP");
+    take_when_free(b, &key);
+    send_signal(&first, "CONT");
+    let out = first.wait_within(PATIENCE);
+    assert_eq!(out.code(), 201, "{}", out.stderr);
+    assert_eq!(
+        sleeper.pids(),
+        Vec::<i32>::new(),
+        "the command's sleep outlived the lease and lockctl: {}",
+        out.stderr
+    );
+}
+
+/// `lockctl run KEY --no-wait -- true`, repeated until the key is free;
+/// panics on anything but "held" before that.
+fn take_when_free(b: &Backend, key: &str) {
+    let started = Instant::now();
+    loop {
+        let out = b.lockctl(&["run", key, "--no-wait", "--", "true"]).output();
+        match out.code() {
+            0 => return,
+            200 => {
+                assert!(
+                    started.elapsed() < PATIENCE,
+                    "{key} never became free: {}",
+                    out.stderr
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+            other => panic!("taking {key} exited {other}: {}", out.stderr),
+        }
+    }
+}
+
+/// lockctl is SIGKILLed: its watchdog stops the command's process group,
+/// before the lease runs out and another run could take the key.
+fn killed_lockctl_takes_the_process_tree_along(b: &Backend) {
+    let key = unique("tree-killed");
+    let sleeper = Marker::new();
+    let script = format!("sleep {}", sleeper.arg());
+    let first = b
+        .lockctl(&["run", &key, "--ttl", "2s", "--", "sh", "-c", &script])
+        .spawn(Stdio::null());
+    sleeper.wait_running();
+    send_signal(&first, "KILL");
+    let started = Instant::now();
+    loop {
+        let out = b
+            .lockctl(&["run", &key, "--no-wait", "--", "true"])
+            .output();
+        match out.code() {
+            0 => break,
+            200 => assert!(started.elapsed() < PATIENCE, "{key} never became free"),
+            other => panic!("taking {key} exited {other}: {}", out.stderr),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        sleeper.pids(),
+        Vec::<i32>::new(),
+        "the key was taken again while the killed lockctl's command still ran"
+    );
+    let out = first.wait_within(PATIENCE);
+    assert!(
+        out.stderr.contains("stopping process group"),
+        "the watchdog says what it did: {}",
+        out.stderr
+    );
+}
+
+/// A `--once` run whose lockctl was SIGKILLed is stuck once its lease
+/// runs out; a run waiting for it (`--wait 60s`) takes it over then, not
+/// after the whole wait.
+fn once_wait_takes_over_a_killed_run(b: &Backend) {
+    let key = unique("once-killed");
+    let sleeper = Marker::new();
+    let script = format!("sleep {}", sleeper.arg());
+    let first = b
+        .lockctl(&[
+            "run", "--once", &key, "--ttl", "1s", "--", "sh", "-c", &script,
+        ])
+        .spawn(Stdio::null());
+    sleeper.wait_running();
+    send_signal(&first, "KILL");
+    // PATIENCE only detects a hang; today's bug shows as exit 200 after
+    // the full 60 s.
+    let second = b
+        .lockctl(&[
+            "run",
+            "--once",
+            "--wait",
+            "60s",
+            &key,
+            "--",
+            "sh",
+            "-c",
+            "echo second",
+        ])
+        .output();
+    assert_eq!(second.code(), 0, "{}", second.stderr);
+    assert_eq!(second.stdout.trim(), "second");
+    let status = b.lockctl(&["--json", "status", &key]).output();
+    let run = status.json()["run"].clone();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["attempts"], 2, "{run}");
+    assert!(
+        sleeper.gone_within(PATIENCE),
+        "the killed run's sleep lives on"
+    );
+    let _ = first.wait_within(PATIENCE);
+}
+
 fn send_signal(running: &Running, signal: &str) {
     let sent = Command::new("kill")
         .args([format!("-{signal}"), running.child.id().to_string()])
@@ -677,6 +898,9 @@ every_backend!(
     sigterm_is_forwarded_to_the_child,
     sigint_is_forwarded_to_the_child,
     once_lease_loss_stops_the_child,
+    lease_loss_stops_the_whole_process_tree,
+    killed_lockctl_takes_the_process_tree_along,
+    once_wait_takes_over_a_killed_run,
 );
 
 // ------------------------------------------------- backend-independent cases
@@ -770,4 +994,228 @@ fn completions_and_man_page_are_generated() {
     let help = bare(&["run", "--help"]);
     assert_eq!(help.code(), 0);
     assert!(help.stdout.contains("201"), "exit codes in --help");
+}
+
+/// An SQLite store in a temporary directory, for the cases that do not
+/// depend on the backend.
+fn sqlite_store() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("x.db").display());
+    (dir, url)
+}
+
+#[test]
+fn huge_waits_do_not_overflow_the_clock() {
+    let (_dir, store) = sqlite_store();
+    // About 1.7e19 seconds: past what a clock instant can add.
+    let huge = "200000000000000d";
+    for args in [
+        vec!["run", "--once", "--wait", huge, "huge-once", "--", "true"],
+        vec!["run", "--wait", huge, "huge-lock", "--", "true"],
+        vec!["acquire", "--wait", huge, "huge-acquire"],
+    ] {
+        let mut full = vec!["--store", store.as_str()];
+        full.extend(args.iter().copied());
+        let out = bare(&full);
+        assert_eq!(out.code(), 0, "{args:?}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn a_command_exit_code_in_the_reserved_range_is_flagged() {
+    let (_dir, store) = sqlite_store();
+    for once in [false, true] {
+        let mut args = vec!["--store", store.as_str(), "run"];
+        if once {
+            args.push("--once");
+        }
+        args.extend(["reserved-code", "--", "sh", "-c", "exit 201"]);
+        let out = bare(&args);
+        assert_eq!(out.code(), 201, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("the command itself exited 201"),
+            "once={once}: {}",
+            out.stderr
+        );
+    }
+    let plain = bare(&["--store", &store, "run", "k", "--", "sh", "-c", "exit 199"]);
+    assert_eq!(plain.code(), 199);
+    assert!(!plain.stderr.contains("reserved"), "{}", plain.stderr);
+}
+
+#[test]
+fn the_command_does_not_inherit_the_store_url() {
+    let (_dir, store) = sqlite_store();
+    let mut command = Command::new(LOCKCTL);
+    command.env("LOCKSTORE_URL", &store).args([
+        "run",
+        "env-url",
+        "--",
+        "sh",
+        "-c",
+        r#"echo "url=${LOCKSTORE_URL-unset}""#,
+    ]);
+    let out = Lockctl(command).output();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "url=unset");
+}
+
+/// `lockctl ARGS` with the store `url`, given with --store or through
+/// LOCKSTORE_URL: every call's output, with its description. All at once,
+/// since a refused connection takes seconds of retries.
+fn with_store_urls(urls: &[&str]) -> Vec<(String, Output)> {
+    let mut running = Vec::new();
+    for url in urls {
+        for args in [
+            vec!["status", "k"],
+            vec!["list"],
+            vec!["run", "k", "--", "true"],
+            vec!["run", "--once", "k", "--", "true"],
+            vec!["--verbose", "status", "k"],
+        ] {
+            for through_env in [false, true] {
+                let mut command = Command::new(LOCKCTL);
+                if through_env {
+                    command.env("LOCKSTORE_URL", url);
+                } else {
+                    command.env_remove("LOCKSTORE_URL").args(["--store", url]);
+                }
+                command.args(&args);
+                let what = format!("{url} {args:?} (env: {through_env})");
+                running.push((what, Lockctl(command).spawn(Stdio::null())));
+            }
+        }
+    }
+    running
+        .into_iter()
+        .map(|(what, running)| (what, running.wait_within(PATIENCE)))
+        .collect()
+}
+
+fn assert_no_password(urls: &[&str]) {
+    for (what, out) in with_store_urls(urls) {
+        assert_eq!(out.code(), 204, "{what}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("hunter2") && !out.stdout.contains("hunter2"),
+            "{what}: the password is printed: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn store_passwords_are_never_printed() {
+    assert_no_password(&[
+        // Refused connections.
+        "postgres://app:hunter2@127.0.0.1:1/db",
+        "redis://:hunter2@127.0.0.1:1",
+        "redis://app:hunter2@127.0.0.1:1/0",
+        // Malformed URLs.
+        "postgres://app:hunter2@127.0.0.1:notaport/db",
+        "redis://:hunter2@127.0.0.1:notaport",
+        "postgres://app:hunter2@",
+    ]);
+}
+
+/// A URL without `://` is redacted by lockstore's `open` (review m4),
+/// rewritten outside lockctl; this case waits for that.
+#[test]
+fn store_passwords_in_urls_without_slashes_are_never_printed() {
+    assert_no_password(&["postgres:app:hunter2@db/app", "app:hunter2@db/app"]);
+}
+
+/// The reader of lockctl's stderr stalls (a stuck log pipe) while the
+/// command writes a lot to stderr: lockctl drops output rather than
+/// block, and keeps renewing the run's lease.
+#[test]
+fn a_stalled_stderr_reader_does_not_stop_renewals() {
+    let (dir, store) = sqlite_store();
+    let up = dir.path().join("up");
+    let written = dir.path().join("written");
+    let go = dir.path().join("go");
+    let script = format!(
+        r#"echo up > "{up}"
+head -c 4000000 /dev/zero | tr '\0' x >&2
+echo done > "{written}"
+while [ ! -e "{go}" ]; do sleep 0.05; done"#,
+        up = up.display(),
+        written = written.display(),
+        go = go.display()
+    );
+    let mut command = Command::new(LOCKCTL);
+    command.env("LOCKSTORE_URL", &store).args([
+        "run", "--once", "--ttl", "3s", "stalled", "--", "sh", "-c", &script,
+    ]);
+    let mut child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lockctl starts");
+    // Not read until the end.
+    let stderr = child.stderr.take().expect("stderr pipe");
+    wait_for_file(&up);
+    // Past two TTLs: a lockctl blocked on its stderr has renewed nothing.
+    thread::sleep(Duration::from_secs(7));
+    let mut command = Command::new(LOCKCTL);
+    command.env("LOCKSTORE_URL", &store).args([
+        "run",
+        "--once",
+        "--no-wait",
+        "stalled",
+        "--",
+        "true",
+    ]);
+    let beside = Lockctl(command).output();
+    assert_eq!(
+        beside.code(),
+        200,
+        "the stalled run's lease ran out: {}",
+        beside.stderr
+    );
+    wait_for_file(&written);
+    std::fs::write(&go, "go").expect("write go");
+    let text = reader(Some(stderr));
+    let running = Running {
+        child,
+        stdout: reader(None::<std::fs::File>),
+        stderr: text,
+    };
+    let out = running.wait_within(PATIENCE);
+    assert_eq!(
+        out.code(),
+        0,
+        "{}",
+        &out.stderr[out.stderr.len().saturating_sub(500)..]
+    );
+    assert!(
+        out.stderr.contains("bytes of output dropped"),
+        "{}",
+        &out.stderr[out.stderr.len().saturating_sub(500)..]
+    );
+}
+
+/// On a terminal (a pseudo-terminal from script(1)), the command runs in
+/// the terminal's foreground, so it can read it (in a background group
+/// it would be stopped by SIGTTIN).
+#[test]
+fn a_command_on_a_terminal_can_read_it() {
+    let (_dir, store) = sqlite_store();
+    let inner =
+        format!("{LOCKCTL} --store {store} run tty-read -- sh -c 'read line; echo got:$line'");
+    let mut command = Command::new("script");
+    command.args(["-qec", &inner, "/dev/null"]);
+    let mut running = Lockctl(command).spawn(Stdio::piped());
+    running
+        .child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"hello tty\n")
+        .expect("write stdin");
+    let out = running.wait_within(PATIENCE);
+    assert_eq!(out.code(), 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("got:hello tty"), "{}", out.stdout);
 }
