@@ -258,27 +258,9 @@ impl Marker {
         &self.0
     }
 
-    /// The live (not zombie) processes with this argument.
+    /// The live processes with this argument.
     fn pids(&self) -> Vec<i32> {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let has = cmdline
-                    .split(|b| *b == 0)
-                    .any(|arg| arg == self.0.as_bytes());
-                // `pid (comm) S …`: the state follows the last `)`.
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                let zombie = stat
-                    .rsplit_once(')')
-                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-                has && !zombie
-            })
-            .collect()
+        processes_with_arg(&self.0)
     }
 
     /// Waits until a process with this argument runs.
@@ -319,6 +301,35 @@ impl Drop for Marker {
             );
         }
     }
+}
+
+/// The live (not zombie) processes one of whose arguments is `arg`, with
+/// their state letter (`S`, `T`, …).
+fn processes_in_state(arg: &str) -> Vec<(i32, char)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            if !cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+                return None;
+            }
+            // `pid (comm) S …`: the state follows the last `)`.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            (state != 'Z').then_some((pid, state))
+        })
+        .collect()
+}
+
+fn processes_with_arg(arg: &str) -> Vec<i32> {
+    processes_in_state(arg)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 // ---------------------------------------------------------------- the cases
@@ -1218,4 +1229,86 @@ fn a_command_on_a_terminal_can_read_it() {
     let out = running.wait_within(PATIENCE);
     assert_eq!(out.code(), 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("got:hello tty"), "{}", out.stdout);
+}
+
+/// Ctrl-Z on the terminal stops the command (its group has the
+/// foreground) and lockctl with it, so a shell would see its job stopped
+/// and get the terminal back; continued, lockctl gives the command the
+/// foreground again and continues it.
+#[test]
+fn ctrl_z_on_a_terminal_stops_lockctl_with_the_command() {
+    let (_dir, store) = sqlite_store();
+    let key = unique("tty-stop");
+    let script = format!("read line; echo {key}:$line");
+    let inner = format!("{LOCKCTL} --store {store} run {key} -- sh -c '{script}'");
+    let mut command = Command::new("script");
+    command.args(["-qec", &inner, "/dev/null"]);
+    let mut running = Lockctl(command).spawn(Stdio::piped());
+    // Until lockctl has handed the terminal to the command's group, ^Z
+    // would go to lockctl's.
+    let started = Instant::now();
+    while !processes_with_arg(&script)
+        .into_iter()
+        .any(|pid| !is_lockctl(pid) && has_the_terminal(pid))
+    {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the command never got the terminal's foreground"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let lockctl = |state: char| {
+        processes_in_state(&key)
+            .into_iter()
+            .filter(|(pid, s)| *s == state && is_lockctl(*pid))
+            .map(|(pid, _)| pid)
+            .next()
+    };
+    let stdin = running.child.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"\x1a").expect("write ^Z");
+    stdin.flush().expect("flush");
+    let started = Instant::now();
+    let stopped = loop {
+        if let Some(pid) = lockctl('T') {
+            break pid;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "lockctl never stopped with its command"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    // As `fg` would; script(1), which stopped itself when its child
+    // stopped, too.
+    for pid in [stopped.to_string(), running.child.id().to_string()] {
+        let sent = Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+    }
+    let stdin = running.child.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"after\n").expect("write stdin");
+    let out = running.wait_within(PATIENCE);
+    assert_eq!(out.code(), 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&format!("{key}:after")),
+        "{}",
+        out.stdout
+    );
+}
+
+/// Whether the process's group is its terminal's foreground group
+/// (`/proc/PID/stat`: pgrp, and tpgid three fields later).
+fn has_the_terminal(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    fields.len() > 5 && fields[2] == fields[5]
+}
+
+fn is_lockctl(pid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("lockctl"))
 }
