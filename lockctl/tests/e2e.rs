@@ -729,14 +729,22 @@ sleep 100 & echo up > "{r}"; wait"#,
     assert_eq!(skipped.code(), 202, "{}", skipped.stderr);
 }
 
-/// The lease is lost while the command is `sh -c 'sleep …; :'`: SIGTERM
-/// reaches the sleep too (the whole process group), and lockctl exits only
-/// once nothing of the command is left.
+/// The lease is lost while the command's shell waits on a `sleep` it
+/// started: SIGTERM reaches the sleep too (the whole process group), and
+/// lockctl exits only once nothing of the command is left. (The shell
+/// loses the lease itself, with a forced release, once the sleep runs:
+/// deterministic, unlike pausing lockctl, which may hold SQLite's write
+/// lock while paused.)
 fn lease_loss_stops_the_whole_process_tree(b: &Backend) {
     let key = unique("tree-lost");
     let sleeper = Marker::new();
-    let script = format!("sleep {}; :", sleeper.arg());
-    let first = b
+    let script = format!(
+        r#"sleep {} >/dev/null 2>&1 &
+"$LOCKCTL" --store "$E2E_STORE" release "$LOCKSTORE_KEY" "$LOCKSTORE_LEASE_ID" || exit 99
+wait"#,
+        sleeper.arg()
+    );
+    let out = b
         .lockctl(&[
             "run",
             &key,
@@ -749,14 +757,7 @@ fn lease_loss_stops_the_whole_process_tree(b: &Backend) {
             "-c",
             &script,
         ])
-        .spawn(Stdio::null());
-    sleeper.wait_running();
-    // Paused, lockctl renews nothing: once its lease runs out another run
-    // takes the key, and lockctl, continued, finds its lease gone.
-    send_signal(&first, "STOP");
-    take_when_free(b, &key);
-    send_signal(&first, "CONT");
-    let out = first.wait_within(PATIENCE);
+        .output();
     assert_eq!(out.code(), 201, "{}", out.stderr);
     assert_eq!(
         sleeper.pids(),
@@ -766,25 +767,25 @@ fn lease_loss_stops_the_whole_process_tree(b: &Backend) {
     );
 }
 
-/// `lockctl run KEY --no-wait -- true`, repeated until the key is free;
-/// panics on anything but "held" before that.
-fn take_when_free(b: &Backend, key: &str) {
-    let started = Instant::now();
-    loop {
-        let out = b.lockctl(&["run", key, "--no-wait", "--", "true"]).output();
-        match out.code() {
-            0 => return,
-            200 => {
-                assert!(
-                    started.elapsed() < PATIENCE,
-                    "{key} never became free: {}",
-                    out.stderr
-                );
-                thread::sleep(Duration::from_millis(50));
-            }
-            other => panic!("taking {key} exited {other}: {}", out.stderr),
-        }
-    }
+/// The command exits, leaving a process it started in its group: lockctl
+/// stops it before it releases the lock and exits.
+fn processes_the_command_leaves_behind_are_stopped(b: &Backend) {
+    let key = unique("tree-left");
+    let sleeper = Marker::new();
+    // Its output elsewhere, so a sleep that survives (the bug) fails the
+    // case instead of holding lockctl's pipes open.
+    let script = format!("sleep {} >/dev/null 2>&1 & exit 0", sleeper.arg());
+    let out = b
+        .lockctl(&["run", &key, "--kill-grace", "1s", "--", "sh", "-c", &script])
+        .output();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        sleeper.pids(),
+        Vec::<i32>::new(),
+        "a process of the command outlived lockctl: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("still run"), "{}", out.stderr);
 }
 
 /// lockctl is SIGKILLed: its watchdog stops the command's process group,
@@ -910,6 +911,7 @@ every_backend!(
     sigint_is_forwarded_to_the_child,
     once_lease_loss_stops_the_child,
     lease_loss_stops_the_whole_process_tree,
+    processes_the_command_leaves_behind_are_stopped,
     killed_lockctl_takes_the_process_tree_along,
     once_wait_takes_over_a_killed_run,
 );
