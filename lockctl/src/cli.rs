@@ -165,7 +165,10 @@ pub struct WaitArgs {
 /// `lockctl run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The lock's key (e.g. nightly-etl/2026-11-24).
+    /// The lock's key (e.g. nightly-etl/2026-11-24). With --once it may
+    /// hold {date}, {hour} or {minute}, the current UTC time
+    /// (2026-12-07, 2026-12-07T14, 2026-12-07T14:05): `etl/{date}` runs
+    /// once a day. Write {{ and }} for literal braces.
     pub key: String,
 
     /// Run at most once successfully: skip (exit 202) if KEY already

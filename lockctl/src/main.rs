@@ -15,6 +15,7 @@ mod group;
 mod output;
 mod run;
 mod signals;
+mod template;
 mod terminal;
 mod watch;
 

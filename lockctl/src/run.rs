@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lockstore::ledger::{Begin, RunFailure, RunOptions, RunRecord};
@@ -24,6 +24,7 @@ use crate::errout;
 use crate::exit::{self, Codes};
 use crate::group::{AFTER_SIGKILL, Group};
 use crate::signals::Forwarded;
+use crate::template;
 use crate::terminal::Foreground;
 use crate::watch::Watchdog;
 use crate::{Failure, describe_store_error};
@@ -34,7 +35,13 @@ const STDERR_TAIL_BYTES: usize = 1500;
 
 /// Runs `lockctl run`.
 pub async fn run(store: &Store, args: RunArgs, codes: &Codes) -> Result<u8, Failure> {
-    let key = LockKey::new(&args.key).map_err(|err| Failure::error(codes, err.to_string()))?;
+    let key = if args.once {
+        template::expand(&args.key, SystemTime::now())
+            .map_err(|err| Failure::error(codes, err.to_string()))?
+    } else {
+        args.key.clone()
+    };
+    let key = LockKey::new(&key).map_err(|err| Failure::error(codes, err.to_string()))?;
     let mut signals = Forwarded::install()
         .map_err(|err| Failure::error(codes, format!("cannot handle signals: {err}")))?;
     if args.once {

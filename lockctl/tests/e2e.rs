@@ -1314,3 +1314,60 @@ fn has_the_terminal(pid: i32) -> bool {
 fn is_lockctl(pid: i32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("lockctl"))
 }
+
+/// `run --once 'KEY/{date}'` runs under today's UTC date; an unknown
+/// placeholder is refused, naming it, with nothing run.
+#[test]
+fn once_keys_expand_date_templates() {
+    let (_dir, store) = sqlite_store();
+    let utc_date = || {
+        let out = Command::new("date")
+            .args(["-u", "+%F"])
+            .output()
+            .expect("date runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let before = utc_date();
+    let ran = bare(&[
+        "--store",
+        &store,
+        "run",
+        "--once",
+        "tpl/{date}/{{x}}",
+        "--",
+        "true",
+    ]);
+    let after = utc_date();
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    let listed = bare(&["--store", &store, "--json", "list"]);
+    let keys: Vec<String> = listed
+        .json()
+        .as_array()
+        .map(|records| {
+            records
+                .iter()
+                .filter_map(|r| r["key"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Midnight may pass between the two readings of the clock.
+    assert!(
+        keys.contains(&format!("tpl/{before}/{{x}}"))
+            || keys.contains(&format!("tpl/{after}/{{x}}")),
+        "{keys:?} (today is {before})"
+    );
+    let refused = bare(&[
+        "--store",
+        &store,
+        "run",
+        "--once",
+        "tpl/{day}",
+        "--",
+        "sh",
+        "-c",
+        "echo ran",
+    ]);
+    assert_eq!(refused.code(), 204, "{}", refused.stderr);
+    assert!(refused.stderr.contains("{day}"), "{}", refused.stderr);
+    assert_eq!(refused.stdout, "", "the command ran");
+}
