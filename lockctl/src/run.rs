@@ -458,6 +458,11 @@ async fn supervise(
             signal = signals.next() => {
                 tracing::debug!(%signal, "forwarding to the command's process group");
                 group.signal(signal);
+                if matches!(signal, Signal::SIGTERM | Signal::SIGHUP) {
+                    // As a shell's `kill` and a terminal's hangup do: a
+                    // stopped process would keep the signal pending.
+                    group.signal(Signal::SIGCONT);
+                }
             }
             Some(()) = async { stops.as_mut()?.recv().await } => {
                 if let (Some(foreground), true) = (&foreground, group.leader_stopped()) {

@@ -1216,8 +1216,9 @@ while [ ! -e "{go}" ]; do sleep 0.05; done"#,
 #[test]
 fn a_command_on_a_terminal_can_read_it() {
     let (_dir, store) = sqlite_store();
-    let inner =
-        format!("{LOCKCTL} --store {store} run tty-read -- sh -c 'read line; echo got:$line'");
+    let key = unique("tty-read");
+    let _cleanup = KillLockctl(key.clone());
+    let inner = format!("{LOCKCTL} --store {store} run {key} -- sh -c 'read line; echo got:$line'");
     let mut command = Command::new("script");
     command.args(["-qec", &inner, "/dev/null"]);
     let mut running = Lockctl(command).spawn(Stdio::piped());
@@ -1241,6 +1242,7 @@ fn a_command_on_a_terminal_can_read_it() {
 fn ctrl_z_on_a_terminal_stops_lockctl_with_the_command() {
     let (_dir, store) = sqlite_store();
     let key = unique("tty-stop");
+    let _cleanup = KillLockctl(key.clone());
     let script = format!("read line; echo {key}:$line");
     let inner = format!("{LOCKCTL} --store {store} run {key} -- sh -c '{script}'");
     let mut command = Command::new("script");
@@ -1370,4 +1372,22 @@ fn once_keys_expand_date_templates() {
     assert_eq!(refused.code(), 204, "{}", refused.stderr);
     assert!(refused.stderr.contains("{day}"), "{}", refused.stderr);
     assert_eq!(refused.stdout, "", "the command ran");
+}
+
+/// Kills (SIGKILL) the lockctl running KEY when dropped: a terminal case
+/// that fails leaves lockctl in script(1)'s session, out of reach of the
+/// harness's group kill. Its watchdog then stops its command.
+struct KillLockctl(String);
+
+impl Drop for KillLockctl {
+    fn drop(&mut self) {
+        for pid in processes_with_arg(&self.0) {
+            if is_lockctl(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
 }
