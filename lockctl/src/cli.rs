@@ -103,13 +103,16 @@ impl CodeArgs {
 pub enum Command {
     /// Run CMD while holding KEY's lock (with --once: at most once successfully).
     ///
-    /// The lease is renewed in the background while CMD runs. CMD gets
-    /// LOCKSTORE_KEY, LOCKSTORE_FENCE and LOCKSTORE_LEASE_ID in its
-    /// environment (and LOCKSTORE_ATTEMPT with --once), lockctl's stdin,
-    /// stdout and stderr, and the SIGINT, SIGTERM and SIGHUP lockctl gets.
-    /// If the lease is lost, CMD is sent SIGTERM, then SIGKILL after
-    /// --kill-grace, and lockctl exits 201. Otherwise lockctl exits with
-    /// CMD's exit code.
+    /// The lease is renewed in the background while CMD runs. CMD runs in
+    /// a process group of its own and gets LOCKSTORE_KEY, LOCKSTORE_FENCE
+    /// and LOCKSTORE_LEASE_ID in its environment (and LOCKSTORE_ATTEMPT
+    /// with --once; not LOCKSTORE_URL, which may hold a password),
+    /// lockctl's stdin, stdout and stderr (and the terminal's foreground,
+    /// if lockctl has it), and the SIGINT, SIGTERM and SIGHUP lockctl gets,
+    /// sent to its whole group. If the lease is lost, CMD's group is sent
+    /// SIGTERM, then SIGKILL after --kill-grace, and lockctl exits 201; if
+    /// lockctl is killed, a watchdog does the same. Otherwise lockctl
+    /// exits with CMD's exit code, once nothing of CMD's group is left.
     #[command(after_help = help_footer())]
     Run(RunArgs),
     /// Take KEY's lock and print its lease id and fencing token.
@@ -150,7 +153,8 @@ pub enum Command {
 pub struct WaitArgs {
     /// Wait at most this long for the lock (e.g. 30s, 5m). Default: `run`
     /// and `acquire` wait as long as it takes; `run --once` does not wait
-    /// for a run live elsewhere.
+    /// for a run live elsewhere (waiting, it takes over a crashed run once
+    /// its lease runs out).
     #[arg(long, short = 'w', value_name = "DURATION", value_parser = duration::parse, conflicts_with = "no_wait")]
     pub wait: Option<Duration>,
     /// Do not wait: exit 200 at once if the key is held.
@@ -161,7 +165,10 @@ pub struct WaitArgs {
 /// `lockctl run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The lock's key (e.g. nightly-etl/2026-11-24).
+    /// The lock's key (e.g. nightly-etl/2026-11-24). With --once it may
+    /// hold {date}, {hour} or {minute}, the current UTC time
+    /// (2026-12-07, 2026-12-07T14, 2026-12-07T14:05): `etl/{date}` runs
+    /// once a day. Write {{ and }} for literal braces.
     pub key: String,
 
     /// Run at most once successfully: skip (exit 202) if KEY already

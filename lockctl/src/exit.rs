@@ -27,7 +27,9 @@ pub const NOT_FOUND: u8 = 127;
 /// The table printed under `--help` and in the README.
 pub const TABLE: &str = "\
 Exit codes:
-  0-199  the command's own exit code (128+N when it was killed by signal N)
+  0-255  the command's own exit code (128+N when it was killed by signal N);
+         a command's own 200-204 collides with the codes below: lockctl
+         then says so on stderr
   126    the command could not be started; 127: not found
   200    not acquired: the key is held (--no-wait, or --wait ran out); with
          --once, a run of the key is live elsewhere
@@ -53,6 +55,20 @@ pub struct Codes {
     pub ignored: u8,
     /// See [`ERROR`].
     pub error: u8,
+}
+
+impl Codes {
+    /// Whether `code` is one of these reserved codes.
+    pub fn reserved(&self, code: u8) -> bool {
+        [
+            self.not_acquired,
+            self.lost,
+            self.already_succeeded,
+            self.ignored,
+            self.error,
+        ]
+        .contains(&code)
+    }
 }
 
 impl Default for Codes {

@@ -9,13 +9,20 @@
 mod admin;
 mod cli;
 mod duration;
+mod errout;
 mod exit;
+mod group;
 mod output;
 mod run;
 mod signals;
+mod template;
+mod terminal;
+mod watch;
 
+use std::ffi::OsStr;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use clap::error::ErrorKind;
@@ -24,6 +31,11 @@ use lockstore::{LockError, OpenError, Store};
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(OsStr::new(watch::SUBCOMMAND)) {
+        let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+        return ExitCode::from(watch::watch(&args));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -50,6 +62,7 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(dispatch(cli, codes));
+    errout::flush(Duration::from_secs(2));
     ExitCode::from(code)
 }
 
@@ -135,6 +148,7 @@ async fn dispatch(cli: Cli, codes: exit::Codes) -> u8 {
     match result {
         Ok(code) => code,
         Err(failure) => {
+            errout::flush(Duration::from_secs(2));
             eprintln!("lockctl: {}", failure.message);
             failure.code
         }

@@ -2,11 +2,11 @@
 
 use std::ffi::OsString;
 use std::future::Future;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lockstore::ledger::{Begin, RunFailure, RunOptions, RunRecord};
@@ -14,13 +14,19 @@ use lockstore::{AcquireOptions, Holder, LockError, LockKey, Store, Wait};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr, Command};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::cli::{RunArgs, WaitArgs};
 use crate::duration::human;
+use crate::errout;
 use crate::exit::{self, Codes};
-use crate::signals::{self, Forwarded};
+use crate::group::{AFTER_SIGKILL, Group};
+use crate::signals::Forwarded;
+use crate::template;
+use crate::terminal::Foreground;
+use crate::watch::Watchdog;
 use crate::{Failure, describe_store_error};
 
 /// How much of the child's stderr a failed `--once` run keeps in its record
@@ -29,7 +35,13 @@ const STDERR_TAIL_BYTES: usize = 1500;
 
 /// Runs `lockctl run`.
 pub async fn run(store: &Store, args: RunArgs, codes: &Codes) -> Result<u8, Failure> {
-    let key = LockKey::new(&args.key).map_err(|err| Failure::error(codes, err.to_string()))?;
+    let key = if args.once {
+        template::expand(&args.key, SystemTime::now())
+            .map_err(|err| Failure::error(codes, err.to_string()))?
+    } else {
+        args.key.clone()
+    };
+    let key = LockKey::new(&key).map_err(|err| Failure::error(codes, err.to_string()))?;
     let mut signals = Forwarded::install()
         .map_err(|err| Failure::error(codes, format!("cannot handle signals: {err}")))?;
     if args.once {
@@ -107,24 +119,24 @@ async fn run_locked(
         ("LOCKSTORE_FENCE", guard.fence().to_string()),
         ("LOCKSTORE_LEASE_ID", guard.lease_id().to_string()),
     ];
-    let mut child = match spawn(&args.command, &env, false) {
-        Ok(child) => child,
+    let started = match spawn(&args.command, &env, false, args.kill_grace) {
+        Ok(started) => started,
         Err(failure) => {
             let _ = guard.release().await;
             return Err(failure);
         }
     };
-    let ended = supervise(&mut child, guard.lost(), signals, args.kill_grace, &key).await;
+    let ended = supervise(started, guard.lost(), signals, args.kill_grace, &key).await;
     let released = guard.release().await;
     match ended {
         Ok(Ended::Exited(status)) => {
             if let Err(err) = released {
-                eprintln!(
-                    "lockctl: releasing {key} failed ({}); it ends by its TTL",
+                errout::say(&format!(
+                    "releasing {key} failed ({}); it ends by its TTL",
                     describe_store_error(&err)
-                );
+                ));
             }
-            Ok(exit_code(status))
+            Ok(passed_through(status, codes))
         }
         Ok(Ended::Lost(status)) => Err(Failure {
             code: codes.lost,
@@ -155,16 +167,44 @@ async fn run_once(
         WaitArgs {
             wait: Some(limit),
             no_wait: false,
-        } => Some(Instant::now() + limit),
+        } => Some(deadline_after(limit)),
         _ => None,
     };
+    let waited_since = Instant::now();
     let run = loop {
         let starting = format!("starting {key}");
-        let begun =
-            match unless_signalled(ledger.begin(&key, &options), signals, &starting, None).await {
-                Ok(begun) => begun,
-                Err(code) => return Ok(code),
-            };
+        // A request is bounded by what is left of --wait, but given at
+        // least a TTL (a store slower than that is broken): a PostgreSQL
+        // `begin` queued behind a row lock must not hold lockctl forever.
+        // Given up on, a `begin` that did reach the store leaves a run
+        // nobody renews, which the next `begin` takes over after its TTL.
+        let bound = deadline
+            .map_or(args.ttl, |d| d.saturating_duration_since(Instant::now()))
+            .max(args.ttl);
+        let begun = match unless_signalled(
+            timeout(bound, ledger.begin(&key, &options)),
+            signals,
+            &starting,
+            None,
+        )
+        .await
+        {
+            Ok(Ok(begun)) => begun,
+            Ok(Err(_)) => {
+                return Err(Failure {
+                    code: if deadline.is_some() {
+                        codes.not_acquired
+                    } else {
+                        codes.error
+                    },
+                    message: format!(
+                        "the store did not answer within {}; {key} was not run here",
+                        human(bound)
+                    ),
+                });
+            }
+            Err(code) => return Ok(code),
+        };
         let record = match begun.map_err(|err| Failure::store(codes, &err))? {
             Begin::Started(run) => break run,
             Begin::AlreadySucceeded(record) => {
@@ -192,16 +232,31 @@ async fn run_once(
             }
             Begin::Running(record) => record,
         };
-        let holder = record
-            .holder()
-            .map_or_else(|| "running".to_owned(), |h| holder_text(&h));
+        let holder = record.holder();
+        let holder_said = holder
+            .as_ref()
+            .map_or_else(|| "running".to_owned(), holder_text);
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let Some(left) = left.filter(|left| !left.is_zero()) else {
+            let message = if deadline.is_some() {
+                format!(
+                    "{key} is still running elsewhere ({holder_said}) after {}; not running it here",
+                    human(waited_since.elapsed())
+                )
+            } else {
+                format!("{key} is running elsewhere ({holder_said}); not running it here")
+            };
             return Err(Failure {
                 code: codes.not_acquired,
-                message: format!("{key} is running elsewhere ({holder}); not running it here"),
+                message,
             });
         };
+        // A run that crashed stays `running` until its lease expires, and
+        // nobody announces the expiry: wait no longer than that lease, then
+        // begin again, which takes a stuck run over (or finds it renewed).
+        let until_expiry = holder.map_or(TAKEOVER_POLL, |h| {
+            h.expires_in().saturating_add(TAKEOVER_POLL)
+        });
         let progress = {
             let ledger = ledger.clone();
             let polled = key.clone();
@@ -221,23 +276,25 @@ async fn run_once(
             })
         };
         let waiting = format!("waiting for {key}");
-        let waited =
-            match unless_signalled(ledger.wait(&key, left), signals, &waiting, progress).await {
-                Ok(waited) => waited,
-                Err(code) => return Ok(code),
-            };
+        let step = left.min(until_expiry);
+        let waited = match unless_signalled(
+            // The wait's own requests are bounded too: a store that stops
+            // answering must not hold lockctl past --wait.
+            timeout(step.saturating_add(TAKEOVER_POLL), ledger.wait(&key, step)),
+            signals,
+            &waiting,
+            progress,
+        )
+        .await
+        {
+            Ok(waited) => waited,
+            Err(code) => return Ok(code),
+        };
         match waited {
-            Ok(_) => continue, // it ended: begin again decides
-            Err(LockError::Timeout { waited, .. }) => {
-                return Err(Failure {
-                    code: codes.not_acquired,
-                    message: format!(
-                        "{key} is still running elsewhere ({holder}) after {}; not running it here",
-                        human(waited)
-                    ),
-                });
-            }
-            Err(err) => return Err(Failure::store(codes, &err)),
+            // It ended, or its lease may have run out, or the store was
+            // slow: begin again decides (and the deadline ends the loop).
+            Ok(Ok(_) | Err(LockError::Timeout { .. })) | Err(_) => continue,
+            Ok(Err(err)) => return Err(Failure::store(codes, &err)),
         }
     };
     let attempt = run.attempt();
@@ -248,9 +305,9 @@ async fn run_once(
         ("LOCKSTORE_LEASE_ID", run.lease_id().to_string()),
         ("LOCKSTORE_ATTEMPT", attempt.to_string()),
     ];
-    let started = Instant::now();
-    let mut child = match spawn(&args.command, &env, true) {
-        Ok(child) => child,
+    let started_at = Instant::now();
+    let mut started = match spawn(&args.command, &env, true, args.kill_grace) {
+        Ok(started) => started,
         Err(failure) => {
             let message = format!("the command could not be started: {}", failure.message);
             let _ = run.fail(RunFailure::retryable(message)).await;
@@ -258,8 +315,12 @@ async fn run_once(
         }
     };
     let tail = Tail::default();
-    let tee = child.stderr.take().map(|stderr| tee(stderr, tail.clone()));
-    let ended = supervise(&mut child, run.lost(), signals, args.kill_grace, &key).await;
+    let tee = started
+        .child
+        .stderr
+        .take()
+        .map(|stderr| tee(stderr, tail.clone()));
+    let ended = supervise(started, run.lost(), signals, args.kill_grace, &key).await;
     if let Some(tee) = tee {
         // A grandchild may hold stderr open after the command exits: take
         // what came, and stop copying.
@@ -299,7 +360,7 @@ async fn run_once(
     if status.success() {
         let result = serde_json::json!({
             "exit_code": 0,
-            "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "duration_ms": u64::try_from(started_at.elapsed().as_millis()).unwrap_or(u64::MAX),
         });
         return match run.succeed_json(&result).await {
             Ok(()) => Ok(0),
@@ -319,18 +380,31 @@ async fn run_once(
         message.push_str(&tail);
     }
     match run.fail(RunFailure::retryable(message)).await {
-        Ok(recorded) => eprintln!(
-            "lockctl: {key} failed on attempt {attempt} of {} ({}); recorded as {recorded}",
+        Ok(recorded) => errout::say(&format!(
+            "{key} failed on attempt {attempt} of {} ({}); recorded as {recorded}",
             args.max_attempts,
             status_text(status)
-        ),
-        Err(err) => eprintln!(
-            "lockctl: {key} failed ({}), and recording it failed: {}",
+        )),
+        Err(err) => errout::say(&format!(
+            "{key} failed ({}), and recording it failed: {}",
             status_text(status),
             describe_store_error(&err)
-        ),
+        )),
     }
-    Ok(exit_code(status))
+    Ok(passed_through(status, codes))
+}
+
+/// While `--once --wait` waits for a run elsewhere: how long past the
+/// run's lease lockctl asks again (and how often, for a record with no live
+/// lease).
+const TAKEOVER_POLL: Duration = Duration::from_millis(250);
+
+/// `now + limit`, or a far future for a limit too large for the clock
+/// (`--wait 1e19`).
+fn deadline_after(limit: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(limit)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// How the child ended.
@@ -341,60 +415,157 @@ enum Ended {
     Lost(ExitStatus),
 }
 
-/// Waits for the child, forwarding signals; when `lost` resolves first,
-/// stops the child: SIGTERM, then SIGKILL after `grace`.
+/// The command, started in a process group of its own, with the watchdog
+/// that stops the group if lockctl dies, and the terminal's foreground if
+/// lockctl had it.
+struct Started {
+    child: Child,
+    group: Group,
+    watchdog: Option<Watchdog>,
+    foreground: Option<Foreground>,
+}
+
+/// Waits for the command, forwarding signals to its group; when `lost`
+/// resolves first, stops the group: SIGTERM, then SIGKILL after `grace`.
+/// Either way it returns only once no process of the group is left (or
+/// SIGKILL could not end one, which it says): a process the command left
+/// behind must not outlive the lease.
 async fn supervise(
-    child: &mut Child,
+    started: Started,
     lost: impl Future<Output = ()>,
     signals: &mut Forwarded,
     grace: Duration,
     key: &LockKey,
 ) -> std::io::Result<Ended> {
-    let pid = child.id();
+    let Started {
+        mut child,
+        group,
+        watchdog,
+        foreground,
+    } = started;
     tokio::pin!(lost);
-    loop {
+    // Job control stops the command in the terminal's foreground; lockctl
+    // learns of it by SIGCHLD (a stop is no exit, so it stays unreaped).
+    let mut stops = match foreground {
+        Some(_) => Some(signal(SignalKind::child())?),
+        None => None,
+    };
+    let exited = loop {
         tokio::select! {
             biased;
-            status = child.wait() => return status.map(Ended::Exited),
-            () = &mut lost => break,
+            status = child.wait() => break Some(status?),
+            () = &mut lost => break None,
             signal = signals.next() => {
-                tracing::debug!(%signal, "forwarding to the command");
-                signals::send(pid, signal);
+                tracing::debug!(%signal, "forwarding to the command's process group");
+                group.signal(signal);
+                if matches!(signal, Signal::SIGTERM | Signal::SIGHUP) {
+                    // As a shell's `kill` and a terminal's hangup do: a
+                    // stopped process would keep the signal pending.
+                    group.signal(Signal::SIGCONT);
+                }
+            }
+            Some(()) = async { stops.as_mut()?.recv().await } => {
+                if let (Some(foreground), true) = (&foreground, group.leader_stopped()) {
+                    foreground.suspend(group);
+                }
             }
         }
+    };
+    let ended = match exited {
+        Some(status) => {
+            if group.alive() {
+                errout::say(&format!(
+                    "the command ended, but processes it started still run in its process \
+                     group; stopping them (SIGTERM, SIGKILL after {})",
+                    human(grace)
+                ));
+                stop(&mut child, Some(status), group, signals, grace).await?;
+            }
+            Ended::Exited(status)
+        }
+        None => {
+            errout::say(&format!(
+                "the lease on {key} was lost; stopping the command's process group \
+                 (SIGTERM, SIGKILL after {})",
+                human(grace)
+            ));
+            Ended::Lost(stop(&mut child, None, group, signals, grace).await?)
+        }
+    };
+    drop(foreground);
+    if let Some(watchdog) = watchdog {
+        if group.alive() {
+            // Unkillable for now: the watchdog, told nothing, keeps trying
+            // after lockctl is gone.
+            drop(watchdog);
+        } else {
+            watchdog.finish().await;
+        }
     }
-    eprintln!(
-        "lockctl: the lease on {key} was lost; stopping the command (SIGTERM, SIGKILL after {})",
-        human(grace)
-    );
-    signals::send(pid, Signal::SIGTERM);
+    Ok(ended)
+}
+
+/// Stops `group`, whose leader is `child` (already reaped when `exited` is
+/// given): SIGTERM, SIGKILL after `grace` if any of it is left; returns
+/// the leader's status once the group is empty.
+async fn stop(
+    child: &mut Child,
+    mut exited: Option<ExitStatus>,
+    group: Group,
+    signals: &mut Forwarded,
+    grace: Duration,
+) -> std::io::Result<ExitStatus> {
+    group.signal(Signal::SIGTERM);
+    // A stopped process (Ctrl-Z, SIGSTOP) would keep SIGTERM pending.
+    group.signal(Signal::SIGCONT);
     let kill_at = sleep(grace);
     tokio::pin!(kill_at);
     loop {
+        if let Some(status) = exited {
+            // The leader is reaped, so an empty group is the whole tree gone.
+            if !group.alive() {
+                return Ok(status);
+            }
+        }
         tokio::select! {
             biased;
-            status = child.wait() => return status.map(Ended::Lost),
-            () = &mut kill_at => {
-                eprintln!("lockctl: the command outlived --kill-grace; sending SIGKILL");
-                child.start_kill()?;
-                return child.wait().await.map(Ended::Lost);
-            }
-            signal = signals.next() => { signals::send(pid, signal); }
+            status = child.wait(), if exited.is_none() => exited = Some(status?),
+            () = &mut kill_at => break,
+            signal = signals.next() => { group.signal(signal); }
+            () = sleep(Duration::from_millis(25)), if exited.is_some() => {}
         }
     }
+    errout::say("the command's process group outlived --kill-grace; sending SIGKILL");
+    group.signal(Signal::SIGKILL);
+    let status = match exited {
+        Some(status) => status,
+        None => child.wait().await?,
+    };
+    if !group.emptied_by(Instant::now() + AFTER_SIGKILL).await {
+        errout::say(&format!(
+            "process group {} still has processes after SIGKILL (in uninterruptible sleep?)",
+            group.id()
+        ));
+    }
+    Ok(status)
 }
 
+/// Starts the command in a process group of its own, with a watchdog.
 fn spawn(
     command: &[OsString],
     env: &[(&str, String)],
     pipe_stderr: bool,
-) -> Result<Child, Failure> {
+    grace: Duration,
+) -> Result<Started, Failure> {
     let (program, arguments) = command.split_first().ok_or_else(|| Failure {
         code: exit::ERROR,
         message: "no command given after `--`".into(),
     })?;
     let mut cmd = Command::new(program);
     cmd.args(arguments)
+        // It may hold the store's password; a nested lockctl is given the
+        // store another way (see the README).
+        .env_remove("LOCKSTORE_URL")
         .envs(env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
@@ -402,8 +573,9 @@ fn spawn(
             Stdio::piped()
         } else {
             Stdio::inherit()
-        });
-    cmd.spawn().map_err(|err| {
+        })
+        .process_group(0);
+    let child = cmd.spawn().map_err(|err| {
         let name = program.to_string_lossy();
         match err.kind() {
             std::io::ErrorKind::NotFound => Failure {
@@ -415,6 +587,27 @@ fn spawn(
                 message: format!("{name}: cannot run it: {err}"),
             },
         }
+    })?;
+    let Some(group) = Group::led_by(child.id()) else {
+        return Err(Failure {
+            code: exit::ERROR,
+            message: "the command started without a process id".into(),
+        });
+    };
+    let watchdog = Watchdog::start(group, grace)
+        .map_err(|err| {
+            errout::say(&format!(
+                "cannot start the watchdog ({err}); if lockctl is killed, the command is \
+                 not stopped"
+            ));
+        })
+        .ok();
+    let foreground = Foreground::lend(group);
+    Ok(Started {
+        child,
+        group,
+        watchdog,
+        foreground,
     })
 }
 
@@ -449,14 +642,26 @@ fn tee(mut stderr: ChildStderr, tail: Tail) -> JoinHandle<()> {
             match stderr.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    let mut out = std::io::stderr().lock();
-                    let _ = out.write_all(&buf[..n]);
-                    let _ = out.flush();
+                    errout::write(&buf[..n]);
                     tail.push(&buf[..n]);
                 }
             }
         }
     })
+}
+
+/// The child's exit code, passed through as lockctl's; when it is one of
+/// lockctl's reserved codes in force, says so, since a script reading the
+/// code alone cannot tell them apart.
+fn passed_through(status: ExitStatus, codes: &Codes) -> u8 {
+    let code = exit_code(status);
+    if code != 0 && codes.reserved(code) {
+        errout::say(&format!(
+            "the command itself exited {code}, which is also one of lockctl's reserved \
+             exit codes (move them with --conflict-exit-code etc.)"
+        ));
+    }
+    code
 }
 
 /// The child's exit code as lockctl's: its own, or 128 + the signal.

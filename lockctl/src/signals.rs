@@ -1,12 +1,11 @@
-//! Signals lockctl receives (to forward to the child) and sends (to stop it).
+//! Signals lockctl receives, to forward to the command's process group.
 //!
-//! Receiving goes through tokio's handlers; sending through nix's safe
-//! `kill`, so the crate stays free of `unsafe`.
+//! Receiving goes through tokio's handlers (sending, in `group`, through
+//! nix's safe `killpg`), so the crate stays free of `unsafe`.
 
 use std::io;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The signals forwarded to the child: SIGINT, SIGTERM, SIGHUP.
@@ -45,12 +44,4 @@ impl Forwarded {
             }
         }
     }
-}
-
-/// Sends `signal` to process `pid`; false if it is gone (or not ours).
-pub fn send(pid: Option<u32>, signal: Signal) -> bool {
-    let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) else {
-        return false;
-    };
-    kill(Pid::from_raw(pid), signal).is_ok()
 }
