@@ -734,26 +734,8 @@ async fn run_fence_rises_after_purge_when_the_creator_was_ahead(server: Server) 
     let ok = Finish::Succeeded { result: None };
     assert_eq!(finished(&accurate, &second, ok).await, RunStatus::Succeeded);
     assert_eq!(accurate.purge(Duration::ZERO).await.unwrap(), 1);
-
-    let tombstone = item_at(server, run_pk(&accurate, &k))
-        .await
-        .expect("purge leaves a tombstone");
-    assert!(
-        !tombstone
-            .keys()
-            .any(|a| a.starts_with("exec_") || a.starts_with("lease_")),
-        "the tombstone keeps run attributes (the sparse index would list it): {tombstone:?}"
-    );
-    assert_eq!(
-        tombstone.get("fence"),
-        Some(&AttributeValue::N(last.get().to_string())),
-        "{tombstone:?}"
-    );
-    let deletable_at = cleanup_at(&tombstone).expect("the tombstone is left to DynamoDB TTL");
-    assert!(
-        deletable_at >= last.get() / 1_000_000 + DEFAULT_CLEANUP_AFTER.as_secs(),
-        "the tombstone's cleanup time {deletable_at} is not dated from its fence {last}"
-    );
+    // What purge left, checked after the fence (the point of the test).
+    let tombstone = item_at(server, run_pk(&accurate, &k)).await;
     assert_eq!(accurate.get(&k).await.unwrap(), None);
     let page = accurate
         .query(&RunQuery::new(StatusFilter::All))
@@ -776,6 +758,23 @@ async fn run_fence_rises_after_purge_when_the_creator_was_ahead(server: Server) 
         }
         other => panic!("a purged key did not start: {other:?}"),
     }
+    let tombstone = tombstone.expect("purge leaves a tombstone");
+    assert!(
+        !tombstone
+            .keys()
+            .any(|a| a.starts_with("exec_") || a.starts_with("lease_")),
+        "the tombstone keeps run attributes (the sparse index would list it): {tombstone:?}"
+    );
+    assert_eq!(
+        tombstone.get("fence"),
+        Some(&AttributeValue::N(last.get().to_string())),
+        "{tombstone:?}"
+    );
+    let deletable_at = cleanup_at(&tombstone).expect("the tombstone is left to DynamoDB TTL");
+    assert!(
+        deletable_at >= last.get() / 1_000_000 + DEFAULT_CLEANUP_AFTER.as_secs(),
+        "the tombstone's cleanup time {deletable_at} is not dated from its fence {last}"
+    );
     let record = accurate.get(&k).await.unwrap().expect("the new record");
     assert_eq!((record.status, record.attempts), (RunStatus::Running, 1));
     let running = item_at(server, run_pk(&accurate, &k)).await.unwrap();
