@@ -393,19 +393,25 @@ async fn dynalite_records_are_items_apart_from_locks_and_never_expire_by_default
 /// finisher's clock); a failed one does not; a requeued one loses it.
 async fn a_ledger_retention_dates_finished_records_for_ttl(server: Server) {
     let retention = Duration::from_secs(2 * 24 * 3600);
-    let (store, _) = counted_store_with(server, "ledger-retention", |b| {
+    let (store, counter) = counted_store_with(server, "ledger-retention", |b| {
         b.ledger_retention(retention)
     })
     .await;
     let k = key("kept-a-while");
     let run = begin(&k, "runner", 1);
     store.begin(&run).await.unwrap();
+    counter.take();
     let before = epoch_secs_now();
     store
         .finish(&finish(&run, Finish::Succeeded { result: None }))
         .await
         .unwrap();
     let after = epoch_secs_now() + 1;
+    assert_eq!(
+        counter.take(),
+        one("UpdateItem"),
+        "succeed with a retention"
+    );
     let item = raw_record(server, &store, &k).await.unwrap();
     let at = cleanup_at(&store, &item).expect("a succeeded record with a retention expires");
     assert!(
