@@ -98,6 +98,7 @@ pub(crate) struct StoreConfig {
     pub(crate) takeover: TakeoverMode,
     pub(crate) clock: Arc<dyn WallClock>,
     pub(crate) max_observations: usize,
+    pub(crate) ledger_retention: Option<Duration>,
 }
 
 impl StoreConfig {
@@ -120,7 +121,6 @@ impl StoreConfig {
 /// which loads the standard AWS configuration chain. They are ignored by
 /// [`build_with_client`](Self::build_with_client), which takes a client
 /// configured by the caller (with its own interceptors, retry policy, …).
-#[derive(Debug)]
 #[must_use]
 pub struct DynamoDbStoreBuilder {
     config: StoreConfig,
@@ -129,6 +129,24 @@ pub struct DynamoDbStoreBuilder {
     endpoint_url: Option<String>,
     credentials: Option<(String, String)>,
     operation_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for DynamoDbStoreBuilder {
+    // By hand: the static credentials' secret never goes into a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let credentials = self
+            .credentials
+            .as_ref()
+            .map(|(access_key_id, _)| format!("{access_key_id} (secret redacted)"));
+        f.debug_struct("DynamoDbStoreBuilder")
+            .field("config", &self.config)
+            .field("region", &self.region)
+            .field("profile", &self.profile)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("credentials", &credentials)
+            .field("operation_timeout", &self.operation_timeout)
+            .finish()
+    }
 }
 
 impl DynamoDbStoreBuilder {
@@ -144,6 +162,7 @@ impl DynamoDbStoreBuilder {
                 takeover: TakeoverMode::WallClock,
                 clock: Arc::new(SystemClock),
                 max_observations: 10_000,
+                ledger_retention: None,
             },
             region: None,
             profile: None,
@@ -184,6 +203,33 @@ impl DynamoDbStoreBuilder {
     /// time; this applies from its release.
     pub fn cleanup_after(mut self, after: Duration) -> Self {
         self.config.cleanup_after = after;
+        self
+    }
+
+    /// How long the execution ledger keeps a finished run record
+    /// (`succeeded` or `ignored`) after it finished, between
+    /// [`MIN_CLEANUP_AFTER`] and [`MAX_CLEANUP_AFTER`]. Without this setting
+    /// (the default) records stay until
+    /// [`purge`](lockstore_api::ledger::LedgerStore::purge) removes them:
+    /// a succeeded key is never run again.
+    ///
+    /// With a retention the finishing write also sets the record's cleanup
+    /// time, the retention after the finish by the finisher's wall clock
+    /// (a finisher whose clock is behind shortens it), so DynamoDB TTL
+    /// deletes it by itself; a record that goes back
+    /// to `pending` or `running` (retry) loses its cleanup time again, and
+    /// `failed` records (attempts left) never get one. The cleanup time is
+    /// dated under the lock items' cleanup rule (crate docs, "Fencing"):
+    /// never less than the retention after the record's fence read as
+    /// microseconds, so the key's next run still gets a larger fence
+    /// provided the clock of the client that re-creates the record is less
+    /// than the retention behind AWS's clock. A replayed result is only
+    /// available while the record lives, so choose a retention longer than
+    /// the longest redelivery window of the work (e.g. an SQS queue's
+    /// retention). The retention in effect is the finishing store's, so
+    /// give every store of one key prefix the same.
+    pub fn ledger_retention(mut self, retention: Duration) -> Self {
+        self.config.ledger_retention = Some(retention);
         self
     }
 
@@ -358,6 +404,16 @@ impl DynamoDbStoreBuilder {
                  shorter lets DynamoDB TTL delete an item close to a lease's expiry, longer \
                  overflows the epoch-seconds attribute",
                 c.cleanup_after
+            ))
+        } else if let Some(retention) = c
+            .ledger_retention
+            .filter(|r| !(MIN_CLEANUP_AFTER..=MAX_CLEANUP_AFTER).contains(r))
+        {
+            Some(format!(
+                "ledger_retention {retention:?} must be between {MIN_CLEANUP_AFTER:?} and \
+                 {MAX_CLEANUP_AFTER:?}: a finished run record's fence survives its deletion only \
+                 for clients whose clock is less than the retention behind AWS's, and longer \
+                 overflows the epoch-seconds attribute; leave it unset to keep records until purge"
             ))
         } else if c.clock_skew_allowance > MAX_CLOCK_SKEW_ALLOWANCE {
             Some(format!(

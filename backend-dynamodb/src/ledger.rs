@@ -22,7 +22,19 @@
 //! | `exec_error_0`..`_4`  | S    | error-history ring, slot `attempt % 5`, JSON              |
 //! | `exec_request_hash`   | S    | the request hash                                          |
 //! | `exec_created_ms`, `exec_updated_at_ms`, `exec_finished_ms` | N | writer's wall clock |
-//! | *cleanup attribute*   | N    | finished records only: when DynamoDB TTL may delete them  |
+//! | *cleanup attribute*   | N    | only with a retention, on finished records; and on tombstones |
+//!
+//! `purge` does not delete a record: it leaves a fence-only **tombstone**,
+//! the item with every `exec_*` and `lease_*` attribute removed and `fence`
+//! kept (see "Expiry"). Every reader treats an item without `exec_state` as
+//! no record: `get` answers `None`, `begin` and `enqueue` start afresh (the
+//! fence counting on), `retry` answers `NotFound`, and the sparse index
+//! does not hold it (no `exec_status`), so `query` and `purge` never see it.
+//!
+//! A run key is at most [`MAX_RUN_KEY_BYTES`] (1003) bytes: the index sort
+//! key `exec_sort` is 21 bytes plus the key, and DynamoDB refuses index keys
+//! over 1024 bytes. Longer keys get [`LockError::InvalidArgument`] before
+//! any request.
 //!
 //! # One request per transition
 //!
@@ -34,7 +46,7 @@
 //! | get                     | 1 | `GetItem`, consistent |
 //! | enqueue, retry          | 1 | conditional `UpdateItem`, `ALL_OLD` on refusal |
 //! | query                   | statuses × [`LEDGER_SHARDS`] | `Query` on `exec_status-index`, merged |
-//! | purge                   | 2 × [`LEDGER_SHARDS`] queries + one conditional `DeleteItem` per record | |
+//! | purge                   | 2 × [`LEDGER_SHARDS`] queries + one conditional `UpdateItem` per record | leaves the tombstone |
 //!
 //! Rare second requests, all counted by [`DynamoDbStore::ledger_reads`] or
 //! explained: a server that does not return the old item with a refusal
@@ -43,7 +55,11 @@
 //! failure on the **last** attempt is refused by the "attempts left"
 //! condition and written as `ignored` by a second `UpdateItem` (DynamoDB
 //! cannot choose the status inside one update); a retry of a key without a
-//! record needs the `GetItem` to tell "absent" from "not returned".
+//! record needs the `GetItem` to tell "absent" from "not returned"; and,
+//! with a [retention](crate::DynamoDbStoreBuilder::ledger_retention), a
+//! finish refused by the cleanup rule (the record's creator had a clock
+//! ahead of the finisher's) is sent again with the cleanup time dated from
+//! the fence, as a lock's release is.
 //!
 //! # Status queries
 //!
@@ -64,27 +80,59 @@
 //!
 //! # Clocks
 //!
-//! As for locks: times are the writing client's wall clock; a running lease
-//! is taken over (by `begin`, or requeued by `retry`, or listed as stuck)
-//! once this client's clock is past its expiry plus the store's clock-skew
-//! allowance, and is renewed only before its expiry by the holder's clock.
-//! This holds in both [`TakeoverMode`](crate::TakeoverMode)s: the ledger
-//! always judges by wall clock and allowance.
+//! As for locks in [`TakeoverMode::WallClock`](crate::TakeoverMode): times
+//! are the writing client's wall clock; a running lease is taken over (by
+//! `begin`, or requeued by `retry`, or listed as stuck) once this client's
+//! clock is past its expiry plus the store's clock-skew allowance, and is
+//! renewed only before its expiry by the holder's clock. So at most one run
+//! of a key is live provided the clients' clocks agree within the
+//! allowance.
+//!
+//! A store in [`TakeoverMode::SkewFree`](crate::TakeoverMode) has **no
+//! ledger**: every ledger request answers
+//! [`LockError::Config`] before anything is sent. Its users chose it
+//! because they do not trust wall clocks, and the ledger's takeover,
+//! stuck listing and retry judge run leases by them (the record-version
+//! watch the skew-free locks use is not implemented for runs). Use a second
+//! store in wall-clock mode for the ledger; run records are items of their
+//! own, so it may share the table and key prefix with skew-free lock
+//! stores.
 //!
 //! # Expiry
 //!
-//! Finished records (`succeeded`, `ignored`) get the cleanup attribute set
-//! to their finish time + `cleanup_after`, so DynamoDB TTL deletes them
-//! without a purge; unfinished ones never have it. A deleted record's next
-//! run starts its fence from the wall clock in microseconds, above every
-//! token the deleted item handed out (crate docs, "Fencing").
+//! By default DynamoDB TTL never deletes a run record: no record carries
+//! the cleanup attribute, and finished ones (`succeeded`, `ignored`) stay
+//! until [`purge`](LedgerStore::purge), so a succeeded key is never run
+//! again however long ago it ran. With
+//! [`ledger_retention`](crate::DynamoDbStoreBuilder::ledger_retention) the
+//! write that finishes a record `succeeded` or `ignored` also sets its
+//! cleanup time, and DynamoDB TTL deletes it after that long; `failed`,
+//! `pending` and `running` records never have one (`begin`, `enqueue` and
+//! `retry` remove it).
+//!
+//! That cleanup time is dated under the lock items' cleanup rule (crate
+//! docs, "Fencing"): the write is
+//! conditioned on the record's fence staying below the cleanup time less
+//! the retention, in microseconds, and a refusal showing a higher fence (a
+//! creator whose clock was ahead) is sent again dated from the fence. A
+//! record deleted by TTL makes the key's next run start its fence from the
+//! wall clock in microseconds, above every token the deleted record handed
+//! out, provided that client's clock is less than the retention behind
+//! AWS's.
+//!
+//! `purge` leaves a tombstone that keeps the fence, so the next run of a
+//! purged key counts on from it whatever anyone's clock says. The
+//! tombstone gets a cleanup time `cleanup_after` after the later of now and
+//! its fence (the same rule, dated from the fence the index showed), so
+//! DynamoDB TTL deletes it later, as it deletes a released lock item, with
+//! the lock's assumption for the fence after that.
 //!
 //! # Fences of runs and locks of one key
 //!
 //! A run's fence is counted on the run record, a lock's on the lock item,
 //! both from the writer's microsecond clock when the item is created. Runs
-//! of a key strictly increase among themselves (across takeover, retry and
-//! purge, under the crate's "Fencing" assumptions), and a run started after
+//! of a key strictly increase among themselves (across takeover, retry,
+//! purge and deletion by TTL, under the assumptions of "Expiry"), and a run started after
 //! a lock item was created is above that lock's tokens so far; but a lock
 //! item that is *older* than the run record keeps counting from its own,
 //! smaller base. A resource fenced by both a key's locks and its runs should
@@ -107,6 +155,7 @@ use lockstore_api::{
 };
 
 use crate::error::{bad_item, map_sdk_error};
+use crate::layout;
 use crate::ledger_expressions as lx;
 use crate::store::{number, string};
 use crate::{BACKEND, DynamoDbStore};
@@ -121,6 +170,19 @@ pub const DYNAMODB_ITEM_LIMIT: usize = 400 * 1024;
 
 /// The longest partition-key value DynamoDB accepts, in bytes.
 const MAX_PARTITION_KEY_BYTES: usize = 2048;
+
+/// The longest sort-key value DynamoDB accepts in an index, in bytes.
+const MAX_INDEX_SORT_KEY_BYTES: usize = 1024;
+
+/// The bytes of `exec_sort` before the key: 20 digits and a space.
+const SORT_PREFIX_BYTES: usize = 21;
+
+/// The longest run key on DynamoDB, in bytes: a run record's index sort
+/// key (`exec_sort`) is 21 bytes plus the key, and DynamoDB refuses a
+/// write whose index key is over 1024 bytes. Longer keys (locks take up to
+/// [`LockKey::MAX_LEN`]) are refused with [`LockError::InvalidArgument`]
+/// before any request.
+pub const MAX_RUN_KEY_BYTES: usize = MAX_INDEX_SORT_KEY_BYTES - SORT_PREFIX_BYTES;
 
 /// The suffix of a run record's partition-key value.
 const RUN_SUFFIX: &str = "\0run";
@@ -189,8 +251,39 @@ impl Now {
 }
 
 impl DynamoDbStore {
-    /// The partition-key value of `key`'s run record.
+    /// A skew-free store's ledger refuses every request (module docs,
+    /// "Clocks").
+    fn ledger_mode(&self) -> Result<(), LockError> {
+        match self.config().takeover {
+            crate::TakeoverMode::WallClock => Ok(()),
+            crate::TakeoverMode::SkewFree => Err(LockError::config(
+                BACKEND,
+                "the execution ledger judges run leases by wall clock and skew allowance, which \
+                 TakeoverMode::SkewFree does not trust, so a skew-free store has no ledger; \
+                 build a second store with TakeoverMode::WallClock (the default) for the \
+                 ledger (run records are items of their own, so it may share the table and key \
+                 prefix with skew-free lock stores), on clients whose clocks agree within its \
+                 clock_skew_allowance",
+            )),
+        }
+    }
+
+    /// The partition-key value of `key`'s run record, after the checks
+    /// every per-key ledger request makes before it is sent.
     fn run_key(&self, key: &LockKey) -> Result<String, LockError> {
+        self.ledger_mode()?;
+        let len = key.as_str().len();
+        if len > MAX_RUN_KEY_BYTES {
+            return Err(LockError::InvalidArgument {
+                name: "key",
+                reason: format!(
+                    "a run key on DynamoDB is at most {MAX_RUN_KEY_BYTES} bytes, this one is \
+                     {len}: the ledger's index sort key is {SORT_PREFIX_BYTES} bytes plus the \
+                     key, and DynamoDB refuses index keys over {MAX_INDEX_SORT_KEY_BYTES} bytes; \
+                     use a shorter key (e.g. a digest of the long one)"
+                ),
+            });
+        }
         let pk = format!("{}{RUN_SUFFIX}", self.item_key(key));
         if pk.len() > MAX_PARTITION_KEY_BYTES {
             return Err(LockError::InvalidArgument {
@@ -295,7 +388,7 @@ impl DynamoDbStore {
             .send()
             .await
             .map_err(|e| self.ledger_err("get run", key, e))?;
-        Ok(reply.item)
+        Ok(reply.item.and_then(record_only))
     }
 
     /// The record as it was when a conditional write was refused: from the
@@ -309,7 +402,7 @@ impl DynamoDbStore {
         if let UpdateItemError::ConditionalCheckFailedException(refusal) = error
             && let Some(item) = refusal.item()
         {
-            return Ok(Some(item.clone()));
+            return Ok(record_only(item.clone()));
         }
         self.count_ledger_read();
         self.read_run(key, pk).await
@@ -406,39 +499,140 @@ impl DynamoDbStore {
             states.push((RunStatus::Failed, lx::HELD_WITH_ATTEMPTS_LEFT));
         }
         states.push((RunStatus::Ignored, lx::HELD));
+        let assignment = format!(", {slot_placeholder} = :error");
         for (state, condition) in states {
-            let mut values = Values(values.0.clone());
-            values.push(":state", s(state.as_str()));
-            values.push(":index_pk", s(self.index_pk(state, &request.key)));
-            let mut update = format!("{}, {slot_placeholder} = :error", lx::FINISH_SET);
-            if state.is_finished() {
-                let cleanup = Duration::from_millis(now.ms) + self.config().cleanup_after;
-                values.push(":cleanup_at", n(cleanup.as_secs()));
-                update.push_str(", #cleanup = :cleanup_at");
-            }
-            update.push_str(" REMOVE ");
-            update.push_str(lx::REMOVE_LEASE);
-            let reply = self
-                .ledger_update(pk, condition, &update, &values)
-                .send()
-                .await;
-            match reply {
-                Ok(_) => return Ok(FinishOutcome::Finished(state)),
-                Err(e) if is_condition_failure(&e) => {
-                    let refusal = e.into_service_error();
-                    let Some(item) = self.refused_run(&request.key, pk, &refusal).await? else {
-                        return Ok(FinishOutcome::NotHeld);
-                    };
-                    if !held_by(&item, request.lease_id) {
-                        return Ok(FinishOutcome::NotHeld);
-                    }
-                    // Still ours, so the attempts were used up: ignored.
-                }
-                Err(e) => return Err(self.ledger_err("fail run", &request.key, e)),
+            let write = FinishWrite {
+                state,
+                condition,
+                assignments: &assignment,
+                remove: lx::REMOVE_LEASE,
+                result_size: None,
+            };
+            match self.finish_write(request, pk, &write, &values, now).await? {
+                Written::Done => return Ok(FinishOutcome::Finished(state)),
+                Written::NotHeld => return Ok(FinishOutcome::NotHeld),
+                // Still ours, so the attempts were used up: ignored.
+                Written::StillHeld => {}
             }
         }
         Ok(FinishOutcome::NotHeld)
     }
+
+    /// One finishing write. A final state under a
+    /// [`ledger_retention`](crate::DynamoDbStoreBuilder::ledger_retention)
+    /// also sets the cleanup time, under the cleanup rule: a refusal that
+    /// shows our run with a fence ahead of the cleanup time goes round once
+    /// more with the time dated from the fence. Without a retention a
+    /// finished record has no cleanup time and DynamoDB TTL never deletes
+    /// it.
+    async fn finish_write(
+        &self,
+        request: &FinishRequest,
+        pk: &str,
+        write: &FinishWrite<'_>,
+        values: &Values,
+        now: Now,
+    ) -> Result<Written, LockError> {
+        let state = write.state;
+        let retention = self
+            .config()
+            .ledger_retention
+            .filter(|_| state.is_finished());
+        let mut fence_floor = 0;
+        // A second round only when the cleanup rule refused the first.
+        for _ in 0..2 {
+            let mut values = Values(values.0.clone());
+            values.push(":state", s(state.as_str()));
+            values.push(":index_pk", s(self.index_pk(state, &request.key)));
+            let mut update = format!("{}{}", lx::FINISH_SET, write.assignments);
+            let mut condition = write.condition.to_owned();
+            let cap = retention.map(|retention| {
+                let cleanup =
+                    self.cleanup_after_delay(Duration::from_millis(now.ms), fence_floor, retention);
+                values.push(":cleanup_at", n(cleanup.at_secs));
+                values.push(":fence_cap", n(cleanup.fence_cap));
+                update.push_str(", #cleanup = :cleanup_at");
+                condition.push_str(" AND ");
+                condition.push_str(lx::FENCE_UNDER_CAP);
+                cleanup.fence_cap
+            });
+            update.push_str(" REMOVE ");
+            update.push_str(write.remove);
+            // The refused record is read only to tell a last attempt or the
+            // cleanup rule from a lost lease.
+            let read_refusal = cap.is_some() || state == RunStatus::Failed;
+            let returned = if read_refusal {
+                ReturnValuesOnConditionCheckFailure::AllOld
+            } else {
+                ReturnValuesOnConditionCheckFailure::None
+            };
+            let reply = self
+                .ledger_update(pk, &condition, &update, &values)
+                .return_values_on_condition_check_failure(returned)
+                .send()
+                .await;
+            let refusal = match reply {
+                Ok(_) => return Ok(Written::Done),
+                Err(e) if is_condition_failure(&e) => e.into_service_error(),
+                Err(e) => {
+                    let what = if state == RunStatus::Succeeded {
+                        "succeed run"
+                    } else {
+                        "fail run"
+                    };
+                    return Err(write
+                        .result_size
+                        .and_then(|size| too_large(&e, size))
+                        .unwrap_or_else(|| self.ledger_err(what, &request.key, e)));
+                }
+            };
+            if !read_refusal {
+                return Ok(Written::NotHeld);
+            }
+            let Some(item) = self.refused_run(&request.key, pk, &refusal).await? else {
+                return Ok(Written::NotHeld);
+            };
+            if !held_by(&item, request.lease_id) {
+                return Ok(Written::NotHeld);
+            }
+            let fence = number(&item, layout::FENCE)
+                .map_err(|problem| bad_item(&format!("finish run {}", request.key), problem))?;
+            match (cap, fence) {
+                // The record's creator had a clock ahead of ours.
+                (Some(cap), Some(fence)) if fence >= cap => fence_floor = fence.saturating_add(1),
+                _ => return Ok(Written::StillHeld),
+            }
+        }
+        Ok(Written::StillHeld)
+    }
+}
+
+/// One finishing write's parts (see [`DynamoDbStore::finish_write`]).
+struct FinishWrite<'a> {
+    state: RunStatus,
+    condition: &'static str,
+    /// Appended to [`lx::FINISH_SET`]: the result or the error.
+    assignments: &'a str,
+    /// The `REMOVE` list.
+    remove: &'a str,
+    /// A success's result size, for the item-size error.
+    result_size: Option<usize>,
+}
+
+/// What a finishing write did.
+enum Written {
+    Done,
+    /// The record is no longer this run's.
+    NotHeld,
+    /// Refused although the run still holds the record: a failure on the
+    /// last attempt (written as `ignored` next).
+    StillHeld,
+}
+
+/// `item` if it is a run record, `None` for the fence-only tombstone a
+/// purge leaves (no `exec_state`), which every reader treats as absent.
+fn record_only(item: Item) -> Option<Item> {
+    item.contains_key("exec_state").then_some(item)
 }
 
 fn held_by(item: &Item, lease_id: LeaseId) -> bool {
@@ -682,35 +876,31 @@ impl LedgerStore for DynamoDbStore {
         }
         let mut values = self.base_values(&request.key, now);
         values.push(":lease_id", s(request.lease_id.to_string()));
-        values.push(":state", s("succeeded"));
-        values.push(
-            ":index_pk",
-            s(self.index_pk(RunStatus::Succeeded, &request.key)),
-        );
-        let cleanup = Duration::from_millis(now.ms) + self.config().cleanup_after;
-        values.push(":cleanup_at", n(cleanup.as_secs()));
-        let mut update = format!("{}, #cleanup = :cleanup_at", lx::FINISH_SET);
+        let mut assignments = String::new();
         let mut remove = lx::REMOVE_LEASE.to_owned();
         match result {
             Some(bytes) => {
                 values.push(":result", AttributeValue::B(Blob::new(bytes.clone())));
-                update.push_str(", #exec_result = :result");
+                assignments.push_str(", #exec_result = :result");
             }
             None => remove.push_str(", #exec_result"),
         }
-        update.push_str(" REMOVE ");
-        update.push_str(&remove);
-        let reply = self
-            .ledger_update(&pk, lx::HELD, &update, &values)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::None)
-            .send()
-            .await;
-        match reply {
-            Ok(_) => Ok(FinishOutcome::Finished(RunStatus::Succeeded)),
-            Err(e) if is_condition_failure(&e) => Ok(FinishOutcome::NotHeld),
-            Err(e) => Err(too_large(&e, size)
-                .unwrap_or_else(|| self.ledger_err("succeed run", &request.key, e))),
-        }
+        let write = FinishWrite {
+            state: RunStatus::Succeeded,
+            condition: lx::HELD,
+            assignments: &assignments,
+            remove: &remove,
+            result_size: Some(size),
+        };
+        Ok(
+            match self
+                .finish_write(request, &pk, &write, &values, now)
+                .await?
+            {
+                Written::Done => FinishOutcome::Finished(RunStatus::Succeeded),
+                Written::NotHeld | Written::StillHeld => FinishOutcome::NotHeld,
+            },
+        )
     }
 
     async fn get(&self, key: &LockKey) -> Result<Option<RunRecord>, LockError> {
@@ -736,6 +926,7 @@ impl LedgerStore for DynamoDbStore {
                 values.push(":hash", s(hash.as_str()));
                 update.push_str(", #exec_request_hash = :hash");
             }
+            update.push_str(lx::REMOVE_CLEANUP);
             let reply = self
                 .ledger_update(&pk, lx::ENQUEUE_CONDITION, &update, &values)
                 .send()
@@ -781,6 +972,7 @@ impl LedgerStore for DynamoDbStore {
     }
 
     async fn query(&self, query: &RunQuery) -> Result<RunPage, LockError> {
+        self.ledger_mode()?;
         query.validate()?;
         let now = self.now()?;
         let statuses: Vec<RunStatus> = match query.filter {
@@ -811,11 +1003,12 @@ impl LedgerStore for DynamoDbStore {
     }
 
     async fn purge(&self, older_than: Duration) -> Result<u64, LockError> {
+        self.ledger_mode()?;
         let c = self.config();
         let now = self.now()?;
         let cutoff_ms = now.ms.saturating_sub(millis(older_than));
         let bound = format!("{:020}", cutoff_ms.saturating_add(1));
-        let mut deleted = 0;
+        let mut purged = 0;
         for state in [RunStatus::Succeeded, RunStatus::Ignored] {
             for shard in 0..LEDGER_SHARDS {
                 let mut start: Option<Item> = None;
@@ -839,39 +1032,8 @@ impl LedgerStore for DynamoDbStore {
                         .await
                         .map_err(|e| map_sdk_error(e, "purge runs", &c.table, &c.partition_key))?;
                     for item in reply.items() {
-                        let Some(pk) = item.get(&c.partition_key).cloned() else {
-                            continue;
-                        };
-                        let names = lx::names_for(
-                            &[lx::PURGE_CONDITION],
-                            &c.partition_key,
-                            &c.cleanup_attribute,
-                        );
-                        let outcome = self
-                            .client()
-                            .delete_item()
-                            .table_name(&c.table)
-                            .key(&c.partition_key, pk)
-                            .condition_expression(lx::PURGE_CONDITION)
-                            .set_expression_attribute_names(Some(names))
-                            .expression_attribute_values(":state", s(state.as_str()))
-                            .expression_attribute_values(":cutoff_ms", n(cutoff_ms))
-                            .send()
-                            .await;
-                        match outcome {
-                            Ok(_) => deleted += 1,
-                            Err(e)
-                                if e.as_service_error()
-                                    .is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                            }
-                            Err(e) => {
-                                return Err(map_sdk_error(
-                                    e,
-                                    "purge runs",
-                                    &c.table,
-                                    &c.partition_key,
-                                ));
-                            }
+                        if self.purge_one(item, state, now, cutoff_ms).await? {
+                            purged += 1;
                         }
                     }
                     match reply.last_evaluated_key {
@@ -881,7 +1043,51 @@ impl LedgerStore for DynamoDbStore {
                 }
             }
         }
-        Ok(deleted)
+        Ok(purged)
+    }
+}
+
+impl DynamoDbStore {
+    /// Turns one finished record the index listed into its fence-only
+    /// tombstone ([`lx::PURGE_UPDATE`]), if it is still `state` and older
+    /// than the cutoff. Says whether it did.
+    async fn purge_one(
+        &self,
+        item: &Item,
+        state: RunStatus,
+        now: Now,
+        cutoff_ms: u64,
+    ) -> Result<bool, LockError> {
+        let c = self.config();
+        let Some(AttributeValue::S(pk)) = item.get(&c.partition_key) else {
+            return Ok(false);
+        };
+        let fence = number(item, layout::FENCE)
+            .map_err(|problem| bad_item("purge runs", problem))?
+            .unwrap_or(0);
+        // Dated from the fence the index showed, so one request suffices
+        // whatever the clock of the record's creator.
+        let cleanup = self.cleanup_after_delay(
+            Duration::from_millis(now.ms),
+            fence.saturating_add(1),
+            c.cleanup_after,
+        );
+        let values = Values(vec![
+            (":state", s(state.as_str())),
+            (":cutoff_ms", n(cutoff_ms)),
+            (":fence_cap", n(cleanup.fence_cap)),
+            (":cleanup_at", n(cleanup.at_secs)),
+        ]);
+        let outcome = self
+            .ledger_update(pk, lx::PURGE_CONDITION, lx::PURGE_UPDATE, &values)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::None)
+            .send()
+            .await;
+        match outcome {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(map_sdk_error(e, "purge runs", &c.table, &c.partition_key)),
+        }
     }
 }
 

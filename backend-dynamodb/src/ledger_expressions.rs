@@ -10,19 +10,25 @@ use std::collections::HashMap;
 
 use crate::expressions::placeholders;
 
-/// Begin starts a run when the record is absent, pending, failed with
-/// attempts left, or running under a lease that expired more than the skew
-/// allowance ago (`:cutoff` = now − allowance) with attempts left.
-pub(crate) const BEGIN_STARTABLE: &str = "(#exec_state = :pending OR (#exec_state = :failed AND #exec_attempts < :max) OR (#exec_state = :running AND #lease_expires_at_ms <= :cutoff AND #exec_attempts < :max))";
+/// Begin starts a run when the record is absent (no item, or the
+/// fence-only tombstone a purge leaves: no `exec_state`), pending, failed
+/// with attempts left, or running under a lease that expired more than the
+/// skew allowance ago (`:cutoff` = now − allowance) with attempts left and
+/// another lease id. A running record under the request's own lease id
+/// (a retried begin) fails the condition whether its lease expired or not:
+/// the refusal shows it, and [`REFRESH_UPDATE`] keeps its fence and attempt
+/// (the same run, as on every other backend).
+pub(crate) const BEGIN_STARTABLE: &str = "(attribute_not_exists(#exec_state) OR #exec_state = :pending OR (#exec_state = :failed AND #exec_attempts < :max) OR (#exec_state = :running AND #lease_expires_at_ms <= :cutoff AND #exec_attempts < :max AND #lease_id <> :lease_id))";
 
 /// With a request hash: a stored hash must be the same.
 pub(crate) const BEGIN_HASH_AGREES: &str =
     "(attribute_not_exists(#exec_request_hash) OR #exec_request_hash = :hash)";
 
 /// The start of a run. `fence` rises by one per run while the item exists
-/// and restarts from the writer's wall clock in microseconds when it does
-/// not (a new key, or one purged / deleted by DynamoDB TTL): the lock's
-/// scheme, with the same assumptions (crate docs, "Fencing").
+/// (a purged record's tombstone keeps it) and restarts from the writer's
+/// wall clock in microseconds when it does not (a new key, or an item
+/// deleted by DynamoDB TTL): the lock's scheme, with the same assumptions
+/// (crate docs, "Fencing").
 pub(crate) const BEGIN_UPDATE: &str = "SET #exec_key = :key, #exec_state = :running, #exec_status = :index_pk, #exec_sort = :sort, #exec_attempts = if_not_exists(#exec_attempts, :zero) + :one, #exec_max_attempts = :max, #fence = if_not_exists(#fence, :fence_base) + :one, #exec_owner = :owner, #lease_id = :lease_id, #lease_expires_at_ms = :expires_at_ms, #lease_ttl_ms = :ttl_ms, #exec_created_ms = if_not_exists(#exec_created_ms, :now_ms), #exec_updated_at_ms = :now_ms";
 
 /// Appended to [`BEGIN_UPDATE`] when the request has a hash: kept if the
@@ -30,8 +36,15 @@ pub(crate) const BEGIN_UPDATE: &str = "SET #exec_key = :key, #exec_state = :runn
 pub(crate) const BEGIN_SET_HASH: &str =
     ", #exec_request_hash = if_not_exists(#exec_request_hash, :hash)";
 
-/// A running record is never deleted by DynamoDB TTL.
+/// A running or pending record is never deleted by DynamoDB TTL.
 pub(crate) const REMOVE_CLEANUP: &str = " REMOVE #cleanup";
+
+/// The cleanup rule (the lock's, `expressions` module docs), added to a
+/// write that sets a cleanup time: the record's fence stays below the
+/// cleanup time less its delay, in microseconds. A refusal that shows a
+/// higher fence (the record's creator had a clock ahead of this writer's)
+/// is sent again with the cleanup time dated from that fence.
+pub(crate) const FENCE_UNDER_CAP: &str = "(attribute_not_exists(#fence) OR #fence < :fence_cap)";
 
 /// The run is (still) this lease's.
 pub(crate) const HELD: &str = "#exec_state = :running AND #lease_id = :lease_id";
@@ -58,10 +71,12 @@ pub(crate) const FINISH_SET: &str = "SET #exec_state = :state, #exec_status = :i
 /// The lease attributes a finished or requeued record drops.
 pub(crate) const REMOVE_LEASE: &str = "#lease_id, #lease_expires_at_ms, #lease_ttl_ms";
 
-/// Enqueue creates a record only where none is.
-pub(crate) const ENQUEUE_CONDITION: &str = "attribute_not_exists(#pk)";
+/// Enqueue creates a record only where none is (no item, or a purged
+/// record's tombstone, whose fence it keeps).
+pub(crate) const ENQUEUE_CONDITION: &str = "attribute_not_exists(#exec_state)";
 
-/// See [`ENQUEUE_CONDITION`].
+/// See [`ENQUEUE_CONDITION`]; followed by [`REMOVE_CLEANUP`] (a
+/// tombstone's cleanup time goes).
 pub(crate) const ENQUEUE_UPDATE: &str = "SET #exec_key = :key, #exec_state = :pending, #exec_status = :index_pk, #exec_sort = :sort, #exec_attempts = :zero, #exec_max_attempts = :one, #exec_created_ms = :now_ms, #exec_updated_at_ms = :now_ms";
 
 /// Retry requeues a failed, ignored or stuck record.
@@ -70,10 +85,20 @@ pub(crate) const RETRY_CONDITION: &str = "#exec_state = :failed OR #exec_state =
 /// See [`RETRY_CONDITION`]; attempts keep counting.
 pub(crate) const RETRY_UPDATE: &str = "SET #exec_state = :pending, #exec_status = :index_pk, #exec_sort = :sort, #exec_updated_at_ms = :now_ms REMOVE #lease_id, #lease_expires_at_ms, #lease_ttl_ms, #cleanup";
 
-/// Purge deletes a record only if it is still finished and old: never a
-/// record that was begun or requeued since the index was read.
-pub(crate) const PURGE_CONDITION: &str =
-    "#exec_state = :state AND #exec_updated_at_ms <= :cutoff_ms";
+/// Purge removes a record only if it is still finished and old: never a
+/// record that was begun or requeued since the index was read. It dates
+/// the tombstone's cleanup time from the fence the index showed, under the
+/// cleanup rule; a record begun and finished again since (a higher fence)
+/// is left for the next purge.
+pub(crate) const PURGE_CONDITION: &str = "#exec_state = :state AND #exec_updated_at_ms <= :cutoff_ms AND (attribute_not_exists(#fence) OR #fence < :fence_cap)";
+
+/// What a purge leaves: a fence-only tombstone. Every `exec_*` attribute
+/// goes, so `get`, `query` and the sparse index (no `exec_status`, no
+/// `exec_sort`) no longer see a record, and `begin` and `enqueue` treat the
+/// key as new; `fence` stays, so the key's next run gets a larger one
+/// whatever the clocks. The tombstone itself is deleted by DynamoDB TTL
+/// after `cleanup_after`, as a released lock item is.
+pub(crate) const PURGE_UPDATE: &str = "SET #cleanup = :cleanup_at REMOVE #exec_key, #exec_state, #exec_status, #exec_sort, #exec_attempts, #exec_max_attempts, #exec_owner, #exec_result, #exec_error_0, #exec_error_1, #exec_error_2, #exec_error_3, #exec_error_4, #exec_request_hash, #exec_created_ms, #exec_updated_at_ms, #exec_finished_ms, #lease_id, #lease_expires_at_ms, #lease_ttl_ms";
 
 /// The `ExpressionAttributeNames` of `expressions`.
 pub(crate) fn names_for(
@@ -100,7 +125,7 @@ mod tests {
 
     #[test]
     fn placeholders_map_to_attributes() {
-        let names = names_for(&[ENQUEUE_CONDITION, RETRY_UPDATE], "k", "c");
+        let names = names_for(&["attribute_not_exists(#pk)", RETRY_UPDATE], "k", "c");
         assert_eq!(names["#pk"], "k");
         assert_eq!(names["#cleanup"], "c");
         assert_eq!(names["#exec_state"], "exec_state");

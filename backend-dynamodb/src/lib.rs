@@ -72,7 +72,12 @@
 //! ("run once"): one run record per key in its own item beside the lock
 //! item, each transition one conditional `UpdateItem`, status queries
 //! through the sparse index `exec_status-index` that
-//! [`create_table`](DynamoDbStore::create_table) adds. See [`ledger`].
+//! [`create_table`](DynamoDbStore::create_table) adds. Finished records
+//! stay until [`purge`](lockstore_api::ledger::LedgerStore::purge) (which
+//! keeps the key's fence), unless
+//! [`ledger_retention`](DynamoDbStoreBuilder::ledger_retention) lets
+//! DynamoDB TTL delete them; a store in [`TakeoverMode::SkewFree`] refuses
+//! ledger requests with a config error. See [`ledger`].
 //!
 //! # Fencing
 //!

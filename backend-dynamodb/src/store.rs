@@ -61,6 +61,7 @@ impl fmt::Debug for DynamoDbStore {
             .field("key_prefix", &c.key_prefix)
             .field("takeover", &c.takeover)
             .field("clock_skew_allowance", &c.clock_skew_allowance)
+            .field("ledger_retention", &c.ledger_retention)
             .finish_non_exhaustive()
     }
 }
@@ -387,11 +388,11 @@ fn ceil_secs(d: Duration) -> u64 {
 /// A cleanup time and the highest fence it may cover (the cleanup rule,
 /// `expressions` module docs).
 #[derive(Clone, Copy, Debug)]
-struct Cleanup {
+pub(crate) struct Cleanup {
     /// Epoch seconds, for the cleanup attribute.
-    at_secs: u64,
+    pub(crate) at_secs: u64,
     /// The item's fence after the write must stay below this.
-    fence_cap: u64,
+    pub(crate) fence_cap: u64,
 }
 
 impl DynamoDbStore {
@@ -400,9 +401,21 @@ impl DynamoDbStore {
     /// `fence_floor`. Rounded up: DynamoDB TTL works in whole seconds, and
     /// early is the wrong side.
     fn cleanup(&self, until: Duration, fence_floor: u64) -> Cleanup {
+        self.cleanup_after_delay(until, fence_floor, self.inner.config.cleanup_after)
+    }
+
+    /// The cleanup rule with another delay than `cleanup_after` (the
+    /// ledger's retention of finished records): the cleanup time is `delay`
+    /// after the later of `until` and `fence_floor` read as microseconds.
+    pub(crate) fn cleanup_after_delay(
+        &self,
+        until: Duration,
+        fence_floor: u64,
+        delay: Duration,
+    ) -> Cleanup {
         let base = ceil_secs(until).max(fence_floor.div_ceil(1_000_000));
         Cleanup {
-            at_secs: base.saturating_add(ceil_secs(self.inner.config.cleanup_after)),
+            at_secs: base.saturating_add(ceil_secs(delay)),
             fence_cap: base.saturating_mul(1_000_000),
         }
     }

@@ -63,8 +63,9 @@ pub enum TableProblem {
     },
     /// The server has no TTL operations at all (dynalite answers
     /// `UnknownOperationException` to `UpdateTimeToLive`), so TTL cleanup is
-    /// off and cannot be turned on: idle lock items and finished ledger
-    /// records stay until deleted. Locks and the ledger still work (fencing
+    /// off and cannot be turned on: idle lock items, purged ledger records'
+    /// tombstones and (with a ledger retention) finished records stay until
+    /// deleted. Locks and the ledger still work (fencing
     /// does not depend on TTL), which is why this is the one problem
     /// [`check_table`](DynamoDbStore::check_table) reports without failing;
     /// see [`TableProblem::is_advisory`]. Only emulators lack TTL; real

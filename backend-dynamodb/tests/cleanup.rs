@@ -14,7 +14,11 @@
 //!   month ahead (so the item's counter started a month in the future);
 //! * a release whose reply was lost and retried by the SDK says `Released`;
 //! * a skew-free client dates its first sighting of a version after it has
-//!   read it, so a renewal landing during its read is waited out in full.
+//!   read it, so a renewal landing during its read is waited out in full;
+//! * a finished run record is never deleted unless a retention was opted
+//!   into, whatever the finisher's clock (review C1);
+//! * a run's fence rises after its record was purged or deleted by TTL,
+//!   even when the record's creator had a clock a month ahead (review M3).
 
 mod common;
 
@@ -35,7 +39,15 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::config_bag::ConfigBag;
 use common::{Server, acquired, held, key, request};
-use lockstore_api::{AcquireOutcome, LeaseId, LockKey, LockStore, ReleaseOutcome, RenewOutcome};
+use lockstore_api::ledger::{
+    BeginOutcome, BeginRequest, Finish, FinishOutcome, FinishRequest, LedgerStore, RunError,
+    RunQuery, RunStatus, StatusFilter,
+};
+use lockstore_api::{
+    AcquireOutcome, FencingToken, LeaseId, LockKey, LockStore, OwnerLabel, ReleaseOutcome,
+    RenewOutcome, Ttl,
+};
+use lockstore_dynamodb::DEFAULT_CLEANUP_AFTER;
 use lockstore_dynamodb::{DynamoDbStore, TakeoverMode, WallClock};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -86,15 +98,25 @@ async fn item(
     store: &DynamoDbStore,
     k: &LockKey,
 ) -> Option<HashMap<String, AttributeValue>> {
+    item_at(server, store.item_key(k)).await
+}
+
+/// The item whose partition-key value is `pk`.
+async fn item_at(server: Server, pk: String) -> Option<HashMap<String, AttributeValue>> {
     raw(server)
         .get_item()
         .table_name(server.table(common::TABLE))
-        .key("lock_key", AttributeValue::S(store.item_key(k)))
+        .key("lock_key", AttributeValue::S(pk))
         .consistent_read(true)
         .send()
         .await
         .unwrap()
         .item
+}
+
+/// The partition-key value of `k`'s run record.
+fn run_pk(store: &DynamoDbStore, k: &LockKey) -> String {
+    format!("{}\0run", store.item_key(k))
 }
 
 fn cleanup_at(item: &HashMap<String, AttributeValue>) -> Option<u64> {
@@ -109,7 +131,12 @@ fn cleanup_at(item: &HashMap<String, AttributeValue>) -> Option<u64> {
 /// `service_time` (epoch seconds): deletes it if its cleanup time has
 /// passed. Says whether it deleted it.
 async fn ttl_pass(server: Server, store: &DynamoDbStore, k: &LockKey, service_time: u64) -> bool {
-    let Some(found) = item(server, store, k).await else {
+    ttl_pass_at(server, store.item_key(k), service_time).await
+}
+
+/// [`ttl_pass`] on the item whose partition-key value is `pk`.
+async fn ttl_pass_at(server: Server, pk: String, service_time: u64) -> bool {
+    let Some(found) = item_at(server, pk.clone()).await else {
         return false;
     };
     match cleanup_at(&found) {
@@ -117,7 +144,7 @@ async fn ttl_pass(server: Server, store: &DynamoDbStore, k: &LockKey, service_ti
             raw(server)
                 .delete_item()
                 .table_name(server.table(common::TABLE))
-                .key("lock_key", AttributeValue::S(store.item_key(k)))
+                .key("lock_key", AttributeValue::S(pk))
                 .send()
                 .await
                 .unwrap();
@@ -518,4 +545,263 @@ fn dynalite_skew_free_sighting_is_dated_after_the_holder_read() {
         "taken over {:?} after Alice's renewal was sent, before her TTL of {ttl:?}",
         taken_at.duration_since(renew_sent)
     );
+}
+
+/// A wall-clock store on `server`'s shared table under `prefix`, with this
+/// clock and, if given, a ledger retention.
+async fn ledger_store(
+    server: Server,
+    prefix: &str,
+    clock: Skew,
+    retention: Option<Duration>,
+) -> DynamoDbStore {
+    common::ensure_table_on(server).await;
+    let mut builder = common::builder_on(server, &server.table(common::TABLE))
+        .key_prefix(format!("{prefix}/"))
+        .wall_clock(clock);
+    if let Some(retention) = retention {
+        builder = builder.ledger_retention(retention);
+    }
+    builder.build().await.unwrap()
+}
+
+fn begin_request(k: &LockKey, owner: &str) -> BeginRequest {
+    BeginRequest {
+        key: k.clone(),
+        lease_id: LeaseId::random(),
+        ttl: Ttl::new(LONG).unwrap(),
+        owner: OwnerLabel::new(owner).unwrap(),
+        max_attempts: 3,
+        request_hash: None,
+    }
+}
+
+/// Begins `request` on `store`; panics unless it starts.
+async fn started(store: &DynamoDbStore, request: &BeginRequest) -> FencingToken {
+    match store.begin(request).await.unwrap() {
+        BeginOutcome::Started { fence, .. } => fence,
+        other => panic!("{} did not start: {other:?}", request.key),
+    }
+}
+
+/// Finishes `request`'s run on `store`; panics unless it is accepted.
+async fn finished(store: &DynamoDbStore, request: &BeginRequest, finish: Finish) -> RunStatus {
+    let outcome = store
+        .finish(&FinishRequest {
+            key: request.key.clone(),
+            lease_id: request.lease_id,
+            finish,
+        })
+        .await
+        .unwrap();
+    match outcome {
+        FinishOutcome::Finished(status) => status,
+        FinishOutcome::NotHeld => panic!("{}: the finish was refused", request.key),
+    }
+}
+
+fn fatal() -> Finish {
+    Finish::Failed {
+        error: RunError::new(1, "poison message", false),
+    }
+}
+
+/// Review C1: without a retention, DynamoDB TTL never deletes a finished
+/// run record, so its key is never run again: not after `cleanup_after`
+/// (the lock items' delay), and not at once when the finisher's clock is
+/// eight days behind (which would date any cleanup time in the past).
+async fn finished_runs_are_never_deleted_by_ttl_without_a_retention(server: Server) {
+    let prefix = common::fresh_prefix("c1");
+    let accurate = ledger_store(server, &prefix, Skew::Ahead(Duration::ZERO), None).await;
+    let lagging = ledger_store(server, &prefix, Skew::Behind(8 * DAY), None).await;
+    let later = epoch_secs_now() + DEFAULT_CLEANUP_AFTER.as_secs() + 1;
+    for (name, finisher) in [("accurate", &accurate), ("lagging", &lagging)] {
+        for (suffix, finish, status) in [
+            (
+                "ok",
+                Finish::Succeeded { result: None },
+                RunStatus::Succeeded,
+            ),
+            ("poison", fatal(), RunStatus::Ignored),
+        ] {
+            let k = key(&format!("{name}-{suffix}"));
+            let request = begin_request(&k, name);
+            started(finisher, &request).await;
+            assert_eq!(finished(finisher, &request, finish).await, status);
+            for service_time in [epoch_secs_now(), later] {
+                assert!(
+                    !ttl_pass_at(server, run_pk(&accurate, &k), service_time).await,
+                    "DynamoDB TTL deleted a {status} record ({name} finisher) at {service_time}"
+                );
+            }
+            match accurate
+                .begin(&begin_request(&k, "backfill"))
+                .await
+                .unwrap()
+            {
+                BeginOutcome::Existing(record) => assert_eq!(record.status, status),
+                other => panic!("{k} ({name} finisher) was begun again: {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_finished_runs_are_never_deleted_by_ttl_without_a_retention() {
+    finished_runs_are_never_deleted_by_ttl_without_a_retention(Server::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynalite_finished_runs_are_never_deleted_by_ttl_without_a_retention() {
+    finished_runs_are_never_deleted_by_ttl_without_a_retention(Server::Dynalite).await;
+}
+
+/// Review M3, the twin of
+/// [`fence_rises_after_ttl_deletion_when_the_creator_was_ahead`] for run
+/// records: a creator a month ahead begins the key (its fence starts a
+/// month in the future) and fails; an accurate worker begins and succeeds
+/// under a retention; DynamoDB TTL deletes the record at the earliest
+/// moment it may; an accurate client at that moment begins the key again.
+/// Its fence must be above every earlier one.
+async fn run_fence_rises_after_ttl_deletion_when_the_creator_was_ahead(server: Server) {
+    let prefix = common::fresh_prefix("m3-ttl");
+    let k = key("m3-ttl");
+    let retention = Some(2 * DAY);
+    let creator = ledger_store(server, &prefix, Skew::Ahead(30 * DAY), retention).await;
+    let accurate = ledger_store(server, &prefix, Skew::Ahead(Duration::ZERO), retention).await;
+    let first = begin_request(&k, "creator");
+    let mut last = started(&creator, &first).await;
+    let flaky = Finish::Failed {
+        error: RunError::new(1, "flaky", true),
+    };
+    assert_eq!(finished(&creator, &first, flaky).await, RunStatus::Failed);
+    let second = begin_request(&k, "accurate");
+    let fence = started(&accurate, &second).await;
+    assert!(fence > last, "{fence} after {last}");
+    last = fence;
+    let ok = Finish::Succeeded { result: None };
+    assert_eq!(finished(&accurate, &second, ok).await, RunStatus::Succeeded);
+    let left = item_at(server, run_pk(&accurate, &k))
+        .await
+        .expect("the record");
+    let Some(deletable_at) = cleanup_at(&left) else {
+        panic!("a record finished under a retention has no cleanup time: {left:?}")
+    };
+    assert!(
+        ttl_pass_at(server, run_pk(&accurate, &k), deletable_at).await,
+        "the record was not deleted at its own cleanup time"
+    );
+    let then = Skew::Ahead(Duration::from_secs(
+        deletable_at.saturating_sub(epoch_secs_now()),
+    ));
+    let recreator = ledger_store(server, &prefix, then, retention).await;
+    let fence = started(&recreator, &begin_request(&k, "recreator")).await;
+    assert!(
+        fence > last,
+        "run fence went back after TTL deletion: {fence} after {last} (cleanup time {deletable_at})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_run_fence_rises_after_ttl_deletion_when_the_creator_was_ahead() {
+    run_fence_rises_after_ttl_deletion_when_the_creator_was_ahead(Server::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynalite_run_fence_rises_after_ttl_deletion_when_the_creator_was_ahead() {
+    run_fence_rises_after_ttl_deletion_when_the_creator_was_ahead(Server::Dynalite).await;
+}
+
+/// Review M3 through `purge(ZERO)`: the same creator a month ahead, an
+/// accurate worker succeeds, the record is purged at once, and an accurate
+/// client begins the key again at once. Its fence must be above every
+/// earlier one: the purge leaves a fence-only tombstone, which no read,
+/// query or index shows, and which TTL deletes only after `cleanup_after`
+/// from its fence.
+async fn run_fence_rises_after_purge_when_the_creator_was_ahead(server: Server) {
+    let prefix = common::fresh_prefix("m3-purge");
+    let k = key("m3-purge");
+    let creator = ledger_store(server, &prefix, Skew::Ahead(30 * DAY), None).await;
+    let accurate = ledger_store(server, &prefix, Skew::Ahead(Duration::ZERO), None).await;
+    let first = begin_request(&k, "creator");
+    started(&creator, &first).await;
+    let flaky = Finish::Failed {
+        error: RunError::new(1, "flaky", true),
+    };
+    assert_eq!(finished(&creator, &first, flaky).await, RunStatus::Failed);
+    let second = begin_request(&k, "accurate");
+    let last = started(&accurate, &second).await;
+    let ok = Finish::Succeeded { result: None };
+    assert_eq!(finished(&accurate, &second, ok).await, RunStatus::Succeeded);
+    assert_eq!(accurate.purge(Duration::ZERO).await.unwrap(), 1);
+    // What purge left, checked after the fence (the point of the test).
+    let tombstone = item_at(server, run_pk(&accurate, &k)).await;
+    assert_eq!(accurate.get(&k).await.unwrap(), None);
+    let page = accurate
+        .query(&RunQuery::new(StatusFilter::All))
+        .await
+        .unwrap();
+    assert!(page.records.is_empty(), "{:?}", page.records);
+    assert_eq!(accurate.purge(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(
+        accurate.retry(&k).await.unwrap(),
+        lockstore_api::ledger::RetryOutcome::NotFound
+    );
+
+    match accurate.begin(&begin_request(&k, "again")).await.unwrap() {
+        BeginOutcome::Started { fence, attempt } => {
+            assert_eq!(attempt, 1, "a purged key starts afresh");
+            assert!(
+                fence > last,
+                "run fence went back after purge: {fence} after {last}"
+            );
+        }
+        other => panic!("a purged key did not start: {other:?}"),
+    }
+    let tombstone = tombstone.expect("purge leaves a tombstone");
+    assert!(
+        !tombstone
+            .keys()
+            .any(|a| a.starts_with("exec_") || a.starts_with("lease_")),
+        "the tombstone keeps run attributes (the sparse index would list it): {tombstone:?}"
+    );
+    assert_eq!(
+        tombstone.get("fence"),
+        Some(&AttributeValue::N(last.get().to_string())),
+        "{tombstone:?}"
+    );
+    let deletable_at = cleanup_at(&tombstone).expect("the tombstone is left to DynamoDB TTL");
+    assert!(
+        deletable_at >= last.get() / 1_000_000 + DEFAULT_CLEANUP_AFTER.as_secs(),
+        "the tombstone's cleanup time {deletable_at} is not dated from its fence {last}"
+    );
+    let record = accurate.get(&k).await.unwrap().expect("the new record");
+    assert_eq!((record.status, record.attempts), (RunStatus::Running, 1));
+    let running = item_at(server, run_pk(&accurate, &k)).await.unwrap();
+    assert_eq!(cleanup_at(&running), None, "{running:?}");
+
+    // Enqueue treats a tombstone as no record too.
+    let queued = key("m3-purge-queued");
+    let run = begin_request(&queued, "accurate");
+    let fence = started(&accurate, &run).await;
+    finished(&accurate, &run, Finish::Succeeded { result: None }).await;
+    assert_eq!(accurate.purge(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(
+        accurate.enqueue(&queued, None).await.unwrap(),
+        lockstore_api::ledger::EnqueueOutcome::Created
+    );
+    let pending = item_at(server, run_pk(&accurate, &queued)).await.unwrap();
+    assert_eq!(cleanup_at(&pending), None, "{pending:?}");
+    let again = started(&accurate, &begin_request(&queued, "accurate")).await;
+    assert!(again > fence, "{again} after {fence}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_run_fence_rises_after_purge_when_the_creator_was_ahead() {
+    run_fence_rises_after_purge_when_the_creator_was_ahead(Server::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynalite_run_fence_rises_after_purge_when_the_creator_was_ahead() {
+    run_fence_rises_after_purge_when_the_creator_was_ahead(Server::Dynalite).await;
 }

@@ -1,53 +1,141 @@
 //! DynamoDB-specific ledger tests: requests per transition (counted by an
-//! SDK interceptor), the item layout (records apart from lock items, TTL
-//! only on finished records), the index check, and a throughput table of
-//! begin+succeed next to the lock's acquire+release.
+//! SDK interceptor), the item layout (records apart from lock items, no
+//! TTL cleanup time unless a retention is opted into), the key limit, the
+//! skew-free refusal, a begin retried after its own lease expired, the
+//! index check, and a throughput table of begin+succeed next to the lock's
+//! acquire+release. The cases that depend on the server run on moto and on
+//! dynalite.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
+use common::Server;
 use common::counting::RequestCounter;
 use lockstore_api::ledger::{
     BeginOutcome, BeginRequest, EnqueueOutcome, Finish, FinishOutcome, FinishRequest, LedgerStore,
     RetryOutcome, RunError, RunStatus,
 };
 use lockstore_api::{
-    AcquireOutcome, AcquireRequest, LeaseId, LockKey, LockStore, OwnerLabel, ReleaseOutcome,
-    RenewOutcome, Ttl,
+    AcquireOutcome, AcquireRequest, LeaseId, LockError, LockKey, LockStore, OwnerLabel,
+    ReleaseOutcome, RenewOutcome, Ttl,
 };
-use lockstore_dynamodb::{DynamoDbStore, TableProblem};
+use lockstore_dynamodb::{
+    DynamoDbStore, DynamoDbStoreBuilder, TableProblem, TakeoverMode, WallClock,
+};
 use tokio::sync::OnceCell;
 
 const TABLE: &str = "lockstore_ledger_test";
 const LONG: Duration = Duration::from_secs(30);
 
-async fn ensure_table() {
-    static CREATED: OnceCell<()> = OnceCell::const_new();
-    CREATED
-        .get_or_init(|| async {
-            let store = common::builder(TABLE).build().await.expect("a store");
-            store.create_table().await.expect("the ledger test table");
-        })
-        .await;
+async fn ensure_table(server: Server) {
+    static MOTO: OnceCell<()> = OnceCell::const_new();
+    static DYNALITE: OnceCell<()> = OnceCell::const_new();
+    let once = match server {
+        Server::Moto => &MOTO,
+        Server::Dynalite => &DYNALITE,
+    };
+    once.get_or_init(|| async {
+        let store = common::builder_on(server, &server.table(TABLE))
+            .build()
+            .await
+            .expect("a store");
+        store.create_table().await.expect("the ledger test table");
+    })
+    .await;
 }
 
-/// A store on the ledger table whose requests are counted.
+/// A store on moto's ledger table whose requests are counted.
 async fn counted_store(name: &str) -> (DynamoDbStore, RequestCounter) {
-    ensure_table().await;
+    counted_store_with(Server::Moto, name, |b| b).await
+}
+
+/// A store on `server`'s ledger table, under a prefix of its own, with
+/// `configure`'s options, whose requests are counted.
+async fn counted_store_with(
+    server: Server,
+    name: &str,
+    configure: impl FnOnce(DynamoDbStoreBuilder) -> DynamoDbStoreBuilder,
+) -> (DynamoDbStore, RequestCounter) {
+    let prefix = common::fresh_prefix(name);
+    store_under(server, &prefix, configure).await
+}
+
+/// A counted store on `server`'s ledger table under `prefix`.
+async fn store_under(
+    server: Server,
+    prefix: &str,
+    configure: impl FnOnce(DynamoDbStoreBuilder) -> DynamoDbStoreBuilder,
+) -> (DynamoDbStore, RequestCounter) {
+    ensure_table(server).await;
     let counter = RequestCounter::default();
     let client = Client::from_conf(
-        common::sdk_config_builder()
+        common::sdk_config_builder_on(server)
             .interceptor(counter.clone())
             .build(),
     );
-    let store = common::builder(TABLE)
-        .key_prefix(format!("{}/", common::fresh_prefix(name)))
+    let store = configure(common::builder_on(server, &server.table(TABLE)))
+        .key_prefix(format!("{prefix}/"))
         .build_with_client(client)
         .unwrap();
     (store, counter)
+}
+
+/// A wall clock a fixed amount ahead of (or behind) this machine's.
+#[derive(Debug, Clone, Copy)]
+enum Skew {
+    Ahead(Duration),
+    Behind(Duration),
+}
+
+impl WallClock for Skew {
+    fn now(&self) -> SystemTime {
+        match *self {
+            Skew::Ahead(d) => SystemTime::now() + d,
+            Skew::Behind(d) => SystemTime::now() - d,
+        }
+    }
+}
+
+/// `k`'s run record as stored, tombstone or not.
+async fn raw_record(
+    server: Server,
+    store: &DynamoDbStore,
+    k: &LockKey,
+) -> Option<std::collections::HashMap<String, AttributeValue>> {
+    store
+        .client()
+        .get_item()
+        .table_name(server.table(TABLE))
+        .key(
+            store.partition_key(),
+            AttributeValue::S(format!("{}\0run", store.item_key(k))),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+fn cleanup_at(
+    store: &DynamoDbStore,
+    item: &std::collections::HashMap<String, AttributeValue>,
+) -> Option<u64> {
+    match item.get(store.cleanup_attribute()) {
+        None => None,
+        Some(AttributeValue::N(n)) => Some(n.parse().unwrap()),
+        Some(other) => panic!("the cleanup attribute is {other:?}"),
+    }
+}
+
+fn epoch_secs_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn key(name: &str) -> LockKey {
@@ -211,9 +299,11 @@ async fn one_request_per_ledger_transition() {
     assert_eq!(counter.take(), one("UpdateItem"), "retry");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_are_items_apart_from_locks_and_only_finished_ones_expire() {
-    let (store, _) = counted_store("ledger-layout").await;
+/// Review C1: no run record carries a cleanup time unless a retention was
+/// opted into, so DynamoDB TTL never deletes a finished (succeeded,
+/// ignored) or failed record and a succeeded key is never run again.
+async fn records_are_items_apart_from_locks_and_never_expire_by_default(server: Server) {
+    let (store, _) = counted_store_with(server, "ledger-layout", |b| b).await;
     let k = key("shared");
     let lock = AcquireRequest {
         key: k.clone(),
@@ -227,67 +317,364 @@ async fn records_are_items_apart_from_locks_and_only_finished_ones_expire() {
     ));
     let run = begin(&k, "runner", 1);
     store.begin(&run).await.unwrap();
-    let raw = |pk: String| {
-        let store = store.clone();
-        async move {
-            store
-                .client()
-                .get_item()
-                .table_name(TABLE)
-                .key(store.partition_key(), AttributeValue::S(pk))
-                .consistent_read(true)
-                .send()
-                .await
-                .unwrap()
-                .item
-                .unwrap()
-        }
-    };
-    let lock_item = raw(store.item_key(&k)).await;
+    let lock_item = store
+        .client()
+        .get_item()
+        .table_name(server.table(TABLE))
+        .key(store.partition_key(), AttributeValue::S(store.item_key(&k)))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
     assert!(
         !lock_item.keys().any(|a| a.starts_with("exec_")),
         "the lock item carries run attributes: {lock_item:?}"
     );
-    let run_pk = format!("{}\0run", store.item_key(&k));
-    let running = raw(run_pk.clone()).await;
-    assert!(
-        !running.contains_key(store.cleanup_attribute()),
+    let running = raw_record(server, &store, &k).await.unwrap();
+    assert_eq!(
+        cleanup_at(&store, &running),
+        None,
         "a running record may be deleted by DynamoDB TTL: {running:?}"
     );
     store
         .finish(&finish(&run, Finish::Succeeded { result: None }))
         .await
         .unwrap();
-    let finished = raw(run_pk).await;
-    assert!(
-        finished.contains_key(store.cleanup_attribute()),
-        "a finished record never expires: {finished:?}"
+    let finished = raw_record(server, &store, &k).await.unwrap();
+    assert_eq!(
+        cleanup_at(&store, &finished),
+        None,
+        "a succeeded record may be deleted by DynamoDB TTL, and its key run again: {finished:?}"
     );
-    // An ignored record expires too, until an operator requeues it.
-    let other = key("requeued");
-    let fatal = begin(&other, "runner", 3);
-    store.begin(&fatal).await.unwrap();
-    let error = RunError::new(1, "fatal", false);
-    store
-        .finish(&finish(&fatal, Finish::Failed { error }))
-        .await
-        .unwrap();
-    let other_pk = format!("{}\0run", store.item_key(&other));
-    assert!(
-        raw(other_pk.clone())
-            .await
-            .contains_key(store.cleanup_attribute())
-    );
-    assert_eq!(store.retry(&other).await.unwrap(), RetryOutcome::Requeued);
-    let pending = raw(other_pk).await;
-    assert!(
-        !pending.contains_key(store.cleanup_attribute()),
-        "a requeued record may be deleted by DynamoDB TTL: {pending:?}"
-    );
+    // Nor an ignored record (until an operator requeues it), nor a failed one.
+    for (name, retryable, status) in [
+        ("fatal", false, RunStatus::Ignored),
+        ("retryable", true, RunStatus::Failed),
+    ] {
+        let other = key(name);
+        let run = begin(&other, "runner", 3);
+        store.begin(&run).await.unwrap();
+        let error = RunError::new(1, "boom", retryable);
+        assert_eq!(
+            store
+                .finish(&finish(&run, Finish::Failed { error }))
+                .await
+                .unwrap(),
+            FinishOutcome::Finished(status)
+        );
+        let item = raw_record(server, &store, &other).await.unwrap();
+        assert_eq!(
+            cleanup_at(&store, &item),
+            None,
+            "a {status} record may be deleted by DynamoDB TTL: {item:?}"
+        );
+    }
     assert_eq!(
         store.release(&k, lock.lease_id).await.unwrap(),
         ReleaseOutcome::Released,
         "the run ended the lock"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_records_are_items_apart_from_locks_and_never_expire_by_default() {
+    records_are_items_apart_from_locks_and_never_expire_by_default(Server::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynalite_records_are_items_apart_from_locks_and_never_expire_by_default() {
+    records_are_items_apart_from_locks_and_never_expire_by_default(Server::Dynalite).await;
+}
+
+/// The opt-in: with a `ledger_retention`, a record that ends succeeded or
+/// ignored gets a cleanup time that long after its finish (by the
+/// finisher's clock); a failed one does not; a requeued one loses it.
+async fn a_ledger_retention_dates_finished_records_for_ttl(server: Server) {
+    let retention = Duration::from_secs(2 * 24 * 3600);
+    let (store, counter) = counted_store_with(server, "ledger-retention", |b| {
+        b.ledger_retention(retention)
+    })
+    .await;
+    let k = key("kept-a-while");
+    let run = begin(&k, "runner", 1);
+    store.begin(&run).await.unwrap();
+    counter.take();
+    let before = epoch_secs_now();
+    store
+        .finish(&finish(&run, Finish::Succeeded { result: None }))
+        .await
+        .unwrap();
+    let after = epoch_secs_now() + 1;
+    assert_eq!(
+        counter.take(),
+        one("UpdateItem"),
+        "succeed with a retention"
+    );
+    let item = raw_record(server, &store, &k).await.unwrap();
+    let at = cleanup_at(&store, &item).expect("a succeeded record with a retention expires");
+    assert!(
+        (before + retention.as_secs()..=after + retention.as_secs()).contains(&at),
+        "cleanup at {at}, finished between {before} and {after}, retention {retention:?}"
+    );
+    let fatal = key("fatal");
+    let run = begin(&fatal, "runner", 3);
+    store.begin(&run).await.unwrap();
+    let error = RunError::new(1, "bad input", false);
+    store
+        .finish(&finish(&run, Finish::Failed { error }))
+        .await
+        .unwrap();
+    let item = raw_record(server, &store, &fatal).await.unwrap();
+    assert!(cleanup_at(&store, &item).is_some(), "{item:?}");
+    assert_eq!(store.retry(&fatal).await.unwrap(), RetryOutcome::Requeued);
+    let item = raw_record(server, &store, &fatal).await.unwrap();
+    assert_eq!(
+        cleanup_at(&store, &item),
+        None,
+        "a requeued record may be deleted by DynamoDB TTL: {item:?}"
+    );
+    let failing = key("failing");
+    let run = begin(&failing, "runner", 3);
+    store.begin(&run).await.unwrap();
+    let error = RunError::new(1, "flaky", true);
+    store
+        .finish(&finish(&run, Finish::Failed { error }))
+        .await
+        .unwrap();
+    let item = raw_record(server, &store, &failing).await.unwrap();
+    assert_eq!(
+        cleanup_at(&store, &item),
+        None,
+        "a failed record waiting for its next attempt may be deleted: {item:?}"
+    );
+    // Out of range: a config error naming the option.
+    let err = common::builder_on(server, &server.table(TABLE))
+        .ledger_retention(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LockError::Config { .. }) && err.to_string().contains("ledger_retention"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_a_ledger_retention_dates_finished_records_for_ttl() {
+    a_ledger_retention_dates_finished_records_for_ttl(Server::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynalite_a_ledger_retention_dates_finished_records_for_ttl() {
+    a_ledger_retention_dates_finished_records_for_ttl(Server::Dynalite).await;
+}
+
+/// Review m2: a begin retried with the same lease id after its own lease
+/// expired (the request outlived the TTL) finds its own run, as on every
+/// other backend: same fence, same attempt, not a new attempt.
+async fn a_begin_retried_after_its_own_lease_expired_keeps_the_run(server: Server) {
+    let prefix = common::fresh_prefix("ledger-same");
+    let (store, _) = store_under(server, &prefix, |b| b).await;
+    // The retry is judged by a clock a minute later: the 30 s lease and
+    // the allowance are long over by then, whatever the machine's load.
+    let (later, _) = store_under(server, &prefix, |b| {
+        b.wall_clock(Skew::Ahead(Duration::from_secs(60)))
+    })
+    .await;
+    let k = key("retried");
+    let request = begin(&k, "worker", 3);
+    let BeginOutcome::Started { fence, attempt } = store.begin(&request).await.unwrap() else {
+        panic!("the first begin did not start")
+    };
+    assert_eq!(attempt, 1);
+    let retried = later.begin(&request).await.unwrap();
+    assert_eq!(
+        retried,
+        BeginOutcome::Started { fence, attempt: 1 },
+        "a retried begin started a new attempt"
+    );
+    let record = later.get(&k).await.unwrap().unwrap();
+    assert_eq!((record.attempts, record.fence), (1, Some(fence)));
+    assert!(
+        record.lease_expires_in.is_some(),
+        "the retried begin renewed its lease: {record:?}"
+    );
+    // Another worker is still refused the live run.
+    assert!(matches!(
+        later.begin(&begin(&k, "other", 3)).await.unwrap(),
+        BeginOutcome::Existing(_)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_a_begin_retried_after_its_own_lease_expired_keeps_the_run() {
+    a_begin_retried_after_its_own_lease_expired_keeps_the_run(Server::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynalite_a_begin_retried_after_its_own_lease_expired_keeps_the_run() {
+    a_begin_retried_after_its_own_lease_expired_keeps_the_run(Server::Dynalite).await;
+}
+
+/// Review m13: a run record's index sort key is 21 bytes plus the key, and
+/// DynamoDB refuses index keys over 1024 bytes, so run keys over 1003
+/// bytes are refused with a typed error before any request (whether the
+/// server would have enforced the limit or not); 1003 bytes work.
+async fn run_keys_over_1003_bytes_are_refused_before_any_request(server: Server) {
+    let (store, counter) = counted_store_with(server, "ledger-long", |b| b).await;
+    for len in [1004, 1024] {
+        let k = key(&"k".repeat(len));
+        let request = begin(&k, "worker", 1);
+        counter.take();
+        let results = [
+            store.begin(&request).await.err(),
+            store.enqueue(&k, None).await.err(),
+            store.get(&k).await.err(),
+            store.retry(&k).await.err(),
+            store
+                .renew_run(&k, request.lease_id, request.ttl)
+                .await
+                .err(),
+            store
+                .finish(&finish(&request, Finish::Succeeded { result: None }))
+                .await
+                .err(),
+        ];
+        for err in results {
+            match err {
+                Some(LockError::InvalidArgument {
+                    name: "key",
+                    reason,
+                }) => assert!(
+                    reason.contains("1003") && reason.contains(&len.to_string()),
+                    "{reason}"
+                ),
+                other => panic!("a {len}-byte run key: {other:?}"),
+            }
+        }
+        assert_eq!(counter.take_total(), 0, "a {len}-byte run key was sent");
+    }
+    // The longest accepted key is written and listed by the index.
+    let k = key(&"k".repeat(1003));
+    let request = begin(&k, "worker", 1);
+    assert!(matches!(
+        store.begin(&request).await.unwrap(),
+        BeginOutcome::Started { attempt: 1, .. }
+    ));
+    let page = store
+        .query(&lockstore_api::ledger::RunQuery::new(
+            lockstore_api::ledger::StatusFilter::Is(RunStatus::Running),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.records.iter().map(|r| &r.key).collect::<Vec<_>>(),
+        vec![&k]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_run_keys_over_1003_bytes_are_refused_before_any_request() {
+    run_keys_over_1003_bytes_are_refused_before_any_request(Server::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynalite_run_keys_over_1003_bytes_are_refused_before_any_request() {
+    run_keys_over_1003_bytes_are_refused_before_any_request(Server::Dynalite).await;
+}
+
+/// Review M4: skew-free mode promises exclusion whatever the wall clocks,
+/// but the ledger judges run leases by them (a holder 5 s behind, an
+/// accurate client with a 1 s allowance would start a second run 6 s in).
+/// So a skew-free store refuses every ledger request, with a config error
+/// that says what to use, before anything is sent.
+async fn a_skew_free_store_refuses_the_ledger_before_any_request(server: Server) {
+    let (store, counter) = counted_store_with(server, "ledger-skew-free", |b| {
+        b.takeover(TakeoverMode::SkewFree)
+            .clock_skew_allowance(Duration::from_secs(1))
+            .wall_clock(Skew::Behind(Duration::from_secs(5)))
+    })
+    .await;
+    let k = key("skew-free");
+    let request = begin(&k, "holder", 1);
+    counter.take();
+    let results = [
+        store.begin(&request).await.err(),
+        store
+            .renew_run(&k, request.lease_id, request.ttl)
+            .await
+            .err(),
+        store
+            .finish(&finish(&request, Finish::Succeeded { result: None }))
+            .await
+            .err(),
+        store.get(&k).await.err(),
+        store.enqueue(&k, None).await.err(),
+        store.retry(&k).await.err(),
+        store
+            .query(&lockstore_api::ledger::RunQuery::new(
+                lockstore_api::ledger::StatusFilter::All,
+            ))
+            .await
+            .err(),
+        store.purge(Duration::ZERO).await.err(),
+    ];
+    for err in results {
+        match err {
+            Some(err @ LockError::Config { .. }) => {
+                let words = err.to_string();
+                assert!(
+                    words.contains("SkewFree") && words.contains("TakeoverMode::WallClock"),
+                    "{words}"
+                );
+            }
+            other => panic!("a skew-free ledger request: {other:?}"),
+        }
+    }
+    assert_eq!(
+        counter.take_total(),
+        0,
+        "a skew-free ledger request was sent"
+    );
+    // Its locks work as before.
+    assert!(matches!(
+        store
+            .try_acquire(&AcquireRequest {
+                key: k.clone(),
+                lease_id: LeaseId::random(),
+                ttl: Ttl::new(LONG).unwrap(),
+                owner: OwnerLabel::new("locker").unwrap(),
+            })
+            .await
+            .unwrap(),
+        AcquireOutcome::Acquired { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_a_skew_free_store_refuses_the_ledger_before_any_request() {
+    a_skew_free_store_refuses_the_ledger_before_any_request(Server::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynalite_a_skew_free_store_refuses_the_ledger_before_any_request() {
+    a_skew_free_store_refuses_the_ledger_before_any_request(Server::Dynalite).await;
+}
+
+/// Review m4: the builder's Debug never shows the static credentials'
+/// secret.
+#[test]
+fn builder_debug_redacts_the_secret_key() {
+    let builder = DynamoDbStore::builder("some_table")
+        .static_credentials("AKIDEXAMPLE", "wJalrXUtnFEMI-K7MDENG-bPxRfiCYsecret");
+    let shown = format!("{builder:?}");
+    assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+    assert!(!shown.contains("Ysecret"), "{shown}");
+    assert!(
+        shown.contains("AKIDEXAMPLE") && shown.contains("redacted"),
+        "{shown}"
     );
 }
 
