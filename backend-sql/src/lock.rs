@@ -20,19 +20,15 @@
 macro_rules! impl_lock_store {
     ($store:ty, $backend:expr, $classify:path) => {
         impl $store {
-            /// `ensure_schema`'s work: the lock and ledger DDL as one
-            /// simple-protocol query (one implicit transaction).
+            /// `ensure_schema`'s work: the lock and ledger DDL in one
+            /// transaction, by the store's `execute_schema`.
             async fn run_schema(&self) -> Result<(), lockstore_api::LockError> {
                 let schema = format!("{}\n{}", self.inner.sql.schema, self.inner.ledger.schema);
-                sqlx::raw_sql(&schema)
-                    .execute(&self.inner.pool)
-                    .await
-                    .map_err(|err| {
-                        self.inner
-                            .errors
-                            .map("creating the lock table", err, $classify)
-                    })?;
-                Ok(())
+                self.execute_schema(&schema).await.map_err(|err| {
+                    self.inner
+                        .errors
+                        .map("creating the lock table", err, $classify)
+                })
             }
 
             /// `purge_idle`'s work: the purge statement, rows deleted.
