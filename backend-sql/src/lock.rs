@@ -9,7 +9,10 @@
 //! store supplies `release_row()` (runs its release statement, true if a
 //! row was released), `waiters()` (the in-process wake-ups, if
 //! any) and `bind_waiting()` (PostgreSQL tells its acquire statement
-//! whether the caller waits, so that a refusal asks for a NOTIFY). Everything else comes from `inner.pool`, `inner.sql` and
+//! whether the caller waits, so that a refusal asks for a NOTIFY) and
+//! `execute_schema()` (runs the DDL as one transaction: PostgreSQL's one
+//! simple query is one, SQLite needs an explicit `BEGIN IMMEDIATE`).
+//! Everything else comes from `inner.pool`, `inner.sql` and
 //! `inner.errors`, which both stores have. The bodies of both stores'
 //! `ensure_schema` and `purge_idle` are here too; the stores keep the
 //! public, documented methods.
