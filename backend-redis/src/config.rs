@@ -28,6 +28,10 @@ pub const DEFAULT_IDLE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// default.
 pub const DEFAULT_PURGE_BATCH_SIZE: u32 = 1_000;
 
+/// How many running records one script of a stuck-runs query examines at
+/// most, by default.
+pub const DEFAULT_STUCK_SCAN_BATCH_SIZE: u32 = 1_000;
+
 /// Settings for a [`RedisStore`]; made by [`RedisStore::builder`].
 ///
 /// ```no_run
@@ -49,6 +53,7 @@ pub struct RedisStoreBuilder {
     pub(crate) idle_retention: Duration,
     pub(crate) ledger_retention: Option<Duration>,
     pub(crate) purge_batch_size: u32,
+    pub(crate) stuck_scan_batch_size: u32,
     pub(crate) notifications: bool,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
@@ -94,6 +99,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("idle_retention", &self.idle_retention)
             .field("ledger_retention", &self.ledger_retention)
             .field("purge_batch_size", &self.purge_batch_size)
+            .field("stuck_scan_batch_size", &self.stuck_scan_batch_size)
             .field("notifications", &self.notifications)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
@@ -114,6 +120,7 @@ impl RedisStoreBuilder {
             idle_retention: DEFAULT_IDLE_RETENTION,
             ledger_retention: None,
             purge_batch_size: DEFAULT_PURGE_BATCH_SIZE,
+            stuck_scan_batch_size: DEFAULT_STUCK_SCAN_BATCH_SIZE,
             notifications: true,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Some(DEFAULT_RESPONSE_TIMEOUT),
@@ -201,6 +208,18 @@ impl RedisStoreBuilder {
     /// bounds the pause a purge causes. At least 1.
     pub fn purge_batch_size(mut self, records: u32) -> Self {
         self.purge_batch_size = records.max(1);
+        self
+    }
+
+    /// How many running records one script examines at most when a query
+    /// looks for stuck runs (default [`DEFAULT_STUCK_SCAN_BATCH_SIZE`]).
+    /// Whether a run is stuck depends on the time, so no index holds them:
+    /// the query walks the running records in its order, as many scripts
+    /// as it needs, each examining at most this many, so a ledger with many
+    /// live runs never blocks the server (a script blocks it) for a whole
+    /// walk. At least 1.
+    pub fn stuck_scan_batch_size(mut self, records: u32) -> Self {
+        self.stuck_scan_batch_size = records.max(1);
         self
     }
 
@@ -310,6 +329,7 @@ impl RedisStoreBuilder {
             // 0 = keep; PEXPIRE takes a 64-bit count, and Lua numbers are
             // exact only up to 2^53.
             purge_batch_size: self.purge_batch_size,
+            stuck_scan_batch_size: self.stuck_scan_batch_size,
             ledger_retention_ms: self.ledger_retention.map_or(0, |r| {
                 u64::try_from(r.as_millis())
                     .unwrap_or(u64::MAX)

@@ -5,13 +5,23 @@
 //! # Keys and cluster slots
 //!
 //! A namespace (key prefix) keeps its ledger under one hash tag,
-//! `<prefix>{ledger}`:
+//! `<prefix>{ledger}`, followed by a NUL byte (`\0` below):
 //!
 //! | key                                  | holds                                        |
 //! |--------------------------------------|----------------------------------------------|
-//! | `<prefix>{ledger}:run:<key>`         | the record of `<key>`, a hash                |
-//! | `<prefix>{ledger}:status:<status>`   | sorted set of keys, score = `updated_at` ms  |
-//! | `<prefix>{ledger}:fence-hw`          | the largest fence of a purged or expiring record |
+//! | `<prefix>{ledger}\0run:<key>`        | the record of `<key>`, a hash                |
+//! | `<prefix>{ledger}\0status:<status>`  | sorted set of keys, score = `updated_at` ms  |
+//! | `<prefix>{ledger}\0fence-hw`         | the largest fence of a purged or expiring record |
+//!
+//! The NUL keeps the ledger apart from the locks. A lock's record is
+//! `<prefix>{<lock key>}`, and lock keys may contain braces: without it,
+//! the lock `ledger}:run:job` would be `<prefix>{ledger}:run:job}`, the
+//! run record of the key `job}`, and an acquire would rewrite that record's
+//! fence and give it an expiry. A lock key cannot contain a NUL
+//! ([`LockKey`] refuses it), and a prefix contains no brace, so no lock's
+//! key (nor any other key of the namespace's locks) has one, while every
+//! ledger key does. The hash tag is still `ledger` (the text between the
+//! first `{` and the next `}`), so the whole ledger stays in one slot.
 //!
 //! The status sets are what make "unfinished, oldest first" a range read
 //! instead of a scan, and they are written by the same script as the
@@ -52,8 +62,6 @@
 //! `purge` skip such entries and remove them, and a new record for the key
 //! removes its stale entry when it is created.
 //!
-//! # Waking waiters
-//!
 //! # Purge in batches
 //!
 //! `purge` deletes at most
@@ -62,13 +70,22 @@
 //! ledger leaves room for other commands between batches instead of
 //! blocking the server (a script blocks it) for the whole purge.
 //!
+//! # Stuck runs in batches
+//!
+//! A run is stuck when its lease has expired, which depends on the time, so
+//! no set holds the stuck ones. `query` with [`StatusFilter::Stuck`] walks
+//! the running set in the query's order, examining at most
+//! [`stuck_scan_batch_size`](crate::RedisStoreBuilder::stuck_scan_batch_size)
+//! entries per script call and calling again from where it stopped, until
+//! it has its page or the set ends. Many live runs (none stuck) cost
+//! several short scripts, not one that holds the server for the whole set.
+//!
 //! # Waking waiters
 //!
-//! `finish` (and `retry` of a stuck run) publishes `\u{1}run:<key>` on the
+//! `finish` (and `retry` of a stuck run) publishes `\0run:<key>` on the
 //! store's release channel; the existing listener wakes the waiters
-//! registered for that text. The `\u{1}` prefix cannot start a lock key
-//! (keys have no control characters), so lock and run waiters never wake
-//! each other.
+//! registered for that text. A lock key cannot contain a NUL, so no lock
+//! key is that text, and lock and run waiters never wake each other.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -105,25 +122,36 @@ static ENQUEUE: LazyLock<Script> = ledger_script!("lua/ledger_enqueue.lua");
 static RETRY: LazyLock<Script> = ledger_script!("lua/ledger_retry.lua");
 static QUERY: LazyLock<Script> = ledger_script!("lua/ledger_query.lua");
 static PURGE: LazyLock<Script> = ledger_script!("lua/ledger_purge.lua");
+static SCAN_STUCK: LazyLock<Script> = ledger_script!("lua/ledger_scan_stuck.lua");
 
-/// The message published when a run of `key` ends.
+/// The message published when a run of `key` ends: a NUL first, which no
+/// lock key (the message of a release) contains.
 fn finish_message(key: &LockKey) -> String {
-    format!("\u{1}run:{}", key.as_str())
+    format!("\0run:{}", key.as_str())
 }
 
 impl RedisStore {
+    /// `<prefix>{ledger}\0`: the hash tag, then the NUL that no lock's key
+    /// contains (see "Keys and cluster slots").
     fn ledger_base(&self) -> String {
-        format!("{}{{ledger}}", self.key_prefix())
+        format!("{}{{ledger}}\0", self.key_prefix())
     }
 
     /// The Redis key of `key`'s ledger record:
-    /// `<prefix>{ledger}:run:<key>`.
+    /// `<prefix>{ledger}\0run:<key>` (with a NUL byte, so no lock's record
+    /// key is ever one).
     pub fn run_record_key(&self, key: &LockKey) -> String {
         format!("{}{}", self.run_record_prefix(), key.as_str())
     }
 
+    /// The Redis key of the namespace's sorted set of records in `status`:
+    /// `<prefix>{ledger}\0status:<status>`.
+    pub fn run_status_key(&self, status: RunStatus) -> String {
+        format!("{}status:{}", self.ledger_base(), status.as_str())
+    }
+
     fn run_record_prefix(&self) -> String {
-        format!("{}:run:", self.ledger_base())
+        format!("{}run:", self.ledger_base())
     }
 
     /// The scripts' KEYS: five status sets, the high-water, and optionally
@@ -133,12 +161,11 @@ impl RedisStore {
         script: &'a Script,
         record: Option<&LockKey>,
     ) -> redis::ScriptInvocation<'a> {
-        let base = self.ledger_base();
         let mut invocation = script.prepare_invoke();
         for status in RunStatus::ALL {
-            invocation.key(format!("{base}:status:{}", status.as_str()));
+            invocation.key(self.run_status_key(status));
         }
-        invocation.key(format!("{base}:fence-hw"));
+        invocation.key(format!("{}fence-hw", self.ledger_base()));
         if let Some(key) = record {
             invocation.key(self.run_record_key(key));
         }
@@ -325,7 +352,7 @@ impl LedgerStore for RedisStore {
         let filter = match query.filter {
             StatusFilter::Is(status) => status.as_str(),
             StatusFilter::Unfinished => "unfinished",
-            StatusFilter::Stuck => "stuck",
+            StatusFilter::Stuck => return self.query_stuck(query).await,
             StatusFilter::All => "all",
         };
         let mut invocation = self.ledger_invocation(&QUERY, None);
@@ -416,6 +443,72 @@ impl LedgerStore for RedisStore {
 
     fn finish_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
         self.message_signal(&finish_message(key))
+    }
+}
+
+impl RedisStore {
+    /// `query(Stuck)`: walks the running set in the query's order, one
+    /// script per [`stuck_scan_batch_size`](crate::RedisStoreBuilder::stuck_scan_batch_size)
+    /// entries (see `ledger_scan_stuck.lua`), until it has one record more
+    /// than the page or the set ends. The page is as one script would have
+    /// made it, except that its records are read at different times, like
+    /// the pages of a query are.
+    async fn query_stuck(&self, query: &RunQuery) -> Result<RunPage, LockError> {
+        let doing = || "query stuck runs".to_owned();
+        let wanted = query.limit as usize + 1;
+        let mut records = Vec::with_capacity(wanted.min(64));
+        let mut position = query
+            .after
+            .as_ref()
+            .map(|cursor| (cursor.updated_ms, cursor.key.as_str().to_owned()));
+        loop {
+            let mut invocation = self.ledger_invocation(&SCAN_STUCK, None);
+            invocation
+                .arg(match query.order {
+                    Order::OldestFirst => "asc",
+                    Order::NewestFirst => "desc",
+                })
+                .arg(wanted - records.len())
+                .arg(self.stuck_scan_batch_size());
+            match &position {
+                Some((ms, key)) => invocation.arg(*ms).arg(key.as_str()),
+                None => invocation.arg("").arg(""),
+            };
+            invocation.arg(self.run_record_prefix());
+            let reply = self.run_script(doing, invocation).await?;
+            let bad = || unexpected_reply(&doing(), &reply);
+            let Value::Array(items) = &reply else {
+                return Err(bad());
+            };
+            let [now, _examined, last_ms, last_key, rest @ ..] = items.as_slice() else {
+                return Err(bad());
+            };
+            if rest.len() % 2 != 0 || rest.len() / 2 > wanted - records.len() {
+                return Err(bad());
+            }
+            for pair in rest.chunks_exact(2) {
+                let key = text(&pair[0])
+                    .and_then(|k| LockKey::new(k).ok())
+                    .ok_or_else(bad)?;
+                let record = parse_record(&key, now, &pair[1])
+                    .and_then(|r| r.ok_or_else(|| "a stuck record is missing".to_owned()))
+                    .map_err(|why| record_error(&doing(), &why))?;
+                records.push(record);
+            }
+            let last_key = text(last_key).ok_or_else(bad)?;
+            if records.len() >= wanted || last_key.is_empty() {
+                break;
+            }
+            position = Some((uint(last_ms).ok_or_else(bad)?, last_key));
+        }
+        let more = records.len() > query.limit as usize;
+        records.truncate(query.limit as usize);
+        let next = if more {
+            records.last().map(PageCursor::after)
+        } else {
+            None
+        };
+        Ok(RunPage { records, next })
     }
 }
 

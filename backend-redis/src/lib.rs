@@ -257,8 +257,8 @@ mod scripts;
 mod store;
 
 pub use config::{
-    DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, DEFAULT_PURGE_BATCH_SIZE, EvictionCheck,
-    RedisStoreBuilder,
+    DEFAULT_IDLE_RETENTION, DEFAULT_KEY_PREFIX, DEFAULT_PURGE_BATCH_SIZE,
+    DEFAULT_STUCK_SCAN_BATCH_SIZE, EvictionCheck, RedisStoreBuilder,
 };
 pub use connection::RedisConnection;
 pub use store::RedisStore;

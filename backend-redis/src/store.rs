@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub(crate) ledger_retention_ms: u64,
     /// Finished ledger records deleted per purge script, at most.
     pub(crate) purge_batch_size: u32,
+    /// Running records examined per stuck-query script, at most.
+    pub(crate) stuck_scan_batch_size: u32,
     pub(crate) notifications: bool,
     pub(crate) listener: Arc<Listener>,
     /// `maxmemory-policy` as the server reported it at connect time.
@@ -132,6 +134,11 @@ impl RedisStore {
     /// Finished ledger records deleted per purge script, at most.
     pub(crate) fn purge_batch_size(&self) -> u32 {
         self.inner.purge_batch_size
+    }
+
+    /// Running records examined per stuck-query script, at most.
+    pub(crate) fn stuck_scan_batch_size(&self) -> u32 {
+        self.inner.stuck_scan_batch_size
     }
 
     pub(crate) fn key_prefix(&self) -> &str {

@@ -10,7 +10,9 @@ use lockstore_api::ledger::{
     BeginOutcome, BeginRequest, EnqueueOutcome, Finish, FinishOutcome, FinishRequest, LedgerStore,
     RequestHash, RetryOutcome, RunError, RunQuery, RunStatus, StatusFilter,
 };
-use lockstore_api::{LeaseId, LockKey, OwnerLabel, RenewOutcome, Ttl};
+use lockstore_api::{
+    AcquireOutcome, AcquireRequest, LeaseId, LockKey, LockStore, OwnerLabel, RenewOutcome, Ttl,
+};
 use lockstore_redis::RedisStore;
 
 fn begin(key: &LockKey, ttl_ms: u64, max_attempts: u32, hash: Option<&str>) -> BeginRequest {
@@ -418,15 +420,13 @@ async fn run_fences_increase_across_a_restart_that_lost_all_data() {
 
 /// A store under a fresh prefix whose finished ledger records expire after
 /// `retention`.
-async fn store_with_retention(label: &str, retention: Duration) -> (RedisStore, String) {
-    let prefix = common::fresh_prefix(label);
-    let store = RedisStore::builder(common::url())
-        .key_prefix(prefix.clone())
+async fn store_with_retention(label: &str, retention: Duration) -> RedisStore {
+    RedisStore::builder(common::url())
+        .key_prefix(common::fresh_prefix(label))
         .ledger_retention(retention)
         .connect()
         .await
-        .expect("connect to the test Redis");
-    (store, prefix)
+        .expect("connect to the test Redis")
 }
 
 async fn pttl(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
@@ -456,8 +456,7 @@ async fn wait_until_expired(store: &RedisStore, key: &LockKey) {
 
 #[tokio::test]
 async fn finished_records_expire_after_the_retention_without_losing_the_fence() {
-    let (store, prefix) =
-        store_with_retention("ledger-retention", Duration::from_millis(150)).await;
+    let store = store_with_retention("ledger-retention", Duration::from_millis(150)).await;
     let mut raw = common::raw_connection(&common::url()).await;
     let again = LockKey::new("again").unwrap();
     let listed = LockKey::new("listed").unwrap();
@@ -508,7 +507,7 @@ async fn finished_records_expire_after_the_retention_without_losing_the_fence() 
         .map(|r| (r.key.as_str(), r.status))
         .collect();
     assert_eq!(keys, [("again", RunStatus::Running)]);
-    let succeeded_set = format!("{prefix}{{ledger}}:status:succeeded");
+    let succeeded_set = store.run_status_key(RunStatus::Succeeded);
     let left: u64 = redis::cmd("ZCARD")
         .arg(&succeeded_set)
         .query_async(&mut raw)
@@ -520,7 +519,7 @@ async fn finished_records_expire_after_the_retention_without_losing_the_fence() 
 
 #[tokio::test]
 async fn only_finished_records_expire_and_retry_keeps_the_record() {
-    let (store, _) = store_with_retention("ledger-persist", Duration::from_secs(3600)).await;
+    let store = store_with_retention("ledger-persist", Duration::from_secs(3600)).await;
     let mut raw = common::raw_connection(&common::url()).await;
     let key = LockKey::new("job").unwrap();
     let record = store.run_record_key(&key);
@@ -610,4 +609,172 @@ async fn purge_runs_in_batches_and_deletes_every_old_record() {
     let key = LockKey::new("done-0").unwrap();
     let (fence, _) = started(store.begin(&begin(&key, 30_000, 1, None)).await.unwrap());
     assert!(fence > highest, "fence {fence} not above {highest}");
+}
+
+/// A lock key may contain braces, but never names a ledger record: with the
+/// ledger's keys as `<prefix>{ledger}:run:<key>`, the lock `ledger}:run:job`
+/// was the hash `<prefix>{ledger}:run:job}`, the run record of `job}`, and
+/// an acquire rewrote its fence and gave the succeeded record an expiry
+/// (run-once lost when it expired).
+#[tokio::test]
+async fn a_lock_key_never_names_a_ledger_record() {
+    let store = common::store("ledger-alias").await;
+    let mut raw = common::raw_connection(&common::url()).await;
+    let run_key = LockKey::new("job}").unwrap();
+    let run = begin(&run_key, 30_000, 1, None);
+    let (fence, _) = started(store.begin(&run).await.unwrap());
+    store.finish(&succeed(&run)).await.unwrap();
+
+    let lock = AcquireRequest {
+        key: LockKey::new("ledger}:run:job").unwrap(),
+        lease_id: LeaseId::random(),
+        ttl: Ttl::from_millis(30_000).unwrap(),
+        owner: OwnerLabel::new("locker").unwrap(),
+    };
+    let AcquireOutcome::Acquired { .. } = store.try_acquire(&lock).await.unwrap() else {
+        panic!("the lock was refused: its key is taken by something else");
+    };
+    let record = store
+        .get(&run_key)
+        .await
+        .unwrap()
+        .expect("the record lives");
+    assert_eq!(record.status, RunStatus::Succeeded);
+    assert_eq!(record.fence.map(|f| f.get()), Some(fence));
+    assert_eq!(pttl(&mut raw, &store.run_record_key(&run_key)).await, -1);
+    assert_ne!(store.record_key(&lock.key), store.run_record_key(&run_key));
+}
+
+/// A store on a counting proxy: each stuck-runs script examines at most
+/// `batch` running records.
+async fn counted_store(label: &str, batch: u32) -> (RedisStore, CountingProxy) {
+    let url = common::url();
+    let upstream = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection_info()
+        .addr()
+        .to_string();
+    let proxy = CountingProxy::start(upstream.clone()).await;
+    let proxied_url = url.replacen(&upstream, &proxy.addr.to_string(), 1);
+    let store = RedisStore::builder(proxied_url)
+        .key_prefix(common::fresh_prefix(label))
+        .stuck_scan_batch_size(batch)
+        .connect()
+        .await
+        .unwrap();
+    (store, proxy)
+}
+
+/// Begins a run with a 1 ms lease and waits (no timing assertion, only a
+/// bound against hanging) until it is stuck.
+async fn stuck_run(store: &RedisStore, key: &LockKey) {
+    started(store.begin(&begin(key, 1, 3, None)).await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !store.get(key).await.unwrap().unwrap().is_stuck() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key:?} never got stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// All pages of `query`, and the keys on each.
+async fn pages(store: &RedisStore, mut query: RunQuery) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    loop {
+        let page = store.query(&query).await.unwrap();
+        assert!(page.records.iter().all(|r| r.is_stuck()), "{page:?}");
+        pages.push(
+            page.records
+                .iter()
+                .map(|r| r.key.as_str().to_owned())
+                .collect(),
+        );
+        match page.next {
+            Some(cursor) => query = query.after(cursor),
+            None => return pages,
+        }
+    }
+}
+
+/// Stuck runs are found by walking the running set, which may be large and
+/// hold none: the walk takes one short script per `stuck_scan_batch_size`
+/// entries, never one script over the whole set, and it pages like any
+/// query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_runs_are_found_in_bounded_script_calls() {
+    let (store, proxy) = counted_store("ledger-stuck-scan", 3).await;
+    let live: Vec<LockKey> = (0..10)
+        .map(|i| LockKey::new(format!("live-{i}")).unwrap())
+        .collect();
+    for key in &live {
+        started(store.begin(&begin(key, 600_000, 3, None)).await.unwrap());
+    }
+    let stuck_query = RunQuery::new(StatusFilter::Stuck);
+    // Warm up (the first call may add a SCRIPT LOAD).
+    store.query(&stuck_query).await.unwrap();
+    proxy.clear();
+    let none = store.query(&stuck_query).await.unwrap();
+    assert!(none.records.is_empty() && none.next.is_none(), "{none:?}");
+    // 10 entries, at most 3 per call: 3 + 3 + 3 + 1.
+    assert_eq!(proxy.take(), ["EVALSHA"; 4]);
+
+    // Stuck runs before, among (same walk) and after the live ones.
+    let stuck: Vec<LockKey> = ["stuck-a", "stuck-b", "stuck-c"]
+        .iter()
+        .map(|k| LockKey::new(*k).unwrap())
+        .collect();
+    stuck_run(&store, &stuck[0]).await;
+    stuck_run(&store, &stuck[1]).await;
+    started(
+        store
+            .begin(&begin(
+                &LockKey::new("live-late").unwrap(),
+                600_000,
+                3,
+                None,
+            ))
+            .await
+            .unwrap(),
+    );
+    stuck_run(&store, &stuck[2]).await;
+    let mut expected = Vec::new();
+    for key in &stuck {
+        let record = store.get(key).await.unwrap().unwrap();
+        expected.push((record.updated_at, key.as_str().to_owned()));
+    }
+    expected.sort();
+    let expected: Vec<String> = expected.into_iter().map(|(_, k)| k).collect();
+
+    proxy.clear();
+    let all = store.query(&stuck_query).await.unwrap();
+    let keys: Vec<&str> = all.records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, expected);
+    assert!(all.next.is_none());
+    // 14 running entries, at most 3 per call.
+    assert_eq!(proxy.take(), ["EVALSHA"; 5]);
+
+    assert_eq!(
+        pages(&store, stuck_query.clone().limit(2)).await,
+        [expected[..2].to_vec(), expected[2..].to_vec()]
+    );
+    let mut newest: Vec<String> = expected.iter().rev().cloned().collect();
+    assert_eq!(
+        pages(&store, stuck_query.clone().limit(2).newest_first()).await,
+        [newest[..2].to_vec(), newest[2..].to_vec()]
+    );
+
+    // The cursor's record leaves the running set between pages (an
+    // operator requeues it): the next page still starts right after it.
+    let first = store.query(&stuck_query.clone().limit(1)).await.unwrap();
+    assert_eq!(first.records[0].key.as_str(), expected[0]);
+    assert_eq!(
+        store.retry(&first.records[0].key).await.unwrap(),
+        RetryOutcome::Requeued
+    );
+    let rest = pages(&store, stuck_query.clone().after(first.next.unwrap())).await;
+    assert_eq!(rest, [expected[1..].to_vec()]);
+    newest.retain(|k| *k != expected[0]);
+    assert_eq!(pages(&store, stuck_query.newest_first()).await, [newest]);
 }

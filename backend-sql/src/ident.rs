@@ -55,6 +55,29 @@ impl Ident {
         Self(format!("{}{suffix}", self.0))
     }
 
+    /// The name of an object derived from this one (an index of this
+    /// table): `<name><suffix>` when that fits in [`Ident::MAX_LEN`]
+    /// bytes, else `<name, cut>_<hash><suffix>`, the hash (8 hex digits)
+    /// taken over the whole `<name><suffix>`. PostgreSQL would cut a long
+    /// name itself, silently, and two derived names that differ only past
+    /// byte 63 would become one object: the second `CREATE … IF NOT EXISTS`
+    /// would find the first and create nothing. Names that fit are kept as
+    /// they are, so the objects of existing tables keep their names.
+    /// `suffix` must be shorter than 54 bytes.
+    pub(crate) fn derived(&self, suffix: &str) -> Self {
+        let full = format!("{}{suffix}", self.0);
+        if full.len() <= Self::MAX_LEN {
+            return Self(full);
+        }
+        // FNV-1a: fixed for all time, unlike std's hasher. Identifiers are
+        // ASCII, so any byte cut is a character boundary.
+        let hash = full.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        });
+        let keep = Self::MAX_LEN - 9 - suffix.len();
+        Self(format!("{}_{hash:08x}{suffix}", &self.0[..keep]))
+    }
+
     /// The name, double-quoted for SQL.
     pub(crate) fn quoted(&self) -> String {
         format!("\"{}\"", self.0)
@@ -102,6 +125,26 @@ mod tests {
             let err = Ident::new("postgres", "table", bad, 63).unwrap_err();
             assert!(matches!(err, LockError::Config { .. }), "{bad}");
         }
+    }
+
+    #[test]
+    fn derived_names_fit_and_stay_distinct() {
+        let short = Ident::new("postgres", "table", "locks", 63).unwrap();
+        assert_eq!(short.derived("_runs_status").as_str(), "locks_runs_status");
+        let long = Ident::new("postgres", "table", &"t".repeat(57), 63).unwrap();
+        let status = long.derived("_runs_status");
+        let updated = long.derived("_runs_updated");
+        assert_eq!(status.as_str().len(), 63);
+        assert_eq!(updated.as_str().len(), 63);
+        assert_ne!(status.as_str(), updated.as_str());
+        assert!(
+            status.as_str().ends_with("_runs_status"),
+            "{}",
+            status.as_str()
+        );
+        assert!(updated.as_str().ends_with("_runs_updated"));
+        // Still a valid identifier.
+        assert!(Ident::new("postgres", "index", status.as_str(), 63).is_ok());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! The statements live in `sql/ledger/*.sql`. Most are shared: the dialect
 //! fills in `{now}` (the database clock in integer milliseconds — PostgreSQL's
 //! `now()`, SQLite's host clock), the fence expressions (PostgreSQL's
-//! sequence, SQLite's high-water mark) and the placeholder style. Only the
+//! sequence, SQLite's fence counter) and the placeholder style. Only the
 //! schema, `enqueue` and `retry` differ: PostgreSQL answers them in one
 //! statement (`xmax`, a data-modifying CTE), SQLite, which has neither, in
 //! two statements on one connection in one transaction — a local file, so no
@@ -13,9 +13,10 @@
 //!
 //! Records live in their own table (`<table>_runs`) beside the locks, so a
 //! run and a lock of the same key never block each other. A run's fence
-//! comes from the same source as the locks' (the sequence, or the
-//! high-water mark that every delete raises), so it strictly increases per
-//! key across takeover, retry and purge.
+//! comes from the same counter as the locks' (the sequence, or SQLite's
+//! fence table, which every fence issued or deleted raises), so it is
+//! larger than every earlier token of the key, lock or run, across
+//! takeover, retry and purge.
 
 use std::time::Duration;
 
@@ -54,13 +55,17 @@ const COLUMNS: &str = "key, status, attempts, max_attempts, fence, owner, \
      CASE WHEN status = 'running' AND expires_ms > {now} THEN expires_ms - {now} END AS ms_left, \
      result, err0, err1, err2, err3, err4, request_hash, created_ms, updated_ms, finished_ms";
 
-/// "May start": see `sql/ledger/begin.sql`.
-const START: &str = "((r.request_hash IS NULL OR $6 IS NULL OR r.request_hash = $6) AND \
+/// "May start", and not "this very request again": see
+/// `sql/ledger/begin.sql`. SAME is checked first, as on the other backends:
+/// a retry whose own lease expired keeps its run instead of taking it over.
+const START: &str = "(NOT {same} AND \
+     (r.request_hash IS NULL OR $6 IS NULL OR r.request_hash = $6) AND \
      (r.status = 'pending' OR (r.status = 'failed' AND r.attempts < $5) OR \
      (r.status = 'running' AND r.expires_ms <= {now} AND r.attempts < $5)))";
 
-/// "This very request again": see `sql/ledger/begin.sql`.
-const SAME: &str = "(r.status = 'running' AND r.lease_id = $2)";
+/// "This very request again": see `sql/ledger/begin.sql`. Never NULL (a
+/// running row without a lease id is not SAME), so `NOT {same}` is too.
+const SAME: &str = "(r.status = 'running' AND r.lease_id IS NOT NULL AND r.lease_id = $2)";
 
 /// What differs between the dialects, as text pasted into the statements.
 pub(crate) struct Dialect<'a> {
@@ -99,7 +104,7 @@ pub(crate) struct LedgerStatements {
 impl LedgerStatements {
     fn render(dialect: &Dialect<'_>, schema: &str, enqueue: &str, retry: &str) -> Self {
         let now = dialect.now;
-        let start = render(START, &[("now", now)]);
+        let start = render(START, &[("now", now), ("same", SAME)]);
         let columns = render(COLUMNS, &[("now", now)]);
         let values = [
             ("runs", dialect.runs),
@@ -160,17 +165,17 @@ impl LedgerStatements {
         // A literal in the function body: the channel is made of validated
         // identifiers, so it has no quotes to escape.
         let channel_literal = format!("'{channel}'");
+        // The index names are derived to stay distinct within PostgreSQL's
+        // 63 bytes (a long table name would cut both to `<table>_runs_`);
+        // SQLite keeps whole names, so its are plain suffixes.
         let schema_sql = render(
             sql::PG_SCHEMA,
             &[
                 ("runs", runs.as_str()),
-                (
-                    "runs_status_index",
-                    &runs_ident.with_suffix("_status").quoted(),
-                ),
+                ("runs_status_index", &table.derived("_runs_status").quoted()),
                 (
                     "runs_updated_index",
-                    &runs_ident.with_suffix("_updated").quoted(),
+                    &table.derived("_runs_updated").quoted(),
                 ),
                 ("runs_notify_fn", notify_fn.as_str()),
                 (
@@ -194,11 +199,12 @@ impl LedgerStatements {
         )
     }
 
-    /// SQLite: `fence_table` is the lock table's high-water mark table,
+    /// SQLite: `fence_table` is the lock table's fence counter table,
     /// `now` the host clock expression the lock statements use.
     #[cfg(feature = "sqlite")]
     pub(crate) fn sqlite(table: &crate::ident::Ident, fence_table: &str, now: &str) -> Self {
         let runs_ident = table.with_suffix("_runs");
+        let runs_fence_update = runs_ident.with_suffix("_fence_next");
         let runs = runs_ident.quoted();
         let new_fence = format!("(SELECT high + 1 FROM {fence_table} WHERE id = 0)");
         let takeover_fence =
@@ -219,6 +225,15 @@ impl LedgerStatements {
                     "runs_fence_trigger",
                     &runs_ident.with_suffix("_fence_mark").quoted(),
                 ),
+                (
+                    "runs_fence_insert_trigger",
+                    &runs_ident.with_suffix("_fence_new").quoted(),
+                ),
+                ("runs_fence_update_trigger", &runs_fence_update.quoted()),
+                // Pasted inside a string literal: a validated identifier
+                // has no quote to escape.
+                ("runs_fence_update_name", runs_fence_update.as_str()),
+                ("lock_table", &table.quoted()),
                 ("fence_table", fence_table),
             ],
         );

@@ -104,11 +104,13 @@
 //!   every earlier holder's. Assumption: no acquire statement runs longer
 //!   than `purge_idle`'s `older_than` (a brand-new row draws its token when
 //!   its statement starts).
-//! * SQLite: no sequences, so a token is `max(row's fence, high-water
-//!   mark) + 1`, and a new row's is `mark + 1`. Acquire never writes the
-//!   mark; a `BEFORE DELETE` trigger raises it to each deleted row's fence
-//!   within the deleting statement, so no purge (nor a `DELETE` by hand) can
-//!   lower a key's next token.
+//! * SQLite: no sequences, so a fence table stands in for one: a token is
+//!   `max(row's fence, counter) + 1`, and a new row's is `counter + 1`.
+//!   Triggers raise the counter to every token issued (to a lock or to a
+//!   run of the ledger) and, `BEFORE DELETE`, to each deleted row's fence,
+//!   within the same statement. So a token is larger than every earlier
+//!   one of the file, locks and runs alike, and no purge (nor a `DELETE` by
+//!   hand) can lower a key's next token.
 //!
 //! # Wake-ups
 //!

@@ -9,7 +9,10 @@
 //! store supplies `release_row()` (runs its release statement, true if a
 //! row was released), `waiters()` (the in-process wake-ups, if
 //! any) and `bind_waiting()` (PostgreSQL tells its acquire statement
-//! whether the caller waits, so that a refusal asks for a NOTIFY). Everything else comes from `inner.pool`, `inner.sql` and
+//! whether the caller waits, so that a refusal asks for a NOTIFY) and
+//! `execute_schema()` (runs the DDL as one transaction: PostgreSQL's one
+//! simple query is one, SQLite needs an explicit `BEGIN IMMEDIATE`).
+//! Everything else comes from `inner.pool`, `inner.sql` and
 //! `inner.errors`, which both stores have. The bodies of both stores'
 //! `ensure_schema` and `purge_idle` are here too; the stores keep the
 //! public, documented methods.
@@ -20,19 +23,15 @@
 macro_rules! impl_lock_store {
     ($store:ty, $backend:expr, $classify:path) => {
         impl $store {
-            /// `ensure_schema`'s work: the lock and ledger DDL as one
-            /// simple-protocol query (one implicit transaction).
+            /// `ensure_schema`'s work: the lock and ledger DDL in one
+            /// transaction, by the store's `execute_schema`.
             async fn run_schema(&self) -> Result<(), lockstore_api::LockError> {
                 let schema = format!("{}\n{}", self.inner.sql.schema, self.inner.ledger.schema);
-                sqlx::raw_sql(&schema)
-                    .execute(&self.inner.pool)
-                    .await
-                    .map_err(|err| {
-                        self.inner
-                            .errors
-                            .map("creating the lock table", err, $classify)
-                    })?;
-                Ok(())
+                self.execute_schema(&schema).await.map_err(|err| {
+                    self.inner
+                        .errors
+                        .map("creating the lock table", err, $classify)
+                })
             }
 
             /// `purge_idle`'s work: the purge statement, rows deleted.

@@ -409,6 +409,12 @@ impl PostgresStore {
         self.inner.waiters.as_deref()
     }
 
+    /// The schema as one simple-protocol query: one implicit transaction.
+    async fn execute_schema(&self, schema: &str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(schema).execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
     /// `release.sql`: frees the lease and notifies the channel in one
     /// statement; a row back means released.
     async fn release_row(&self, key: &str, lease_id: LeaseId) -> Result<bool, sqlx::Error> {

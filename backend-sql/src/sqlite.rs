@@ -44,7 +44,7 @@ mod sql {
 /// The default name of the lock table.
 pub const DEFAULT_TABLE: &str = "lockstore_locks";
 
-/// Room left in a table name for the `_fence` suffix of its high-water table.
+/// Room left in a table name for the `_fence` suffix of its fence counter table.
 const MAX_TABLE_LEN: usize = Ident::MAX_LEN - "_fence".len();
 
 /// Leased locks in a SQLite database file, for one host.
@@ -244,10 +244,14 @@ impl Statements {
         let quoted = table.quoted();
         let fence_table = table.with_suffix("_fence").quoted();
         let fence_trigger = table.with_suffix("_fence_mark").quoted();
+        let fence_insert_trigger = table.with_suffix("_fence_new").quoted();
+        let fence_update_trigger = table.with_suffix("_fence_next").quoted();
         let values = [
             ("table", quoted.as_str()),
             ("fence_table", fence_table.as_str()),
             ("fence_trigger", fence_trigger.as_str()),
+            ("fence_insert_trigger", fence_insert_trigger.as_str()),
+            ("fence_update_trigger", fence_update_trigger.as_str()),
             ("now", sql::NOW_MS),
         ];
         Self {
@@ -282,10 +286,11 @@ impl SqliteStore {
         }
     }
 
-    /// Creates the lock table, its fence high-water table and the trigger
-    /// that keeps the mark if they do not exist. Idempotent; safe from
-    /// several processes at once (each statement is `IF NOT EXISTS` or
-    /// `OR IGNORE`).
+    /// Creates the lock table, the ledger's table, their fence counter
+    /// table and the triggers that keep it, if they do not exist, in one
+    /// `BEGIN IMMEDIATE` transaction. Idempotent; safe from several
+    /// processes at once (each statement is `IF NOT EXISTS` or `OR IGNORE`,
+    /// and the transaction holds the file's write lock).
     ///
     /// # Errors
     /// A [`LockError::Backend`] when the DDL fails.
@@ -296,9 +301,9 @@ impl SqliteStore {
     /// Deletes the rows of keys whose last lease ended more than `older_than`
     /// ago (by the host clock), and returns how many went.
     ///
-    /// Purging cannot reset fencing: a trigger raises the fence high-water
-    /// mark past each deleted row's fence within the same statement, and a
-    /// key's next token is at least `mark + 1`.
+    /// Purging cannot reset fencing: a trigger raises the fence counter
+    /// past each deleted row's fence within the same statement, and a
+    /// key's next token is at least `counter + 1`.
     ///
     /// # Errors
     /// A [`LockError::Backend`] when the statement fails.
@@ -339,6 +344,21 @@ impl SqliteStore {
     /// notifications).
     fn waiters(&self) -> Option<&Waiters> {
         Some(&self.inner.waiters)
+    }
+
+    /// The schema in a `BEGIN IMMEDIATE` transaction: its one-time catch-up
+    /// of the fence counter (`sql/ledger/schema.sqlite.sql`) must not
+    /// interleave with a fence being issued, and SQLite runs a
+    /// multi-statement query as one autocommit per statement.
+    async fn execute_schema(&self, schema: &str) -> Result<(), sqlx::Error> {
+        use sqlx::Executor as _;
+        // Dropped without a commit on error: rolled back.
+        let mut transaction = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // `Executor::execute`, not `RawSql::execute`: the latter's generic
+        // `async fn`, on a transaction's connection inside the stores'
+        // `async_trait` futures, trips rustc's higher-ranked `Send` check.
+        (&mut *transaction).execute(sqlx::raw_sql(schema)).await?;
+        transaction.commit().await
     }
 
     /// `release.sql`: one row changed means released.

@@ -761,3 +761,43 @@ async fn statement_timeout_is_retryable() {
     assert!(err.to_string().contains("acquiring blocked"), "{err}");
     blocker.rollback().await.unwrap();
 }
+
+/// The longest table name allowed (57 bytes) still gets both ledger indexes:
+/// `<table>_runs_status` and `<table>_runs_updated` would both be cut to
+/// `<table>_runs_` by PostgreSQL, and the second would silently not exist.
+#[tokio::test]
+async fn a_table_of_the_longest_name_gets_every_ledger_index() {
+    let table = format!("{}{}", fresh_table(), "x".repeat(40));
+    assert_eq!(table.len(), 57);
+    let harness = PostgresHarness::default();
+    let pool = harness.pool().await;
+    let store = PostgresStore::builder_with_pool(pool.clone())
+        .schema(TEST_SCHEMA)
+        .table(&table)
+        .build()
+        .await
+        .unwrap();
+    store.ensure_schema().await.unwrap();
+    // Twice: the derived names are stable, so nothing more is created.
+    store.ensure_schema().await.unwrap();
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname, indexdef FROM pg_indexes \
+         WHERE schemaname = $1 AND tablename = $2 ORDER BY indexname",
+    )
+    .bind(TEST_SCHEMA)
+    .bind(format!("{table}_runs"))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let columns: Vec<&str> = indexes
+        .iter()
+        .filter_map(|(_, def)| def.split_once(" USING btree ").map(|(_, cols)| cols))
+        .collect();
+    assert_eq!(indexes.len(), 3, "{indexes:?}");
+    for wanted in ["(key)", "(status, updated_ms, key)", "(updated_ms, key)"] {
+        assert!(
+            columns.contains(&wanted),
+            "no index on {wanted}: {indexes:?}"
+        );
+    }
+}

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use lockstore_api::ledger::{
+    BeginOutcome, BeginRequest, Finish, FinishRequest, LedgerStore, RunError,
+};
 use lockstore_api::{
     AcquireOptions, AcquireOutcome, AcquireRequest, Backoff, FencingToken, LeaseId, LockClient,
     LockError, LockKey, LockStore, OwnerLabel,
@@ -176,6 +179,112 @@ async fn fence_survives_purge_and_delete_by_hand() {
     assert!(
         fence3 > fence2,
         "fence went from {fence2} to {fence3} across a DELETE"
+    );
+}
+
+/// Begins a run of `key`, failing unless it started; its fence.
+async fn run_started(store: &SqliteStore, key: &str, max_attempts: u32) -> (BeginRequest, u64) {
+    let request = BeginRequest {
+        key: LockKey::new(key).unwrap(),
+        lease_id: LeaseId::random(),
+        ttl: lockstore_api::Ttl::from_millis(60_000).unwrap(),
+        owner: OwnerLabel::new("test").unwrap(),
+        max_attempts,
+        request_hash: None,
+    };
+    match store.begin(&request).await.unwrap() {
+        BeginOutcome::Started { fence, .. } => (request, fence.get()),
+        BeginOutcome::Existing(record) => panic!("{key} did not start: {record:?}"),
+    }
+}
+
+/// Releases `key`'s lock and takes it again: the free row's takeover fence.
+async fn retaken(store: &SqliteStore, held: &AcquireRequest) -> (AcquireRequest, u64) {
+    store.release(&held.key, held.lease_id).await.unwrap();
+    let again = request(held.key.as_str(), 60_000);
+    let fence = acquired(store, &again).await.get();
+    (again, fence)
+}
+
+/// As on PostgreSQL (one sequence), a token is larger than every earlier
+/// token of its key, locks and runs alike ("for locks and runs alike",
+/// `LedgerStore`'s docs): new rows and takeovers of both tables draw from
+/// one counter, in either order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_run_fences_of_a_key_come_from_one_counter() {
+    let store = sqlite_store(&sqlite_path(&fresh_namespace())).await;
+    // A new lock row, then a new run record.
+    let lock = request("shared", 60_000);
+    let lock_fence = acquired(&store, &lock).await.get();
+    let (run, run_fence) = run_started(&store, "shared", 2).await;
+    assert!(
+        run_fence > lock_fence,
+        "run {run_fence} after lock {lock_fence}"
+    );
+    // The lock row taken again, after the run.
+    let (lock, lock_fence) = retaken(&store, &lock).await;
+    assert!(
+        lock_fence > run_fence,
+        "lock {lock_fence} after run {run_fence}"
+    );
+    // The run record's second attempt, then the lock row again.
+    store
+        .finish(&FinishRequest {
+            key: run.key.clone(),
+            lease_id: run.lease_id,
+            finish: Finish::Failed {
+                error: RunError::new(1, "again", true),
+            },
+        })
+        .await
+        .unwrap();
+    let (_, run_fence) = run_started(&store, "shared", 2).await;
+    assert!(
+        run_fence > lock_fence,
+        "run {run_fence} after lock {lock_fence}"
+    );
+    let (_, lock_fence) = retaken(&store, &lock).await;
+    assert!(
+        lock_fence > run_fence,
+        "lock {lock_fence} after run {run_fence}"
+    );
+    // A new run record first, then a new lock row.
+    let (_, run_fence) = run_started(&store, "other", 1).await;
+    let lock_fence = acquired(&store, &request("other", 60_000)).await.get();
+    assert!(
+        lock_fence > run_fence,
+        "lock {lock_fence} after run {run_fence}"
+    );
+}
+
+/// A file whose fences were issued before the counter was shared (its
+/// triggers missing, its counter raised by deletes only) is caught up by
+/// `ensure_schema`, so its keys' next runs are still above their locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_schema_catches_an_older_files_fence_counter_up() {
+    let store = sqlite_store(&sqlite_path(&fresh_namespace())).await;
+    let lock_fence = acquired(&store, &request("old", 60_000)).await.get();
+    let table = lockstore_sql::defaults::SQLITE_TABLE;
+    for trigger in [
+        "fence_new",
+        "fence_next",
+        "runs_fence_new",
+        "runs_fence_next",
+    ] {
+        sqlx::query(&format!("DROP TRIGGER \"{table}_{trigger}\""))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    sqlx::query(&format!("UPDATE \"{table}_fence\" SET high = 0"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.ensure_schema().await.unwrap();
+    let (_, run_fence) = run_started(&store, "old", 1).await;
+    assert!(
+        run_fence > lock_fence,
+        "run {run_fence} after lock {lock_fence}"
     );
 }
 

@@ -1,5 +1,7 @@
--- query: ARGV filter (a status | 'unfinished' | 'stuck' | 'all'), 'asc'|'desc',
+-- query: ARGV filter (a status | 'unfinished' | 'all'), 'asc'|'desc',
 --        limit, cursor ms ('' = none), cursor key, record key prefix
+-- ('stuck' is ledger_scan_stuck.lua: it must examine running records one
+-- by one, so it walks the set in bounded steps.)
 -- Returns {now µs, more 0|1, key1, HGETALL1, key2, HGETALL2, ...}.
 -- Records are read by key prefix + member: same hash tag, same slot.
 -- An entry whose record expired (ledger retention) is skipped and removed
@@ -11,7 +13,6 @@ local cms = tonumber(ARGV[4])
 local ckey = ARGV[5]
 local sets
 if filter == 'unfinished' then sets = {'pending', 'running', 'failed'}
-elseif filter == 'stuck' then sets = {'running'}
 elseif filter == 'all' then sets = {'pending', 'running', 'succeeded', 'failed', 'ignored'}
 elseif IDX[filter] then sets = {filter}
 else return redis.error_reply('unknown ledger filter ' .. filter) end
@@ -30,11 +31,6 @@ local function after_cursor(s, m)
   if not cms then return true end
   if desc then return s < cms or (s == cms and less(m, ckey)) end
   return s > cms or (s == cms and less(ckey, m))
-end
-local function keep(m)
-  if filter ~= 'stuck' then return true end
-  local expires = tonumber(redis.call('HGET', ARGV[6] .. m, 'expires_at_us'))
-  return not (expires and expires > now)
 end
 
 local got = {}
@@ -56,7 +52,7 @@ for _, st in ipairs(sets) do
       if n <= limit and after_cursor(s, m) then
         if redis.call('EXISTS', ARGV[6] .. m) == 0 then
           gone[#gone + 1] = {st, m}
-        elseif keep(m) then
+        else
           got[#got + 1] = {s, m}
           n = n + 1
         end

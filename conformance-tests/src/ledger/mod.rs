@@ -38,6 +38,7 @@ macro_rules! __ledger_cases {
             (ledger_success_is_stored_and_replayed, Default),
             (ledger_live_run_refuses_a_second_begin_naming_the_holder, Default),
             (ledger_retried_begin_with_same_lease_id_keeps_the_run, Default),
+            (ledger_retried_begin_after_its_own_lease_expired_keeps_the_run, Default),
             (ledger_crashed_run_is_taken_over_after_its_lease_expires, Default),
             (ledger_stale_finisher_changes_nothing, Default),
             (ledger_renew_extends_only_the_live_run, Default),
@@ -282,6 +283,35 @@ pub async fn ledger_retried_begin_with_same_lease_id_keeps_the_run(ctx: Ctx) {
     let (again_fence, again_attempt) = must_start(&*ledger, &request).await;
     assert_eq!((again_fence, again_attempt), (fence, attempt));
     assert_eq!(record(&*ledger, &k).await.attempts, 1);
+    assert_eq!(
+        finish(&*ledger, &request, succeeded(b"ok")).await,
+        FinishOutcome::Finished(RunStatus::Succeeded)
+    );
+}
+
+/// The retry of a `begin` whose reply was lost arrives after the run's own
+/// lease expired (a TTL shorter than the request timeout), and nobody took
+/// over: it is still the same request, so the run keeps its attempt and its
+/// fence instead of taking itself over (CONTRACT.md #6).
+pub async fn ledger_retried_begin_after_its_own_lease_expired_keeps_the_run(ctx: Ctx) {
+    let ledger = ctx.ledger().await;
+    let k = key("retried-late");
+    let request = begin_request(&k, ctx.profile().short_ttl, "worker-a", 3);
+    let (fence, attempt) = must_start(&*ledger, &request).await;
+    ctx.sleep_past_short_ttl().await;
+    let expired = record(&*ledger, &k).await;
+    assert!(
+        expired.is_stuck(),
+        "the first lease has not expired yet: {expired:?}"
+    );
+    let (again_fence, again_attempt) = must_start(&*ledger, &request).await;
+    assert_eq!(
+        (again_fence, again_attempt),
+        (fence, attempt),
+        "the late retry started a new attempt"
+    );
+    let kept = record(&*ledger, &k).await;
+    assert_eq!((kept.attempts, kept.fence), (1, Some(fence)));
     assert_eq!(
         finish(&*ledger, &request, succeeded(b"ok")).await,
         FinishOutcome::Finished(RunStatus::Succeeded)

@@ -9,7 +9,10 @@
 --   failed with attempts left, or running with an expired lease and attempts
 --   left (a takeover of a crashed run).
 -- SAME is a retry of this very request (its reply was lost): the lease is
--- refreshed, fence and attempt unchanged.
+-- refreshed, fence and attempt unchanged. It is checked first (START
+-- includes NOT SAME), as on the other backends: a retry that arrives after
+-- its own lease expired, with nobody having taken over, is still the same
+-- run, not a takeover by itself with a new fence and one more attempt.
 -- Anything else updates the row to itself, as the lock's acquire does, so
 -- RETURNING reports the latest committed record in the same reply.
 --

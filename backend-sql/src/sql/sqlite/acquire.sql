@@ -9,9 +9,11 @@
 -- the database file's write lock, so no other statement interleaves.
 --
 -- Fences: a live row keeps its fence; a takeover gets one more than the
--- larger of the row's fence and the high-water mark; a new row gets one
--- more than the high-water mark, which every DELETE raised past the fence
--- it deleted. So a key's fence never repeats or goes back.
+-- larger of the row's fence and the fence counter; a new row gets one more
+-- than the counter, which triggers (schema.sql) raise to every fence issued
+-- (here or to a run of the ledger) and every fence deleted. So a fence is
+-- larger than every earlier one of the file: a key's never repeats or goes
+-- back, and a lock's is above its key's earlier runs.
 INSERT INTO {table} AS held (key, lease_id, owner, fence, acquired_at, expires_at, updated_at)
 VALUES (?1, ?2, ?3, (SELECT high + 1 FROM {fence_table} WHERE id = 0), {now}, {now} + ?4, {now})
 ON CONFLICT (key) DO UPDATE SET

@@ -17,11 +17,17 @@ CREATE TABLE IF NOT EXISTS {table} (
     updated_at  INTEGER NOT NULL
 );
 
--- The fence high-water mark: at least the fence of every row ever deleted.
--- SQLite has no sequences. Acquire never writes this row (so it is not a
--- hot spot); the trigger below raises it inside every DELETE of a lock row,
--- whoever runs it (`purge_idle` or an operator by hand), in the same
--- statement, before the row is gone. A new row's first fence is `high + 1`.
+-- The fence counter, SQLite's stand-in for PostgreSQL's sequence: at least
+-- every fence ever issued, to a lock or to a run of the ledger, and every
+-- fence of a row ever deleted. A new fence is one more than the larger of
+-- this and the row's own, so it is larger than every earlier token of the
+-- file, whatever the key and whether lock or run (the ledger's table has
+-- the same triggers, and the ledger schema catches an older file up).
+-- The triggers raise it in the same statement that issues or deletes the
+-- fence, whoever runs it (acquire, `purge_idle` or an operator by hand). A
+-- write of the row per issued fence costs little: SQLite serialises the
+-- writers of a file anyway, and a holder re-acquiring keeps its fence (the
+-- WHEN clause) and writes nothing here.
 CREATE TABLE IF NOT EXISTS {fence_table} (
     id   INTEGER PRIMARY KEY CHECK (id = 0),
     high INTEGER NOT NULL
@@ -30,4 +36,14 @@ INSERT OR IGNORE INTO {fence_table} (id, high) VALUES (0, 0);
 CREATE TRIGGER IF NOT EXISTS {fence_trigger} BEFORE DELETE ON {table}
 BEGIN
     UPDATE {fence_table} SET high = max(high, OLD.fence) WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS {fence_insert_trigger} AFTER INSERT ON {table}
+WHEN NEW.fence > (SELECT high FROM {fence_table} WHERE id = 0)
+BEGIN
+    UPDATE {fence_table} SET high = NEW.fence WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS {fence_update_trigger} AFTER UPDATE OF fence ON {table}
+WHEN NEW.fence > (SELECT high FROM {fence_table} WHERE id = 0)
+BEGIN
+    UPDATE {fence_table} SET high = NEW.fence WHERE id = 0;
 END;
