@@ -16,6 +16,10 @@
 //! standard AWS chain (environment, profile, SSO, container or instance
 //! role); `access_key_id` and `secret_access_key` parameters exist for local
 //! emulators, which accept any.
+//!
+//! URLs are read with the [`url`] crate. Parameter values are decoded the
+//! way sqlx and redis-rs decode theirs: `%XX` escapes, and `+` for a space
+//! (write `%2B` for a plus sign, as in a secret key).
 
 use std::borrow::Cow;
 use std::cell::Cell;
