@@ -844,6 +844,39 @@ mod tests {
     }
 
     #[test]
+    fn what_the_url_parser_refuses_is_malformed() {
+        assert!(reason("postgres://db:54x2/app").contains("invalid port number"));
+        assert!(reason("memory://somewhere").contains("memory:?namespace=NAME"));
+        assert!(reason("memory:?namespace=%zz").contains("%25"));
+        assert!(reason("dynamodb://Locks/extra?region=x").contains("path after the table"));
+        assert!(reason("sqlite:%FF.db").contains("UTF-8"));
+    }
+
+    #[test]
+    fn parameters_are_form_decoded_and_put_back_for_the_driver() {
+        assert_eq!(
+            parse("sqlite://:memory:?table=t"),
+            Target::Sqlite {
+                location: "sqlite::memory:".into(),
+                table: Some("t".into())
+            }
+        );
+        assert_eq!(
+            parse("postgres://db/app?options=-c%20search_path%3Dx&table=a+b"),
+            Target::Postgres {
+                url: "postgres://db/app?options=-c+search_path%3Dx".into(),
+                schema: None,
+                table: Some("a b".into()),
+            }
+        );
+        let Target::DynamoDb(t) = parse("dynamodb://T?access_key_id=a&secret_access_key=x%2By")
+        else {
+            panic!("not dynamodb")
+        };
+        assert_eq!(t.secret_access_key.as_deref(), Some("x+y"));
+    }
+
+    #[test]
     fn unknown_and_missing_schemes_say_what_to_write() {
         assert!(reason("").contains("memory:"));
         assert!(reason("/var/lib/locks.db").contains("sqlite:PATH"));
