@@ -146,6 +146,7 @@
 //! `postgres` and `sqlite`, both on by default.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod ident;
 mod ledger;
@@ -157,14 +158,18 @@ mod shared;
 mod sqlite;
 
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 
 /// Default names, for migrations written by hand.
 pub mod defaults {
     #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub use crate::postgres::{DEFAULT_SCHEMA as POSTGRES_SCHEMA, DEFAULT_TABLE as POSTGRES_TABLE};
     #[cfg(feature = "sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
     pub use crate::sqlite::DEFAULT_TABLE as SQLITE_TABLE;
 }

@@ -3,57 +3,24 @@
 
 use std::time::Duration;
 
-/// Parses a duration as written on the command line.
+/// Parses a duration as written on the command line: a bare number is
+/// seconds, anything else goes to `humantime` (which also reads `2h 30min`,
+/// `1.5s`, `1w`).
 ///
 /// # Errors
 /// A message saying what to write instead, for clap to print.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let bad = || {
+    let bad = |why: &dyn std::fmt::Display| {
         format!(
-            "invalid duration {text:?}: write a number with a unit, e.g. 30s, 5m, 1h30m, 500ms, 2d \
-             (a bare number is seconds)"
+            "invalid duration {text:?} ({why}): write a number with a unit, e.g. 30s, 5m, 1h30m, \
+             500ms, 2d (a bare number is seconds)"
         )
     };
     let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(bad());
+    match trimmed.parse::<f64>() {
+        Ok(seconds) => Duration::try_from_secs_f64(seconds).map_err(|err| bad(&err)),
+        Err(_) => humantime::parse_duration(trimmed).map_err(|err| bad(&err)),
     }
-    if let Ok(seconds) = trimmed.parse::<f64>() {
-        return from_secs(seconds).ok_or_else(bad);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = trimmed;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if number_len == 0 {
-            return Err(bad());
-        }
-        let (number, tail) = rest.split_at(number_len);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let scale = match unit.trim() {
-            "ms" => 0.001,
-            "s" | "sec" | "secs" => 1.0,
-            "m" | "min" | "mins" => 60.0,
-            "h" | "hr" | "hrs" => 3600.0,
-            "d" | "day" | "days" => 86_400.0,
-            _ => return Err(bad()),
-        };
-        let value: f64 = number.parse().map_err(|_| bad())?;
-        total = total
-            .checked_add(from_secs(value * scale).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-        rest = tail.trim_start();
-    }
-    Ok(total)
-}
-
-fn from_secs(seconds: f64) -> Option<Duration> {
-    Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// Writes `d` the way people read it: `250ms`, `12s`, `4m05s`, `3h02m`.
@@ -85,6 +52,9 @@ mod tests {
         assert_eq!(parse("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse("45"), Ok(Duration::from_secs(45)));
         assert_eq!(parse("0"), Ok(Duration::ZERO));
+        assert_eq!(parse("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse("1h 30min"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("1w"), Ok(Duration::from_secs(7 * 86_400)));
     }
 
     #[test]

@@ -16,9 +16,18 @@
 //! standard AWS chain (environment, profile, SSO, container or instance
 //! role); `access_key_id` and `secret_access_key` parameters exist for local
 //! emulators, which accept any.
+//!
+//! URLs are read with the [`url`] crate. Parameter values are decoded the
+//! way sqlx and redis-rs decode theirs: `%XX` escapes, and `+` for a space
+//! (write `%2B` for a plus sign, as in a secret key).
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
+
+use percent_encoding::percent_decode_str;
+use url::{ParseError, SyntaxViolation, Url, form_urlencoded};
 
 use lockstore_api::ledger::{Ledger, LedgerStore};
 use lockstore_api::{LockClient, LockError, LockStore};
@@ -286,28 +295,27 @@ const FORMS: &str = "memory:, sqlite:PATH, sqlite::memory:, postgres://user@host
                      dynamodb://TABLE?region=…";
 
 impl Target {
-    fn parse(url: &str) -> Result<Target, OpenError> {
+    fn parse(text: &str) -> Result<Target, OpenError> {
         let malformed = |reason: String| OpenError::Malformed {
-            url: redact(url),
+            url: redact(text),
             reason,
         };
-        let url = url.trim();
-        if url.is_empty() {
+        let text = text.trim();
+        if text.is_empty() {
             return Err(malformed(format!("it is empty; write one of {FORMS}")));
         }
-        let Some((scheme, rest)) = url.split_once(':') else {
-            return Err(malformed(format!(
-                "it has no scheme; write one of {FORMS} (a plain file path is written sqlite:PATH)"
-            )));
-        };
-        match scheme.to_ascii_lowercase().as_str() {
+        if let Some(target) = Target::parse_redis_cluster(text) {
+            return Ok(target);
+        }
+        let url = parse_url(text).map_err(&malformed)?;
+        let mut params = Params::of(url.query());
+        match url.scheme() {
             "memory" => {
-                let (path, params) = split_query(rest);
-                let mut params = Params::parse(params).map_err(&malformed)?;
-                if !matches!(path, "" | "//") {
-                    return Err(malformed(format!(
-                        "a memory store has no path ({path:?}); write memory: or memory:?namespace=NAME"
-                    )));
+                if !url.path().is_empty() || url.host_str().is_some_and(|host| !host.is_empty()) {
+                    return Err(malformed(
+                        "a memory store has no path; write memory: or memory:?namespace=NAME"
+                            .into(),
+                    ));
                 }
                 let namespace = params.take("namespace");
                 params
@@ -316,67 +324,66 @@ impl Target {
                 Ok(Target::Memory { namespace })
             }
             "sqlite" => {
-                let (path, params) = split_query(rest);
-                let mut params = Params::parse(params).map_err(&malformed)?;
                 let table = params.take("table");
                 params.reject_rest("sqlite", "table").map_err(&malformed)?;
-                let location = if path == ":memory:" || path == "//:memory:" {
-                    "sqlite::memory:".to_owned()
-                } else {
-                    // sqlite://relative/path, sqlite:///abs/path, sqlite:path
-                    let path = path.strip_prefix("//").unwrap_or(path);
-                    if path.is_empty() {
+                // sqlite:PATH and sqlite:///abs/path have only a path; in
+                // sqlite://relative/path the first name is the URL's host.
+                let path = format!("{}{}", url.host_str().unwrap_or(""), url.path());
+                let location = match decode(&path).map_err(&malformed)? {
+                    path if path == ":memory:" => "sqlite::memory:".to_owned(),
+                    path if path.is_empty() => {
                         return Err(malformed(
                             "it names no file; write sqlite:PATH (e.g. sqlite:/var/lib/app/locks.db) \
                              or sqlite::memory:"
                                 .into(),
                         ));
                     }
-                    percent_decode(path).map_err(&malformed)?
+                    path => path,
                 };
                 Ok(Target::Sqlite { location, table })
             }
             "postgres" | "postgresql" => {
-                if !rest.starts_with("//") {
+                if !url.has_authority() {
                     return Err(malformed(
                         "write postgres://user[:password]@host[:port]/database".into(),
                     ));
                 }
-                let (base, params) = split_query(url);
-                let mut params = Params::parse(params).map_err(&malformed)?;
                 let schema = params.take("schema");
                 let table = params.take("table");
                 Ok(Target::Postgres {
-                    url: params.reattach(base),
+                    url: params.put_back(url),
                     schema,
                     table,
                 })
             }
-            "redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "unix" | "redis+cluster"
-            | "rediss+cluster" | "valkey+cluster" | "valkeys+cluster" => {
-                let (base, params) = split_query(url);
-                let mut params = Params::parse(params).map_err(&malformed)?;
+            "redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "unix" => {
                 let prefix = params.take("prefix");
                 Ok(Target::Redis {
-                    url: params.reattach(base),
+                    url: params.put_back(url),
                     prefix,
                 })
             }
             "dynamodb" | "dynamo" => {
-                let Some(rest) = rest.strip_prefix("//") else {
-                    return Err(malformed(
-                        "write dynamodb://TABLE?region=REGION (and &endpoint=http://host:port for an emulator)"
-                            .into(),
-                    ));
+                let table = match url.host_str() {
+                    Some(table) => decode(table).map_err(&malformed)?,
+                    None => {
+                        return Err(malformed(
+                            "write dynamodb://TABLE?region=REGION (and &endpoint=http://host:port for an emulator)"
+                                .into(),
+                        ));
+                    }
                 };
-                let (table, params) = split_query(rest);
-                let table = percent_decode(table.trim_end_matches('/')).map_err(&malformed)?;
                 if table.is_empty() {
                     return Err(malformed(
                         "it names no table; write dynamodb://TABLE?region=REGION".into(),
                     ));
                 }
-                let mut params = Params::parse(params).map_err(&malformed)?;
+                if !matches!(url.path(), "" | "/") {
+                    return Err(malformed(
+                        "it has a path after the table; write dynamodb://TABLE?region=REGION"
+                            .into(),
+                    ));
+                }
                 let target = DynamoDbTarget {
                     table,
                     region: params.take("region"),
@@ -417,6 +424,32 @@ impl Target {
                 )))
             }
         }
+    }
+
+    /// A Redis Cluster URL (`redis+cluster://host1:port1,host2:port2`) names
+    /// several nodes where a URL has one authority, so no URL parser reads
+    /// it: it goes to the Redis store whole, which checks it. Only the query,
+    /// which in every URL begins at the first `?`, holds lockstore's `prefix`.
+    fn parse_redis_cluster(text: &str) -> Option<Target> {
+        let (scheme, _) = text.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        if !matches!(
+            scheme.as_str(),
+            "redis+cluster" | "rediss+cluster" | "valkey+cluster" | "valkeys+cluster"
+        ) {
+            return None;
+        }
+        let (base, query) = match text.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (text, None),
+        };
+        let mut params = Params::of(query);
+        let prefix = params.take("prefix");
+        let url = match params.encoded() {
+            Some(query) => format!("{base}?{query}"),
+            None => base.to_owned(),
+        };
+        Some(Target::Redis { url, prefix })
     }
 
     async fn open(self) -> Result<Store, OpenError> {
@@ -513,39 +546,71 @@ impl Target {
     }
 }
 
-/// Splits `text` at its first `?` into the part before and the query.
-fn split_query(text: &str) -> (&str, Option<&str>) {
-    match text.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (text, None),
+/// Parses `text` with the `url` crate, refusing a `%` that starts no escape
+/// (the crate would keep it as it is).
+fn parse_url(text: &str) -> Result<Url, String> {
+    // sqlx also reads sqlite://:memory:, where a URL parser sees a port.
+    let memory_prefix = "sqlite://:memory:";
+    let text = match text.get(..memory_prefix.len()) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(memory_prefix) => {
+            format!("sqlite::memory:{}", &text[memory_prefix.len()..])
+        }
+        _ => text.to_owned(),
+    };
+    let bad_escape = Cell::new(false);
+    let note = |violation| {
+        if violation == SyntaxViolation::PercentDecode {
+            bad_escape.set(true);
+        }
+    };
+    let url = Url::options()
+        .syntax_violation_callback(Some(&note))
+        .parse(&text)
+        .map_err(|err| match err {
+            ParseError::RelativeUrlWithoutBase => format!(
+                "it has no scheme; write one of {FORMS} (a plain file path is written sqlite:PATH)"
+            ),
+            // The crate's messages name the part, never repeat the text.
+            err => format!("{err}; write one of {FORMS}"),
+        })?;
+    if bad_escape.get() {
+        return Err("it has a '%' not followed by two hex digits; write %25 for '%'".into());
     }
+    Ok(url)
+}
+
+/// Decodes a URL's percent-escapes (a path, a host) to the text meant.
+fn decode(text: &str) -> Result<String, String> {
+    percent_decode_str(text)
+        .decode_utf8()
+        .map(Cow::into_owned)
+        .map_err(|_| "its percent-escapes do not decode to UTF-8".to_owned())
 }
 
 /// A URL's query: lockstore's parameters are taken out, the rest kept in
 /// order for the backend's driver.
 struct Params {
-    pairs: Vec<(String, String, String)>, // (decoded name, decoded value, raw pair)
+    pairs: Vec<(String, String)>,
 }
 
 impl Params {
-    fn parse(query: Option<&str>) -> Result<Params, String> {
-        let mut pairs = Vec::new();
-        for raw in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = raw.split_once('=').unwrap_or((raw, ""));
-            pairs.push((
-                percent_decode(name)?,
-                percent_decode(value)?,
-                raw.to_owned(),
-            ));
+    /// The query's name=value pairs, decoded as every URL library (and
+    /// sqlx and redis-rs, which read the rest) decodes a query: `%XX`
+    /// escapes, and `+` for a space.
+    fn of(query: Option<&str>) -> Params {
+        let query = query.unwrap_or("");
+        Params {
+            pairs: form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
         }
-        Ok(Params { pairs })
     }
 
     /// Removes parameter `name` and returns its (last) value; an empty value
     /// counts as absent.
     fn take(&mut self, name: &str) -> Option<String> {
         let mut found = None;
-        self.pairs.retain(|(n, v, _)| {
+        self.pairs.retain(|(n, v)| {
             if n == name {
                 found = Some(v.clone());
                 false
@@ -559,82 +624,98 @@ impl Params {
     fn reject_rest(&self, backend: &str, known: &str) -> Result<(), String> {
         match self.pairs.first() {
             None => Ok(()),
-            Some((name, _, _)) => Err(format!(
+            Some((name, _)) => Err(format!(
                 "unknown parameter {name:?} for {backend}; its parameters are: {known}"
             )),
         }
     }
 
-    /// `base` with the parameters not taken.
-    fn reattach(&self, base: &str) -> String {
-        if self.pairs.is_empty() {
-            return base.to_owned();
-        }
-        let query: Vec<&str> = self.pairs.iter().map(|(_, _, raw)| raw.as_str()).collect();
-        format!("{base}?{}", query.join("&"))
-    }
-}
-
-fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| {
-                        format!(
-                            "{text:?} has a '%' not followed by two hex digits; write %25 for '%'"
-                        )
-                    })?;
-                out.push(hex);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{text:?} does not decode to UTF-8"))
-}
-
-/// `url` with the password of its user info, if any, replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return redact_secret_params(url);
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let tail = redact_secret_params(tail);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return format!("{scheme}://{authority}{tail}");
-    };
-    let userinfo = match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{user}:***"),
-        None => userinfo.to_owned(),
-    };
-    format!("{scheme}://{userinfo}@{host}{tail}")
-}
-
-fn redact_secret_params(tail: &str) -> String {
-    let Some((path, query)) = tail.split_once('?') else {
-        return tail.to_owned();
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if name.contains("secret") || name.contains("password") => {
-                format!("{name}=***")
-            }
-            _ => pair.to_owned(),
+    /// The parameters not taken, as a query, or `None` when none is left.
+    fn encoded(&self) -> Option<String> {
+        (!self.pairs.is_empty()).then(|| {
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&self.pairs)
+                .finish()
         })
-        .collect();
-    format!("{path}?{}", query.join("&"))
+    }
+
+    /// `url` with only the parameters not taken.
+    fn put_back(&self, mut url: Url) -> String {
+        url.set_query(self.encoded().as_deref());
+        url.into()
+    }
+}
+
+/// `text` as an error may show it: the password of its user info and the
+/// values of secret parameters replaced by `***`. Most text shown is no
+/// valid URL (that is why it is shown), so this reads it as loosely as
+/// possible: everything before the last `@` is user info, and only a user
+/// name plainly made of name characters is kept of it.
+pub(crate) fn redact(text: &str) -> String {
+    let Some((userinfo, rest)) = text.rsplit_once('@') else {
+        return redact_secret_params(text);
+    };
+    let mut shown = String::new();
+    let userinfo = match userinfo.split_once("://") {
+        Some((scheme, userinfo)) if is_scheme(scheme) => {
+            shown.push_str(scheme);
+            shown.push_str("://");
+            userinfo
+        }
+        _ => userinfo,
+    };
+    let (user, password) = match userinfo.split_once(':') {
+        Some((user, _)) => (user, true),
+        None => (userinfo, false),
+    };
+    let plain_name = |c: char| c.is_ascii_alphanumeric() || "-._~%".contains(c);
+    shown.push_str(if user.chars().all(plain_name) {
+        user
+    } else {
+        "***"
+    });
+    if password {
+        shown.push_str(":***");
+    }
+    shown.push('@');
+    shown.push_str(&redact_secret_params(rest));
+    shown
+}
+
+fn is_scheme(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_alphabetic())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+}
+
+/// `text` with the values of query parameters whose (decoded) name says
+/// they are secret replaced by `***`. Every `?`- or `&`-separated part is
+/// looked at, wherever the query begins: the text may have lost its `?`
+/// to the user info.
+fn redact_secret_params(text: &str) -> String {
+    let is_secret = |pair: &str| {
+        form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .is_some_and(|(name, _)| {
+                let name = name.to_ascii_lowercase();
+                ["secret", "password", "passwd", "token"]
+                    .iter()
+                    .any(|word| name.contains(word))
+            })
+    };
+    text.split_inclusive(['?', '&'])
+        .map(|part| {
+            let (pair, separator) = match part.strip_suffix(['?', '&']) {
+                Some(pair) => (pair, &part[pair.len()..]),
+                None => (part, ""),
+            };
+            match pair.split_once('=') {
+                Some((name, _)) if is_secret(pair) => format!("{name}=***{separator}"),
+                _ => part.to_owned(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -763,6 +844,39 @@ mod tests {
     }
 
     #[test]
+    fn what_the_url_parser_refuses_is_malformed() {
+        assert!(reason("postgres://db:54x2/app").contains("invalid port number"));
+        assert!(reason("memory://somewhere").contains("memory:?namespace=NAME"));
+        assert!(reason("memory:?namespace=%zz").contains("%25"));
+        assert!(reason("dynamodb://Locks/extra?region=x").contains("path after the table"));
+        assert!(reason("sqlite:%FF.db").contains("UTF-8"));
+    }
+
+    #[test]
+    fn parameters_are_form_decoded_and_put_back_for_the_driver() {
+        assert_eq!(
+            parse("sqlite://:memory:?table=t"),
+            Target::Sqlite {
+                location: "sqlite::memory:".into(),
+                table: Some("t".into())
+            }
+        );
+        assert_eq!(
+            parse("postgres://db/app?options=-c%20search_path%3Dx&table=a+b"),
+            Target::Postgres {
+                url: "postgres://db/app?options=-c+search_path%3Dx".into(),
+                schema: None,
+                table: Some("a b".into()),
+            }
+        );
+        let Target::DynamoDb(t) = parse("dynamodb://T?access_key_id=a&secret_access_key=x%2By")
+        else {
+            panic!("not dynamodb")
+        };
+        assert_eq!(t.secret_access_key.as_deref(), Some("x+y"));
+    }
+
+    #[test]
     fn unknown_and_missing_schemes_say_what_to_write() {
         assert!(reason("").contains("memory:"));
         assert!(reason("/var/lib/locks.db").contains("sqlite:PATH"));
@@ -780,6 +894,73 @@ mod tests {
         let err = reason("dynamodb://T?access_key_id=a&secret_access_key=hunter2&x=1");
         assert!(!err.contains("hunter2"), "{err}");
         assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
+    }
+
+    #[test]
+    fn a_url_without_slashes_hides_its_password() {
+        for url in [
+            "postgres:app:hunter2@db/app",
+            "app:hunter2@db/app",
+            "postgres:/app:hunter2@db/app",
+        ] {
+            let shown = redact(url);
+            assert!(!shown.contains("hunter2"), "{url} shown as {shown}");
+            assert!(shown.ends_with("@db/app"), "{url} shown as {shown}");
+        }
+        let err = reason("postgres:app:hunter2@db/app");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    /// Text shown in errors is mostly no valid URL, so a password must be
+    /// hidden however the URL around it is broken, and so must secret
+    /// parameters, however their names are written.
+    #[test]
+    fn no_error_shows_a_secret() {
+        let secrets = [
+            "mysql://app:hunter2@db/app",
+            "postgres://app:hun%74er2@db:5432/app?sslmode=require",
+            "postgres://app:p%40ss@db/app",
+            "postgres://app:hun?ter2@db/app",
+            "postgres://app:hun/ter2@db/app",
+            "postgres://app:hun#ter2@db/app",
+            "postgres://me@corp.example:hunter2@db/app",
+            "postgress://app:pw@db/app?password=hunter2",
+            "rediss+cluster://:hunter2@a:7000,b:7001?prefix=%zz",
+            "dynamodb://T?access_key_id=a&secret_access_key=hunter2&x=1",
+            "dynamodb://T?secret%5Faccess%5Fkey=hunter2&regoin=x",
+            "dynamodb://T?SECRET_ACCESS_KEY=hunter2&regoin=x",
+            "dynamodb://T?aws_secret_access_key=hunter2",
+            "dynamodb://T?endpoint=http://u@h&secret_access_key=hunter2&x=1",
+            "dynamodb://T?secret_access_key=hunter2&endpoint=http://u@h&x=1",
+            "memory:app:hunter2@x",
+            "sqlite:app:hunter2@x%2",
+        ];
+        for url in secrets {
+            let shown = redact(url);
+            assert!(
+                !shown.contains("hunter2")
+                    && !shown.contains("hun%74er2")
+                    && !shown.contains("p%40ss"),
+                "{url} shown as {shown}"
+            );
+            if let Err(err) = Target::parse(url) {
+                for text in [err.to_string(), format!("{err:?}")] {
+                    assert!(!text.contains("hunter2"), "{url}: {text}");
+                    assert!(!text.contains("hun%74er2"), "{url}: {text}");
+                    assert!(!text.contains("ter2"), "{url}: {text}");
+                }
+            }
+        }
+        // What is no secret stays readable.
+        assert_eq!(
+            redact("postgres://app:pw@db:5432/app?sslmode=require"),
+            "postgres://app:***@db:5432/app?sslmode=require"
+        );
+        assert_eq!(
+            redact("dynamodb://T?region=eu-west-1&access_key_id=AKIA&secret_access_key=s"),
+            "dynamodb://T?region=eu-west-1&access_key_id=AKIA&secret_access_key=***"
+        );
+        assert_eq!(redact("postgres://app@db/app"), "postgres://app@db/app");
     }
 
     #[cfg(feature = "memory")]
