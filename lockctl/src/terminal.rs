@@ -12,8 +12,8 @@ use nix::unistd::{Pid, getpgrp, tcgetpgrp, tcsetpgrp};
 
 use crate::group::Group;
 
-/// The terminal's foreground, lent to a command's group; taken back by
-/// [`Foreground::take_back`] or on drop.
+/// The terminal's foreground, lent to a command's group; taken back when
+/// dropped.
 pub struct Foreground {
     own: Pid,
 }
