@@ -375,7 +375,7 @@ impl LockGuard {
     /// Stops renewing and lets the lease end `hold` from now instead of
     /// releasing it: one last renewal for `hold`, after which nobody renews
     /// it and the key frees itself. A `hold` under a millisecond releases at
-    /// once. This is how a job keeps a key for a minimum time whatever its
+    /// once; one over [`Ttl::MAX`] holds for `Ttl::MAX`. This is how a job keeps a key for a minimum time whatever its
     /// own run time (ShedLock's `lockAtLeastFor`): see
     /// [`LockClient::run_tick`](crate::LockClient::run_tick).
     ///
@@ -385,7 +385,7 @@ impl LockGuard {
     /// lease ends by its last TTL.
     pub async fn release_after(self, hold: Duration) -> Result<(), LockError> {
         let (key, fence) = (self.key.clone(), self.fence);
-        let Ok(hold) = Ttl::new(hold) else {
+        let Ok(hold) = Ttl::new(hold.min(Ttl::MAX.as_duration())) else {
             return self.release().await.map(|_| ());
         };
         match self.stop(Some(hold)).await? {
