@@ -258,26 +258,7 @@ impl<S: ?Sized + LockStore> LockClient<S> {
         Fut: Future<Output = T>,
     {
         let guard = self.acquire(key, options).await?;
-        let handle = guard.handle();
-        let output = tokio::select! {
-            biased;
-            () = guard.lost() => None,
-            output = work(handle) => Some(output),
-        };
-        // Work that finished after the local deadline ran partly without the
-        // lock, even if nothing noticed in time: say so.
-        let output = output.filter(|_| !guard.is_lost());
-        let (key, fence) = (guard.key().clone(), guard.fence());
-        let released = guard.release().await;
-        match output {
-            Some(output) => {
-                if let Err(err) = released {
-                    warn!(%key, %fence, error = %err, "release after with_lock failed; the lease will expire by its TTL");
-                }
-                Ok(output)
-            }
-            None => Err(LockError::LeaseLost { key, fence }),
-        }
+        guard.run_then_end(work, Instant::now()).await
     }
 
     /// Acquires `key` and returns the bare lease, with no background renewal:

@@ -394,6 +394,49 @@ impl LockGuard {
         }
     }
 
+    /// Runs `work` under this guard, then ends the lease at `keep_until`
+    /// (at once if that has passed): what [`LockClient::with_lock`] and
+    /// [`LockClient::run_tick`] share. `work` is dropped at its next await
+    /// point when the lease is lost, and its output is dropped if the local
+    /// deadline passed before it finished (it ran partly without the lock):
+    /// both are [`LockError::LeaseLost`]. A failure to end the lease after
+    /// work that succeeded is only logged; the lease then ends by its TTL.
+    ///
+    /// [`LockClient::with_lock`]: crate::LockClient::with_lock
+    /// [`LockClient::run_tick`]: crate::LockClient::run_tick
+    pub(crate) async fn run_then_end<F, Fut, T>(
+        self,
+        work: F,
+        keep_until: Instant,
+    ) -> Result<T, LockError>
+    where
+        F: FnOnce(LeaseHandle) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let handle = self.handle();
+        let output = tokio::select! {
+            biased;
+            () = self.lost() => None,
+            output = work(handle) => Some(output),
+        };
+        // Work that finished after the local deadline ran partly without the
+        // lock, even if nothing noticed in time: say so.
+        let output = output.filter(|_| !self.is_lost());
+        let (key, fence) = (self.key.clone(), self.fence);
+        let ended = self
+            .release_after(keep_until.saturating_duration_since(Instant::now()))
+            .await;
+        match output {
+            Some(output) => {
+                if let Err(err) = ended {
+                    warn!(%key, %fence, error = %err, "ending the lease after the work failed; it will expire by its TTL");
+                }
+                Ok(output)
+            }
+            None => Err(LockError::LeaseLost { key, fence }),
+        }
+    }
+
     async fn stop(mut self, expire_in: Option<Ttl>) -> Result<ReleaseOutcome, LockError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let Some(stop) = self.stop.take() else {

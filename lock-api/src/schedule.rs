@@ -45,7 +45,6 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
-use tracing::warn;
 
 use crate::{
     AcquireOptions, FencingToken, Holder, LeaseHandle, LockClient, LockError, LockKey, LockStore,
@@ -194,26 +193,12 @@ impl<S: ?Sized + LockStore> LockClient<S> {
             Err(LockError::Timeout { holder, .. }) => return Ok(Tick::Skipped { holder }),
             Err(err) => return Err(err),
         };
-        let handle = guard.handle();
-        let value = tokio::select! {
-            biased;
-            () = guard.lost() => None,
-            value = work(handle) => Some(value),
-        };
-        let value = value.filter(|_| !guard.is_lost());
-        let (key, fence) = (guard.key().clone(), guard.fence());
+        let fence = guard.fence();
         // Held on from the acquire's send, not from the end of the work.
-        let hold = options.hold_at_least.saturating_sub(started.elapsed());
-        let ended = guard.release_after(hold).await;
-        match value {
-            Some(value) => {
-                if let Err(err) = ended {
-                    warn!(%key, %fence, error = %err, "ending a tick's lease failed; it ends by its TTL");
-                }
-                Ok(Tick::Ran { value, fence })
-            }
-            None => Err(LockError::LeaseLost { key, fence }),
-        }
+        let value = guard
+            .run_then_end(work, started + options.hold_at_least)
+            .await?;
+        Ok(Tick::Ran { value, fence })
     }
 }
 
