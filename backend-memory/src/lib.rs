@@ -182,8 +182,10 @@ impl LockStore for MemoryStore {
             if held.id != request.lease_id {
                 return Ok(AcquireOutcome::Held(held.report(now)));
             }
-            // The same lease asking again (a retried request): refresh it.
+            // The same lease asking again (a retried request, or an
+            // election's proclamation): refresh it, with the request's label.
             held.expires_at = expires_at;
+            held.owner = request.owner.clone();
             return Ok(AcquireOutcome::Acquired { fence: held.fence });
         }
         let fence = FencingToken::new(next_fence);

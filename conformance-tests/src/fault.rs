@@ -90,6 +90,12 @@ impl PartitionableStore {
         self.cut.store(true, Ordering::SeqCst);
     }
 
+    /// From now on, requests reach the store again (those sent while cut
+    /// keep hanging).
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
     async fn reach(&self) {
         if self.cut.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;

@@ -111,7 +111,7 @@ pub struct LockClient<S: ?Sized + LockStore = dyn LockStore> {
     store: Arc<S>,
     owner: Option<OwnerLabel>,
     backoff: Backoff,
-    guard: GuardSettings,
+    pub(crate) guard: GuardSettings,
 }
 
 impl<S: ?Sized + LockStore> Clone for LockClient<S> {

@@ -354,6 +354,12 @@ impl LockGuard {
         self.view.lost.child_token()
     }
 
+    /// Marks the lease lost, for a caller that learned it from the store
+    /// (an election's refused proclamation): the background task stops.
+    pub(crate) fn mark_lost(&self) {
+        self.view.lost.cancel();
+    }
+
     /// A cheap handle with the key, fence and loss signal, for work running
     /// under the lock.
     pub fn handle(&self) -> LeaseHandle {

@@ -26,6 +26,8 @@
 //!   background, [`LockClient::with_lock`], and bare leases.
 //! * [`ledger`] — the execution ledger ("run once") on the same backends:
 //!   [`ledger::LedgerStore`] for backends, [`ledger::Ledger`] for callers.
+//! * [`election`] — leader election with fenced terms, on any store
+//!   ([`LockClient::election`]).
 //! * [`schedule`] — a scheduled job that fires on every replica runs once
 //!   per tick ([`LockClient::run_tick`]).
 //!
@@ -51,6 +53,7 @@
 
 mod backoff;
 mod client;
+pub mod election;
 mod error;
 mod guard;
 mod key;

@@ -115,6 +115,24 @@ pub enum Command {
     /// exits with CMD's exit code, once nothing of CMD's group is left.
     #[command(after_help = help_footer())]
     Run(RunArgs),
+    /// Wait until this process leads election NAME, then run CMD as leader.
+    ///
+    /// Campaigns (with other `lockctl elect` or library candidates on the
+    /// same store and NAME), then runs CMD as `run` does — its own process
+    /// group, signals forwarded, a watchdog — with LOCKSTORE_ELECTION,
+    /// LOCKSTORE_TERM and LOCKSTORE_FENCE (both the term: a fencing token
+    /// that rises with every new leader) and LOCKSTORE_LEADER_VALUE. If the
+    /// leadership is lost, CMD's group is stopped and lockctl exits 201;
+    /// when CMD exits, lockctl resigns at once (the next candidate takes
+    /// over without waiting for --ttl) and exits with CMD's code.
+    #[command(after_help = help_footer())]
+    Elect(ElectArgs),
+    /// Print election NAME's leader (candidate, value, term), or that none leads.
+    ///
+    /// With --watch, print the leader now and again at each change (a new
+    /// term, a new value, no leader) until interrupted; one JSON object per
+    /// line with --json.
+    Leader(LeaderArgs),
     /// Take KEY's lock and print its lease id and fencing token.
     ///
     /// For scripts that manage the lease themselves: renew it with
@@ -195,6 +213,46 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// `lockctl elect`.
+#[derive(Debug, Args)]
+pub struct ElectArgs {
+    /// The election's name (a lock key: the leader holds it).
+    pub name: String,
+
+    /// The value the leader publishes while it leads (e.g. its address),
+    /// shown by `lockctl leader`.
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    pub value: String,
+
+    /// The term's time to live, renewed every third of it: a leader whose
+    /// process dies is replaced within about this long.
+    #[arg(long, default_value = "15s", value_name = "DURATION", value_parser = duration::parse)]
+    pub ttl: Duration,
+
+    /// After a lost leadership, how long CMD has between SIGTERM and SIGKILL.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration::parse)]
+    pub kill_grace: Duration,
+
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `lockctl leader`.
+#[derive(Debug, Args)]
+pub struct LeaderArgs {
+    /// The election's name.
+    pub name: String,
+
+    /// Keep printing the leader at each change, until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// With --watch: how often to ask the store.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = duration::parse, requires = "watch")]
+    pub every: Duration,
 }
 
 /// `lockctl acquire`.

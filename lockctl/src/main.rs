@@ -1,5 +1,6 @@
 //! `lockctl`: run a command under a leased lock — or at most once
-//! successfully — on SQLite, PostgreSQL, Redis or DynamoDB.
+//! successfully, or as an election's leader — on SQLite, PostgreSQL, Redis
+//! or DynamoDB.
 //!
 //! See `lockctl --help` and the crate's README for the commands, the store
 //! URLs and the exit codes.
@@ -9,6 +10,7 @@
 mod admin;
 mod cli;
 mod duration;
+mod elect;
 mod errout;
 mod exit;
 mod group;
@@ -132,6 +134,8 @@ async fn dispatch(cli: Cli, codes: exit::Codes) -> u8 {
         command => match open_store(cli.store.as_deref(), &codes).await {
             Ok(store) => match command {
                 Command::Run(args) => run::run(&store, args, &codes).await,
+                Command::Elect(args) => elect::elect(&store, args, &codes).await,
+                Command::Leader(args) => elect::leader(&store, args, cli.json, &codes).await,
                 Command::Acquire(args) => admin::acquire(&store, args, cli.json, &codes).await,
                 Command::Renew(args) => admin::renew(&store, args, cli.json, &codes).await,
                 Command::Release(args) => admin::release(&store, args, cli.json, &codes).await,

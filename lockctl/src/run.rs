@@ -408,7 +408,7 @@ fn deadline_after(limit: Duration) -> Instant {
 }
 
 /// How the child ended.
-enum Ended {
+pub(crate) enum Ended {
     /// On its own (or by a signal someone sent it).
     Exited(ExitStatus),
     /// Stopped by lockctl after the lease was lost.
@@ -418,7 +418,7 @@ enum Ended {
 /// The command, started in a process group of its own, with the watchdog
 /// that stops the group if lockctl dies, and the terminal's foreground if
 /// lockctl had it.
-struct Started {
+pub(crate) struct Started {
     child: Child,
     group: Group,
     watchdog: Option<Watchdog>,
@@ -430,7 +430,7 @@ struct Started {
 /// Either way it returns only once no process of the group is left (or
 /// SIGKILL could not end one, which it says): a process the command left
 /// behind must not outlive the lease.
-async fn supervise(
+pub(crate) async fn supervise(
     started: Started,
     lost: impl Future<Output = ()>,
     signals: &mut Forwarded,
@@ -551,7 +551,7 @@ async fn stop(
 }
 
 /// Starts the command in a process group of its own, with a watchdog.
-fn spawn(
+pub(crate) fn spawn(
     command: &[OsString],
     env: &[(&str, String)],
     pipe_stderr: bool,
@@ -653,7 +653,7 @@ fn tee(mut stderr: ChildStderr, tail: Tail) -> JoinHandle<()> {
 /// The child's exit code, passed through as lockctl's; when it is one of
 /// lockctl's reserved codes in force, says so, since a script reading the
 /// code alone cannot tell them apart.
-fn passed_through(status: ExitStatus, codes: &Codes) -> u8 {
+pub(crate) fn passed_through(status: ExitStatus, codes: &Codes) -> u8 {
     let code = exit_code(status);
     if code != 0 && codes.reserved(code) {
         errout::say(&format!(
@@ -677,7 +677,7 @@ fn exit_code(status: ExitStatus) -> u8 {
 /// first: then says so, naming what was being `doing`, and gives the exit
 /// code for that signal, the command not run. The progress line, if any,
 /// is cleared either way.
-async fn unless_signalled<T>(
+pub(crate) async fn unless_signalled<T>(
     step: impl Future<Output = T>,
     signals: &mut Forwarded,
     doing: &str,
@@ -700,7 +700,7 @@ fn signal_code(signal: Signal) -> u8 {
     u8::try_from(128 + signal as i32).unwrap_or(u8::MAX)
 }
 
-fn status_text(status: ExitStatus) -> String {
+pub(crate) fn status_text(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(signal)) => match Signal::try_from(signal) {
@@ -737,13 +737,13 @@ fn first_line(text: &str) -> &str {
 }
 
 /// A spinner on stderr while waiting, when stderr is a terminal.
-struct Progress {
+pub(crate) struct Progress {
     bar: ProgressBar,
     poller: JoinHandle<()>,
 }
 
 impl Progress {
-    fn start<F, Fut>(key: &LockKey, poll: F) -> Option<Progress>
+    pub(crate) fn start<F, Fut>(key: &LockKey, poll: F) -> Option<Progress>
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = String> + Send + 'static,

@@ -41,9 +41,10 @@ if holder and holder_expires_at and holder_expires_at > now then
     end
     return {0, record[2] or '', tonumber(record[3]) or 0, holder_expires_at - now}
   end
-  -- The same lease asking again (a retry after a lost reply): refresh it and
-  -- answer with the token it already has.
-  redis.call('HSET', KEYS[1], 'expires_at_us', string.format('%.0f', now + ARGV[3] * 1000))
+  -- The same lease asking again (a retry after a lost reply, or an
+  -- election's proclamation): refresh it, store the request's owner label,
+  -- and answer with the token it already has.
+  redis.call('HSET', KEYS[1], 'expires_at_us', string.format('%.0f', now + ARGV[3] * 1000), 'owner', ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   return {1, tonumber(record[3]) or 0}
 end

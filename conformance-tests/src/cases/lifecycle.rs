@@ -168,7 +168,8 @@ pub async fn renew_after_expiry_is_lease_lost(ctx: Ctx) {
 }
 
 /// Promise 7: an acquire retried with the same lease id (its first reply was
-/// lost) finds its own grant: same token, still one holder.
+/// lost) finds its own grant: same token, still one holder, with the
+/// retry's owner label (an election publishes its value this way).
 pub async fn retried_acquire_with_same_lease_id_keeps_the_lease(ctx: Ctx) {
     let store = ctx.store().await;
     let k = key("retry");
@@ -177,11 +178,20 @@ pub async fn retried_acquire_with_same_lease_id_keeps_the_lease(ctx: Ctx) {
     // time, so the retry must restart the TTL, not keep the first expiry.
     ctx.sleep(ctx.profile().short_ttl).await;
     let retry_sent = tokio::time::Instant::now();
+    // The retry carries another label (an election's proclamation does
+    // this): the store keeps the newest.
+    let mut request = request;
+    request.owner = lockstore_api::OwnerLabel::new("alice, again").unwrap();
     match store.try_acquire(&request).await.unwrap() {
         lockstore_api::AcquireOutcome::Acquired { fence: again } => assert_eq!(again, fence),
         other => panic!("a retried acquire by the holder was refused: {other:?}"),
     }
     let holder = must_be_held(&*store, &k, long_ttl(&ctx), "bob").await;
+    assert_eq!(
+        holder.owner(),
+        "alice, again",
+        "a retried acquire by the holder did not store its owner label"
+    );
     let floor = long_ttl(&ctx)
         .saturating_sub(retry_sent.elapsed() + ctx.profile().tolerance + Duration::from_millis(1));
     assert!(

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::Ctx;
 
 mod acquire_loop;
+mod election;
 mod fencing;
 mod guard;
 mod isolation;
@@ -33,6 +34,7 @@ pub use crate::concurrency::concurrent_holders_never_overlap;
 pub use crate::linearizability::lock_histories_are_linearizable;
 pub use crate::model::model_based_sequences;
 pub use acquire_loop::*;
+pub use election::*;
 pub use fencing::*;
 pub use guard::*;
 pub use isolation::*;
@@ -98,6 +100,13 @@ macro_rules! __cases {
             (scheduled_tick_runs_on_one_replica, Default),
             (scheduled_tick_is_free_once_its_holds_are_over, Default),
             (scheduled_tick_of_a_crashed_replica_is_free_after_hold_at_most, Default),
+            (election_has_one_leader_at_a_time_with_rising_terms, Default),
+            (election_publishes_and_proclaims_the_leaders_value, Default),
+            (election_resignation_hands_over_to_a_waiting_candidate, Default),
+            (election_paused_leader_is_deposed_and_knows_it, Default),
+            (election_killed_leader_process_is_replaced, MultiThread),
+            (election_observer_sees_each_change_in_order, Default),
+            (election_lead_campaigns_again_after_a_loss_and_resigns_on_cancel, Default),
             (model_based_sequences, Default),
             (concurrent_holders_never_overlap, MultiThread),
             (lock_histories_are_linearizable, MultiThread),
