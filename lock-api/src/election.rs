@@ -275,11 +275,12 @@ impl<S: ?Sized + LockStore> Election<S> {
                     leadership.resign().await?;
                     return Ok(Some(output));
                 }
-                _ => warn!(name = %self.name, term = term.get(), "leadership lost; campaigning again"),
+                _ => {
+                    warn!(name = %self.name, term = term.get(), "leadership lost; campaigning again")
+                }
             }
         }
     }
-
 }
 
 /// The owner label that publishes `value` for `candidate`.

@@ -17,7 +17,9 @@ use crate::cli::{ElectArgs, LeaderArgs};
 use crate::duration::human;
 use crate::errout;
 use crate::exit::Codes;
-use crate::run::{Ended, Progress, passed_through, spawn, status_text, supervise, unless_signalled};
+use crate::run::{
+    Ended, Progress, passed_through, spawn, status_text, supervise, unless_signalled,
+};
 use crate::signals::Forwarded;
 use crate::{Failure, describe_store_error};
 

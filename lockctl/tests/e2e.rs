@@ -874,6 +874,113 @@ fn send_signal(running: &Running, signal: &str) {
     assert!(sent.success(), "kill -{signal} failed");
 }
 
+/// Two `lockctl elect` candidates: the first leads and runs its command
+/// with its term; `leader` names it; the second waits, and runs with a
+/// larger term as soon as the first's command exits (it resigns). A
+/// `leader --watch --json` sees them in order.
+fn elect_runs_one_leader_and_hands_over_when_it_exits(b: &Backend) {
+    let name = unique("elect");
+    let watched = b.file("watch.jsonl");
+    let mut watch = b
+        .lockctl(&["--json", "leader", &name, "--watch", "--every", "50ms"])
+        .0
+        .process_group(0)
+        .stdout(std::fs::File::create(&watched).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lockctl starts");
+    let (ready, stop) = (b.file("ready-a"), b.file("stop-a"));
+    let a = b
+        .lockctl(&[
+            "elect",
+            &name,
+            "--value",
+            "10.0.0.1:80",
+            "--",
+            "sh",
+            "-c",
+            r#"echo "$LOCKSTORE_TERM $LOCKSTORE_FENCE $LOCKSTORE_LEADER_VALUE" > "$0"; while [ ! -e "$1" ]; do sleep 0.02; done"#,
+            ready.to_str().unwrap(),
+            stop.to_str().unwrap(),
+        ])
+        .spawn(Stdio::null());
+    wait_for_file(&ready);
+    let mut first = String::new();
+    while !first.ends_with('\n') {
+        first = read(&ready);
+    }
+    let fields: Vec<&str> = first.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{first:?}");
+    assert_eq!(
+        fields[0], fields[1],
+        "LOCKSTORE_TERM and LOCKSTORE_FENCE differ"
+    );
+    assert_eq!(fields[2], "10.0.0.1:80");
+    let term_a: u64 = fields[0].parse().unwrap();
+
+    let leader = b.lockctl(&["--json", "leader", &name]).output();
+    assert_eq!(leader.code(), 0, "{}", leader.stderr);
+    let leader = leader.json();
+    assert_eq!(leader["leader"]["term"], term_a, "{leader}");
+    assert_eq!(leader["leader"]["value"], "10.0.0.1:80", "{leader}");
+
+    // The watch has seen the first leader before it steps down.
+    let started = Instant::now();
+    while !read(&watched).contains(&format!("\"term\":{term_a}")) {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the watch never showed the leader: {}",
+            read(&watched)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let second = b.file("term-b");
+    let candidate = b
+        .lockctl(&[
+            "elect",
+            &name,
+            "--ttl",
+            "3s",
+            "--",
+            "sh",
+            "-c",
+            r#"echo "$LOCKSTORE_TERM" > "$0""#,
+            second.to_str().unwrap(),
+        ])
+        .spawn(Stdio::null());
+    assert!(
+        !second.exists(),
+        "a second candidate ran while the first led"
+    );
+    std::fs::write(&stop, "").unwrap();
+    let a = a.wait_within(PATIENCE);
+    assert_eq!(a.code(), 0, "{}", a.stderr);
+    let candidate = candidate.wait_within(PATIENCE);
+    assert_eq!(candidate.code(), 0, "{}", candidate.stderr);
+    let term_b: u64 = read(&second).trim().parse().unwrap();
+    assert!(term_b > term_a, "term {term_b} after {term_a}");
+    let none = b.lockctl(&["leader", &name]).output();
+    assert_eq!(none.code(), 0, "{}", none.stderr);
+    assert!(none.stdout.contains("no leader"), "{}", none.stdout);
+
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let watched = read(&watched);
+    let states: Vec<Value> = watched
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line:?}")))
+        .collect();
+    let terms: Vec<u64> = states
+        .iter()
+        .filter_map(|state| state["leader"]["term"].as_u64())
+        .collect();
+    assert!(
+        terms.windows(2).all(|pair| pair[0] <= pair[1]),
+        "the watch went back in terms: {watched}"
+    );
+    assert_eq!(terms.first(), Some(&term_a), "{watched}");
+}
+
 macro_rules! suite {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -914,6 +1021,7 @@ every_backend!(
     processes_the_command_leaves_behind_are_stopped,
     killed_lockctl_takes_the_process_tree_along,
     once_wait_takes_over_a_killed_run,
+    elect_runs_one_leader_and_hands_over_when_it_exits,
 );
 
 // ------------------------------------------------- backend-independent cases

@@ -37,16 +37,22 @@ pub async fn election_has_one_leader_at_a_time_with_rising_terms(ctx: Ctx) {
     let terms = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut candidates = Vec::new();
     for n in 0..4 {
-        let election = candidate(&ctx, &format!("candidate-{n}"), "one-leader", long_ttl(&ctx))
-            .await
-            .backoff(quick(&ctx));
+        let election = candidate(
+            &ctx,
+            &format!("candidate-{n}"),
+            "one-leader",
+            long_ttl(&ctx),
+        )
+        .await
+        .backoff(quick(&ctx));
         let (ctx, leading, terms) = (ctx.clone(), Arc::clone(&leading), Arc::clone(&terms));
         candidates.push(tokio::spawn(async move {
             for round in 0..3 {
                 let leadership = election.campaign(format!("round {round}")).await.unwrap();
                 let before = leading.fetch_add(1, Ordering::SeqCst);
                 assert_eq!(
-                    before, 0,
+                    before,
+                    0,
                     "{} was elected while another candidate led",
                     election.candidate()
                 );
@@ -79,11 +85,19 @@ pub async fn election_has_one_leader_at_a_time_with_rising_terms(ctx: Ctx) {
 pub async fn election_publishes_and_proclaims_the_leaders_value(ctx: Ctx) {
     let a = candidate(&ctx, "candidate-a", "published", long_ttl(&ctx)).await;
     let b = candidate(&ctx, "candidate-b", "published", long_ttl(&ctx)).await;
-    assert_eq!(b.leader().await.unwrap(), None, "a fresh election has a leader");
+    assert_eq!(
+        b.leader().await.unwrap(),
+        None,
+        "a fresh election has a leader"
+    );
 
     let mut leadership = a.campaign("10.0.0.1:8080").await.unwrap();
     let term = leadership.term();
-    let seen = b.leader().await.unwrap().expect("nobody leads after a won campaign");
+    let seen = b
+        .leader()
+        .await
+        .unwrap()
+        .expect("nobody leads after a won campaign");
     assert_eq!(
         (seen.candidate(), seen.value(), seen.term()),
         ("candidate-a", "10.0.0.1:8080", term)
@@ -104,10 +118,17 @@ pub async fn election_publishes_and_proclaims_the_leaders_value(ctx: Ctx) {
         matches!(err, LockError::InvalidArgument { name: "value", .. }),
         "{err:?}"
     );
-    assert_eq!(b.leader().await.unwrap().unwrap().value(), "10.0.0.2:8080 (v2) ✓");
+    assert_eq!(
+        b.leader().await.unwrap().unwrap().value(),
+        "10.0.0.2:8080 (v2) ✓"
+    );
 
     leadership.resign().await.unwrap();
-    assert_eq!(b.leader().await.unwrap(), None, "a resigned leader still leads");
+    assert_eq!(
+        b.leader().await.unwrap(),
+        None,
+        "a resigned leader still leads"
+    );
     let next = b.campaign("10.0.0.3:8080").await.unwrap();
     assert!(next.term() > term, "term {} after {term}", next.term());
     next.resign().await.unwrap();
@@ -134,7 +155,10 @@ pub async fn election_resignation_hands_over_to_a_waiting_candidate(ctx: Ctx) {
     let waiting = tokio::spawn(async move { b.campaign("b").await });
     // Let the waiter be refused and settle into waiting.
     ctx.sleep(ctx.profile().short_ttl / 2).await;
-    assert!(!waiting.is_finished(), "a second candidate was elected beside the leader");
+    assert!(
+        !waiting.is_finished(),
+        "a second candidate was elected beside the leader"
+    );
     leadership.resign().await.unwrap();
     let next = timeout(Duration::from_secs(10), waiting)
         .await
@@ -168,7 +192,10 @@ pub async fn election_paused_leader_is_deposed_and_knows_it(ctx: Ctx) {
     // No renewal can confirm, even if another worker runs the guard's task.
     partitioned.cut();
     ctx.stall(short + ctx.profile().tolerance);
-    assert!(leadership.is_lost(), "a leader paused past its term still trusts it");
+    assert!(
+        leadership.is_lost(),
+        "a leader paused past its term still trusts it"
+    );
     assert!(leadership.check().is_err());
     let next = timeout(HANG, b.campaign("b"))
         .await
@@ -178,7 +205,10 @@ pub async fn election_paused_leader_is_deposed_and_knows_it(ctx: Ctx) {
     let err = leadership.proclaim("still me").await.unwrap_err();
     assert!(matches!(err, LockError::LeaseLost { .. }), "{err:?}");
     let seen = b.leader().await.unwrap().unwrap();
-    assert_eq!((seen.candidate(), seen.term()), ("candidate-b", next.term()));
+    assert_eq!(
+        (seen.candidate(), seen.term()),
+        ("candidate-b", next.term())
+    );
     next.resign().await.unwrap();
 }
 
@@ -197,7 +227,10 @@ pub async fn election_killed_leader_process_is_replaced(ctx: Ctx) {
     }
     let backend = ctx.store().await.backend_name();
     if ctx.profile().processes == Processes::OneProcess {
-        assert_eq!(backend, "memory", "only the memory backend keeps its locks inside one process");
+        assert_eq!(
+            backend, "memory",
+            "only the memory backend keeps its locks inside one process"
+        );
         return;
     }
     let mut child = child::spawn(&ctx, &[]);
@@ -208,7 +241,10 @@ pub async fn election_killed_leader_process_is_replaced(ctx: Ctx) {
     // Unless its lease already ran out (a busy machine may delay a renewal
     // past a short TTL), the child is the leader.
     if let Some(seen) = b.leader().await.unwrap() {
-        assert_eq!((seen.candidate(), seen.term().get()), ("child-leader", child_term));
+        assert_eq!(
+            (seen.candidate(), seen.term().get()),
+            ("child-leader", child_term)
+        );
     }
     drop(child); // SIGKILL
     let next = timeout(HANG, b.campaign("b"))
@@ -229,24 +265,46 @@ pub async fn election_observer_sees_each_change_in_order(ctx: Ctx) {
         .clone()
         .observe_every(ctx.profile().short_ttl / 8)
         .observe();
-    assert_eq!(next(&mut observer).await, None, "the first report is not the current state");
+    assert_eq!(
+        next(&mut observer).await,
+        None,
+        "the first report is not the current state"
+    );
 
     let mut leadership = a.campaign("a1").await.unwrap();
-    let first = next(&mut observer).await.expect("the observer missed the first leader");
+    let first = next(&mut observer)
+        .await
+        .expect("the observer missed the first leader");
     assert_eq!(
         (first.candidate(), first.value(), first.term()),
         ("candidate-a", "a1", leadership.term())
     );
     leadership.proclaim("a2").await.unwrap();
-    let proclaimed = next(&mut observer).await.expect("the observer reported nobody after a proclamation");
-    assert_eq!((proclaimed.value(), proclaimed.term()), ("a2", first.term()));
+    let proclaimed = next(&mut observer)
+        .await
+        .expect("the observer reported nobody after a proclamation");
+    assert_eq!(
+        (proclaimed.value(), proclaimed.term()),
+        ("a2", first.term())
+    );
     leadership.resign().await.unwrap();
-    assert_eq!(next(&mut observer).await, None, "the observer missed the resignation");
+    assert_eq!(
+        next(&mut observer).await,
+        None,
+        "the observer missed the resignation"
+    );
 
     let leadership = b.campaign("b1").await.unwrap();
-    let second = next(&mut observer).await.expect("the observer missed the second leader");
+    let second = next(&mut observer)
+        .await
+        .expect("the observer missed the second leader");
     assert_eq!((second.candidate(), second.value()), ("candidate-b", "b1"));
-    assert!(second.term() > first.term(), "term {} reported after {}", second.term(), first.term());
+    assert!(
+        second.term() > first.term(),
+        "term {} reported after {}",
+        second.term(),
+        first.term()
+    );
     leadership.resign().await.unwrap();
     assert_eq!(next(&mut observer).await, None);
 }
@@ -292,7 +350,10 @@ pub async fn election_lead_campaigns_again_after_a_loss_and_resigns_on_cancel(ct
                 if let Some(term) = terms.lock().unwrap().get(n) {
                     return term.clone();
                 }
-                assert!(tokio::time::Instant::now() < give_up, "lead never began term number {n}");
+                assert!(
+                    tokio::time::Instant::now() < give_up,
+                    "lead never began term number {n}"
+                );
                 ctx.sleep(short / 8).await;
             }
         }
@@ -300,12 +361,22 @@ pub async fn election_lead_campaigns_again_after_a_loss_and_resigns_on_cancel(ct
     let first = term_number(0).await;
     // Cut the leader off: its term ends by its deadline.
     partitioned.cut();
-    timeout(HANG, first.lost()).await.expect("a cut-off leader never saw its loss");
+    timeout(HANG, first.lost())
+        .await
+        .expect("a cut-off leader never saw its loss");
     partitioned.heal();
     let second = term_number(1).await;
-    assert!(second.fence() > first.fence(), "term {} after {}", second.fence(), first.fence());
+    assert!(
+        second.fence() > first.fence(),
+        "term {} after {}",
+        second.fence(),
+        first.fence()
+    );
     cancel.cancel();
-    let ended = timeout(HANG, leading).await.expect("lead did not end on cancel").unwrap();
+    let ended = timeout(HANG, leading)
+        .await
+        .expect("lead did not end on cancel")
+        .unwrap();
     assert!(matches!(ended, Ok(None)), "{ended:?}");
     assert_eq!(
         observer.leader().await.unwrap(),
