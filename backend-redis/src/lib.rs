@@ -251,6 +251,7 @@
 mod config;
 mod connection;
 mod error;
+pub mod fenced_write;
 pub mod ledger;
 mod notify;
 mod scripts;

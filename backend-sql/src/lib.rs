@@ -148,6 +148,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod fenced_write;
+pub mod finish_in_transaction;
 mod ident;
 mod ledger;
 mod lock;
@@ -163,6 +165,10 @@ pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
+
+/// The `sqlx` this crate is built on: `succeed_in` takes its connections
+/// and transactions.
+pub use sqlx;
 
 /// Default names, for migrations written by hand.
 pub mod defaults {
