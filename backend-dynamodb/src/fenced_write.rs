@@ -20,8 +20,8 @@
 //!             .update_item()
 //!             .table_name("reports")
 //!             .key("day", AttributeValue::S("2026-11-23".into()))
-//!             .update_expression(format!("SET total = :total, {}", fenced.set_fence()))
-//!             .expression_attribute_values(":total", AttributeValue::N("42".into())),
+//!             .update_expression(format!("SET row_count = :rows, {}", fenced.set_fence()))
+//!             .expression_attribute_values(":rows", AttributeValue::N("42".into())),
 //!     )
 //!     .send()
 //!     .await;

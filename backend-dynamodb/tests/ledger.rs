@@ -852,7 +852,7 @@ struct NoRenewals(DynamoDbStore);
 #[lockstore_api::async_trait]
 impl LedgerStore for NoRenewals {
     fn backend_name(&self) -> &'static str {
-        self.0.backend_name()
+        LedgerStore::backend_name(&self.0)
     }
     async fn begin(&self, request: &BeginRequest) -> Result<BeginOutcome, LockError> {
         self.0.begin(request).await
@@ -890,7 +890,11 @@ impl LedgerStore for NoRenewals {
     }
 }
 
-fn effect_item(store: &DynamoDbStore, pk: &str, fence: u64) -> aws_sdk_dynamodb::types::TransactWriteItem {
+fn effect_item(
+    store: &DynamoDbStore,
+    pk: &str,
+    fence: u64,
+) -> aws_sdk_dynamodb::types::TransactWriteItem {
     aws_sdk_dynamodb::types::TransactWriteItem::builder()
         .put(
             aws_sdk_dynamodb::types::Put::builder()
@@ -950,7 +954,7 @@ async fn fenced_condition_refuses_a_stale_fence(server: Server) {
                     .update_item()
                     .table_name(store.table_name())
                     .key(store.partition_key(), AttributeValue::S(pk.clone()))
-                    .update_expression(format!("SET total = :total, {}", fenced.set_fence()))
+                    .update_expression(format!("SET row_total = :total, {}", fenced.set_fence()))
                     .expression_attribute_values(":total", AttributeValue::N(total.to_string())),
             )
             .send()
@@ -968,7 +972,7 @@ async fn fenced_condition_refuses_a_stale_fence(server: Server) {
             .unwrap()
             .item
             .unwrap();
-        (item["fence"].clone(), item["total"].clone())
+        (item["fence"].clone(), item["row_total"].clone())
     };
     let num = |v: u64| AttributeValue::N(v.to_string());
     update(9, 90).await.expect("an absent item is written");
@@ -986,7 +990,7 @@ async fn fenced_condition_refuses_a_stale_fence(server: Server) {
                     .put_item()
                     .table_name(store.table_name())
                     .item(store.partition_key(), AttributeValue::S(pk.clone()))
-                    .item("total", AttributeValue::N(total.to_string())),
+                    .item("row_total", AttributeValue::N(total.to_string())),
             )
             .send()
             .await
@@ -1012,8 +1016,9 @@ async fn fenced_condition_refuses_a_stale_fence_on_dynalite() {
 /// nothing.
 async fn success_in_a_transaction_commits_with_the_effect_or_not_at_all(server: Server) {
     let (store, _) = counted_store_with(server, "in-transaction", |b| b).await;
-    let ledger: lockstore_api::ledger::Ledger =
-        lockstore_api::ledger::Ledger::from_arc(std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>);
+    let ledger: lockstore_api::ledger::Ledger = lockstore_api::ledger::Ledger::from_arc(
+        std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>,
+    );
     let effects = common::fresh_prefix("effects");
 
     // Committed with the effect.
@@ -1036,11 +1041,10 @@ async fn success_in_a_transaction_commits_with_the_effect_or_not_at_all(server: 
     assert_eq!(effect_fence(&store, &pk).await, Some(fence));
 
     // A stale run: its lease ran out unrenewed and the key was taken over.
-    let paused: lockstore_api::ledger::Ledger =
-        lockstore_api::ledger::Ledger::from_arc(
-            std::sync::Arc::new(NoRenewals(store.clone())) as std::sync::Arc<dyn LedgerStore>,
-        );
-    let stale = started_run(&paused, "stale", Duration::from_millis(300)).await;
+    let paused: lockstore_api::ledger::Ledger = lockstore_api::ledger::Ledger::from_arc(
+        std::sync::Arc::new(NoRenewals(store.clone())) as std::sync::Arc<dyn LedgerStore>,
+    );
+    let stale = started_run(&paused, "stale", Duration::from_millis(1500)).await;
     let stale_fence = stale.fence().get();
     let give_up = Instant::now() + Duration::from_secs(60);
     let newer = loop {
@@ -1067,8 +1071,15 @@ async fn success_in_a_transaction_commits_with_the_effect_or_not_at_all(server: 
         .send()
         .await;
     let refused = success.check(reply, 1);
-    assert!(matches!(refused, Err(LockError::LeaseLost { .. })), "{refused:?}");
-    assert_eq!(effect_fence(&store, &pk).await, None, "the stale effect was written");
+    assert!(
+        matches!(refused, Err(LockError::LeaseLost { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        effect_fence(&store, &pk).await,
+        None,
+        "the stale effect was written"
+    );
     let record = ledger.get("stale").await.unwrap().unwrap();
     assert_eq!(record.status, RunStatus::Running);
     assert_eq!(record.fence, Some(newer.fence()));
@@ -1080,7 +1091,33 @@ async fn success_in_a_transaction_commits_with_the_effect_or_not_at_all_on_moto(
     success_in_a_transaction_commits_with_the_effect_or_not_at_all(Server::Moto).await;
 }
 
+/// dynalite has no `TransactWriteItems` (`COMPATIBILITY.md`): the
+/// transaction fails with a typed, permanent error, never a lease reported
+/// lost or a success recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn success_in_a_transaction_commits_with_the_effect_or_not_at_all_on_dynalite() {
-    success_in_a_transaction_commits_with_the_effect_or_not_at_all(Server::Dynalite).await;
+async fn success_in_a_transaction_is_a_typed_error_on_dynalite() {
+    let (store, _) = counted_store_with(Server::Dynalite, "in-transaction", |b| b).await;
+    let ledger: lockstore_api::ledger::Ledger = lockstore_api::ledger::Ledger::from_arc(
+        std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>,
+    );
+    let run = started_run(&ledger, "unsupported", LONG).await;
+    let success = store.succeed_item(run, None).unwrap();
+    let reply = store
+        .client()
+        .transact_write_items()
+        .transact_items(success.item().clone())
+        .send()
+        .await;
+    match success.check(reply, 0) {
+        Err(LockError::Backend {
+            retryable: false,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("UnknownOperation"), "{message}");
+        }
+        other => panic!("dynalite answered {other:?}"),
+    }
+    let record = ledger.get("unsupported").await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Running);
 }

@@ -126,14 +126,13 @@ pub async fn read_fenced<C: ConnectionLike + Send>(
         (None, None) => Ok(None),
         (Some(fence), Some(value)) => match fence.parse::<u64>() {
             Ok(fence) => Ok(Some((FencingToken::new(fence), value))),
-            Err(_) => Err(unexpected_reply(
-                &doing,
-                &redis::Value::SimpleString(fence),
-            )),
+            Err(_) => Err(unexpected_reply(&doing, &redis::Value::SimpleString(fence))),
         },
         (fence, _) => Err(unexpected_reply(
             &doing,
-            &redis::Value::SimpleString(format!("fence {fence:?} without a value or the other way round")),
+            &redis::Value::SimpleString(format!(
+                "fence {fence:?} without a value or the other way round"
+            )),
         )),
     }
 }

@@ -251,10 +251,7 @@ mod tests {
             FencedUpsert::new("t", ["k"], ["fence"]),
             FencedUpsert::new("t", ["k\""], ["v"]),
         ] {
-            assert!(matches!(
-                upsert.postgres(),
-                Err(LockError::Config { .. })
-            ));
+            assert!(matches!(upsert.postgres(), Err(LockError::Config { .. })));
         }
         assert!(fence_param(FencingToken::new(u64::MAX)).is_err());
         assert_eq!(fence_param(FencingToken::new(7)).unwrap(), 7);

@@ -201,7 +201,10 @@ macro_rules! effect_cases {
                 let harness = PostgresHarness::default();
                 let fx = $fixture(&harness).await;
                 let table = format!("rows_{}", namespace());
-                sqlx::query(&format!($table_sql, table)).execute(&fx.pool).await.unwrap();
+                sqlx::query(&format!($table_sql, table))
+                    .execute(&fx.pool)
+                    .await
+                    .unwrap();
                 let upsert = FencedUpsert::new(table.as_str(), ["day"], ["total"])
                     .schema_if(stringify!($dialect) == "postgres", TEST_SCHEMA)
                     .$upsert()
@@ -218,7 +221,10 @@ macro_rules! effect_cases {
                         == 1
                 };
                 let stored = async || -> (i64, i64) {
-                    sqlx::query_as(&format!($select, table)).fetch_one(&fx.pool).await.unwrap()
+                    sqlx::query_as(&format!($select, table))
+                        .fetch_one(&fx.pool)
+                        .await
+                        .unwrap()
                 };
                 assert!(write(5, 50).await, "an absent row is written");
                 assert!(write(9, 90).await, "a newer fence is applied");
@@ -245,7 +251,10 @@ macro_rules! effect_cases {
                     .execute(&mut *tx)
                     .await
                     .unwrap();
-                fx.store.succeed_json_in(&mut tx, run, &7_u32).await.unwrap();
+                fx.store
+                    .succeed_json_in(&mut tx, run, &7_u32)
+                    .await
+                    .unwrap();
                 // Not committed yet: neither is visible outside.
                 assert_eq!(fx.effects_of("commit").await, Vec::<i64>::new());
                 assert_eq!(
@@ -324,7 +333,11 @@ macro_rules! effect_cases {
                 let fx = $fixture(&harness).await;
                 let ledger = ledger_of(fx.store.clone());
                 for commit in [true, false] {
-                    let key = if commit { "race-commit" } else { "race-rollback" };
+                    let key = if commit {
+                        "race-commit"
+                    } else {
+                        "race-rollback"
+                    };
                     let run = started(&ledger, key, SHORT).await;
                     let fence = run.fence().get();
                     let mut tx = fx.pool.begin().await.unwrap();

@@ -78,10 +78,12 @@ impl Setup {
                 .await
                 .expect("open the SQLite ledger");
             store.ensure_schema().await.expect("ensure_schema");
-            sqlx::query("CREATE TABLE IF NOT EXISTS effects (key TEXT NOT NULL, fence INTEGER NOT NULL)")
-                .execute(store.pool())
-                .await
-                .expect("the effect table");
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS effects (key TEXT NOT NULL, fence INTEGER NOT NULL)",
+            )
+            .execute(store.pool())
+            .await
+            .expect("the effect table");
             Db::Sqlite(store)
         } else if let Some(namespace) = self.store.strip_prefix("postgres:") {
             let store = PostgresStore::builder(postgres_url())
@@ -139,14 +141,23 @@ impl Setup {
 impl Db {
     fn ledger(&self) -> Ledger {
         match self {
-            Db::Sqlite(store) => Ledger::from_arc(std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>),
-            Db::Postgres(store, _) => Ledger::from_arc(std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>),
+            Db::Sqlite(store) => Ledger::from_arc(
+                std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>
+            ),
+            Db::Postgres(store, _) => Ledger::from_arc(
+                std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>
+            ),
         }
     }
 
     /// One run of key `i`: the effect row and the success in one
     /// transaction. `Ok(true)` when committed.
-    async fn run(&self, setup: &Setup, i: usize, run: lockstore_api::ledger::RunGuard) -> Result<bool, LockError> {
+    async fn run(
+        &self,
+        setup: &Setup,
+        i: usize,
+        run: lockstore_api::ledger::RunGuard,
+    ) -> Result<bool, LockError> {
         let key = key(i);
         let fence = run.fence().get() as i64;
         let failed = |err: sqlx::Error| LockError::retryable("test", "effect transaction", err);
@@ -160,20 +171,26 @@ impl Db {
                     .await
                     .map_err(failed)?;
                 setup.hang_if_marked(i, BEFORE_FINISH).await;
-                store.succeed_in(&mut tx, run, Some(fence.to_string().into_bytes())).await?;
+                store
+                    .succeed_in(&mut tx, run, Some(fence.to_string().into_bytes()))
+                    .await?;
                 setup.hang_if_marked(i, BEFORE_COMMIT).await;
                 tx.commit().await.map_err(failed)?;
             }
             Db::Postgres(store, effects) => {
                 let mut tx = store.pool().begin().await.map_err(failed)?;
-                sqlx::query(&format!("INSERT INTO {effects} (key, fence) VALUES ($1, $2)"))
-                    .bind(&key)
-                    .bind(fence)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed)?;
+                sqlx::query(&format!(
+                    "INSERT INTO {effects} (key, fence) VALUES ($1, $2)"
+                ))
+                .bind(&key)
+                .bind(fence)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
                 setup.hang_if_marked(i, BEFORE_FINISH).await;
-                store.succeed_in(&mut tx, run, Some(fence.to_string().into_bytes())).await?;
+                store
+                    .succeed_in(&mut tx, run, Some(fence.to_string().into_bytes()))
+                    .await?;
                 setup.hang_if_marked(i, BEFORE_COMMIT).await;
                 tx.commit().await.map_err(failed)?;
             }
@@ -338,7 +355,10 @@ async fn kill_workers(name: &str, store: String, dir: &Path) -> Result<String, S
         if record.status != RunStatus::Succeeded {
             return Err(format!("{key} ended {}", record.status));
         }
-        let fence = record.fence.expect("a succeeded record keeps its fence").get();
+        let fence = record
+            .fence
+            .expect("a succeeded record keeps its fence")
+            .get();
         let effects = db.effects_of(&key).await;
         if effects != [fence as i64] {
             return Err(format!(
@@ -349,7 +369,10 @@ async fn kill_workers(name: &str, store: String, dir: &Path) -> Result<String, S
             return Err(format!("{key}: result {:?}, fence {fence}", record.result));
         }
         if matches!(i % EVERY, BEFORE_FINISH | BEFORE_COMMIT) && record.attempts < 2 {
-            return Err(format!("{key}: killed mid-run but {} attempt", record.attempts));
+            return Err(format!(
+                "{key}: killed mid-run but {} attempt",
+                record.attempts
+            ));
         }
         if record.attempts > 1 {
             twice_begun += 1;

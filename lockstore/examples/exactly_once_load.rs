@@ -65,7 +65,10 @@ pub async fn load(
     crash: bool,
 ) -> Result<Load, Box<dyn std::error::Error>> {
     let options = RunOptions::new(LEASE);
-    let run = match ledger.begin(format!("load/{day}").as_str(), &options).await? {
+    let run = match ledger
+        .begin(format!("load/{day}").as_str(), &options)
+        .await?
+    {
         Begin::Started(run) => run,
         _ => return Ok(Load::Skipped),
     };
@@ -154,11 +157,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = SqliteStore::open(&path.to_string_lossy()).await?;
     store.ensure_schema().await?;
     ensure_warehouse(&store).await?;
-    let ledger = Ledger::from_arc(std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>);
+    let ledger =
+        Ledger::from_arc(std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>);
     let day = "2026-11-23";
-    println!("first worker:  {:?}", load(&store, &ledger, day, true).await?);
-    println!("second worker: {:?}", load_until_done(&store, &ledger, day).await?);
-    println!("rerun:         {:?}", load(&store, &ledger, day, false).await?);
+    println!(
+        "first worker:  {:?}",
+        load(&store, &ledger, day, true).await?
+    );
+    println!(
+        "second worker: {:?}",
+        load_until_done(&store, &ledger, day).await?
+    );
+    println!(
+        "rerun:         {:?}",
+        load(&store, &ledger, day, false).await?
+    );
     let (rows, fences) = loaded(&store, day).await?;
     let record = ledger.get(format!("load/{day}").as_str()).await?;
     println!(
@@ -181,15 +194,22 @@ mod tests {
         let store = SqliteStore::open(&path.to_string_lossy()).await.unwrap();
         store.ensure_schema().await.unwrap();
         ensure_warehouse(&store).await.unwrap();
-        let ledger = Ledger::from_arc(std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>);
+        let ledger =
+            Ledger::from_arc(std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>);
         let day = "2026-11-23";
-        assert_eq!(load(&store, &ledger, day, true).await.unwrap(), Load::Crashed);
+        assert_eq!(
+            load(&store, &ledger, day, true).await.unwrap(),
+            Load::Crashed
+        );
         assert_eq!(loaded(&store, day).await.unwrap().0, 0);
         let Load::Loaded { rows, fence } = load_until_done(&store, &ledger, day).await.unwrap()
         else {
             panic!("the second worker did not load");
         };
-        assert_eq!(load(&store, &ledger, day, false).await.unwrap(), Load::Skipped);
+        assert_eq!(
+            load(&store, &ledger, day, false).await.unwrap(),
+            Load::Skipped
+        );
         let record = ledger
             .get(format!("load/{day}").as_str())
             .await

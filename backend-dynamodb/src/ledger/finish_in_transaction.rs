@@ -43,9 +43,11 @@
 //! expires (it is not renewed after `succeed_item`), then it is taken over
 //! as after a crash.
 //!
-//! Emulators: moto and dynalite both run `TransactWriteItems` with
-//! condition checks (the suite's `succeed_item` tests run on both);
-//! DynamoDB Local does too.
+//! Emulators: moto runs `TransactWriteItems` with condition checks and
+//! cancellation reasons (the tests run there); dynalite has no
+//! `TransactWriteItems` at all and answers `UnknownOperationException`,
+//! which `check` reports as a permanent backend error (tested too).
+//! DynamoDB Local supports transactions.
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::{
@@ -171,7 +173,10 @@ impl DynamoDbStore {
         let mut remove = lx::REMOVE_LEASE.to_owned();
         match result {
             Some(bytes) => {
-                values.push(":result", aws_sdk_dynamodb::types::AttributeValue::B(Blob::new(bytes)));
+                values.push(
+                    ":result",
+                    aws_sdk_dynamodb::types::AttributeValue::B(Blob::new(bytes)),
+                );
                 update.push_str(", #exec_result = :result");
             }
             None => remove.push_str(", #exec_result"),
