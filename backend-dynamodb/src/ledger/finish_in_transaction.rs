@@ -4,7 +4,7 @@
 //!
 //! [`DynamoDbStore::succeed_item`] takes the run out of its guard
 //! ([`RunGuard::detach`]: its lease is no longer renewed) and gives the
-//! `Update` that [`LedgerStore::finish`] would send for its success, with
+//! `Update` that [`LedgerStore::finish`](lockstore_api::ledger::LedgerStore::finish) would send for its success, with
 //! the same condition — the record is still `running` under the run's
 //! lease id — as a [`TransactWriteItem`]. Add it to the transaction that
 //! writes the effects; [`RunSuccessItem::check`] reads the reply:
