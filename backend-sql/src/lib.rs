@@ -36,6 +36,10 @@
 //! * `sql/` — the statements: `sql/<dialect>/` for locks, `sql/ledger/` for
 //!   the ledger (shared text with `{now}` and fence placeholders, plus a file
 //!   per dialect where the two cannot share one).
+//! * [`finish_in_transaction`] — a run's success written by the caller's
+//!   own transaction (`succeed_in`), so effect and record commit together;
+//!   [`fenced_write`] — an upsert of the caller's table that refuses a
+//!   stale fence, in both dialects.
 //! * `shared.rs` — rows to outcomes, in-process wake-ups, error mapping;
 //!   `ident.rs` — validated, quoted table and schema names.
 //!
