@@ -187,9 +187,10 @@ impl Sqlite {
     }
 }
 
-/// The cases, once per dialect: `$fixture` is an expression giving a
-/// fixture with `store`, `pool`, `effects_of`, `insert_sql` and
-/// `wait_for_a_blocked_begin`; `$upsert` renders a [`FencedUpsert`].
+/// The cases, once per dialect: `$fixture` makes a fixture with `store`,
+/// `pool`, `own_store`, `effects_of`, `insert_sql`, `blocker` and
+/// `wait_for_a_blocked_begin`; `$upsert` renders a [`FencedUpsert`] in the
+/// dialect; `$table_sql` and `$select` make and read its table.
 macro_rules! effect_cases {
     ($dialect:ident, $fixture:expr, $upsert:ident, $table_sql:literal, $select:literal) => {
         mod $dialect {
@@ -197,7 +198,6 @@ macro_rules! effect_cases {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn fenced_upsert_refuses_a_stale_fence_and_applies_a_newer_one() {
-                #[allow(unused_variables)]
                 let harness = PostgresHarness::default();
                 let fx = $fixture(&harness).await;
                 let table = format!("rows_{}", namespace());
@@ -238,7 +238,6 @@ macro_rules! effect_cases {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn success_in_the_callers_transaction_commits_with_its_rows() {
-                #[allow(unused_variables)]
                 let harness = PostgresHarness::default();
                 let fx = $fixture(&harness).await;
                 let ledger = ledger_of(fx.store.clone());
@@ -277,7 +276,6 @@ macro_rules! effect_cases {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_stale_transaction_commits_nothing() {
-                #[allow(unused_variables)]
                 let harness = PostgresHarness::default();
                 let fx = $fixture(&harness).await;
                 let ledger = ledger_of(fx.store.clone());
@@ -328,7 +326,6 @@ macro_rules! effect_cases {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_takeover_racing_an_open_transaction_never_commits_beside_it() {
-                #[allow(unused_variables)]
                 let harness = PostgresHarness::default();
                 let fx = $fixture(&harness).await;
                 let ledger = ledger_of(fx.store.clone());
