@@ -162,6 +162,9 @@ use crate::{BACKEND, DynamoDbStore};
 
 type Item = std::collections::HashMap<String, AttributeValue>;
 
+pub mod finish_in_transaction;
+pub use finish_in_transaction::RunSuccessItem;
+
 /// How many index partitions each status is spread over.
 pub const LEDGER_SHARDS: u32 = 4;
 

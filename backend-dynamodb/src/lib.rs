@@ -188,6 +188,7 @@ mod error;
 mod expressions;
 #[doc = include_str!("../COMPATIBILITY.md")]
 pub mod compatibility {}
+pub mod fenced_write;
 pub mod layout;
 pub mod ledger;
 mod ledger_expressions;

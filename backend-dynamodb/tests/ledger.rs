@@ -841,3 +841,283 @@ async fn an_oversized_result_is_a_typed_error_before_any_request() {
         .unwrap();
     assert_eq!(done, FinishOutcome::Finished(RunStatus::Succeeded));
 }
+
+// ------------------------------------------------- exactly-once effects
+
+/// A ledger store whose renewals are never sent: the run's lease runs out
+/// on the server while its guard is still held, as a paused worker's does.
+#[derive(Debug)]
+struct NoRenewals(DynamoDbStore);
+
+#[lockstore_api::async_trait]
+impl LedgerStore for NoRenewals {
+    fn backend_name(&self) -> &'static str {
+        LedgerStore::backend_name(&self.0)
+    }
+    async fn begin(&self, request: &BeginRequest) -> Result<BeginOutcome, LockError> {
+        self.0.begin(request).await
+    }
+    async fn renew_run(&self, _: &LockKey, _: LeaseId, _: Ttl) -> Result<RenewOutcome, LockError> {
+        Ok(RenewOutcome::Renewed)
+    }
+    async fn finish(&self, request: &FinishRequest) -> Result<FinishOutcome, LockError> {
+        self.0.finish(request).await
+    }
+    async fn get(
+        &self,
+        key: &LockKey,
+    ) -> Result<Option<lockstore_api::ledger::RunRecord>, LockError> {
+        self.0.get(key).await
+    }
+    async fn enqueue(
+        &self,
+        key: &LockKey,
+        hash: Option<&lockstore_api::ledger::RequestHash>,
+    ) -> Result<EnqueueOutcome, LockError> {
+        self.0.enqueue(key, hash).await
+    }
+    async fn retry(&self, key: &LockKey) -> Result<RetryOutcome, LockError> {
+        self.0.retry(key).await
+    }
+    async fn query(
+        &self,
+        query: &lockstore_api::ledger::RunQuery,
+    ) -> Result<lockstore_api::ledger::RunPage, LockError> {
+        self.0.query(query).await
+    }
+    async fn purge(&self, older_than: Duration) -> Result<u64, LockError> {
+        self.0.purge(older_than).await
+    }
+}
+
+fn effect_item(
+    store: &DynamoDbStore,
+    pk: &str,
+    fence: u64,
+) -> aws_sdk_dynamodb::types::TransactWriteItem {
+    aws_sdk_dynamodb::types::TransactWriteItem::builder()
+        .put(
+            aws_sdk_dynamodb::types::Put::builder()
+                .table_name(store.table_name())
+                .item(store.partition_key(), AttributeValue::S(pk.to_owned()))
+                .item("effect_fence", AttributeValue::N(fence.to_string()))
+                .build()
+                .unwrap(),
+        )
+        .build()
+}
+
+async fn effect_fence(store: &DynamoDbStore, pk: &str) -> Option<u64> {
+    let item = store
+        .client()
+        .get_item()
+        .table_name(store.table_name())
+        .key(store.partition_key(), AttributeValue::S(pk.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item?;
+    match item.get("effect_fence") {
+        Some(AttributeValue::N(n)) => Some(n.parse().unwrap()),
+        other => panic!("effect item without a fence: {other:?}"),
+    }
+}
+
+async fn started_run(
+    ledger: &lockstore_api::ledger::Ledger,
+    key: &str,
+    ttl: Duration,
+) -> lockstore_api::ledger::RunGuard {
+    match ledger
+        .begin(key, &lockstore_api::ledger::RunOptions::new(ttl))
+        .await
+        .unwrap()
+    {
+        lockstore_api::ledger::Begin::Started(run) => run,
+        other => panic!("{key} did not start: {other:?}"),
+    }
+}
+
+/// The fenced-write condition on an item of the caller's: an absent item
+/// and a higher fence are written; the same or a lower fence is refused.
+async fn fenced_condition_refuses_a_stale_fence(server: Server) {
+    use lockstore_dynamodb::fenced_write::{FencedCondition, is_stale_put, is_stale_update};
+    let (store, _) = counted_store_with(server, "fenced-write", |b| b).await;
+    let pk = format!("{}/report", common::fresh_prefix("fenced-data"));
+    let update = async |fence: u64, total: u64| {
+        let fenced = FencedCondition::new(lockstore_api::FencingToken::new(fence));
+        fenced
+            .update(
+                store
+                    .client()
+                    .update_item()
+                    .table_name(store.table_name())
+                    .key(store.partition_key(), AttributeValue::S(pk.clone()))
+                    .update_expression(format!("SET row_total = :total, {}", fenced.set_fence()))
+                    .expression_attribute_values(":total", AttributeValue::N(total.to_string())),
+            )
+            .send()
+            .await
+    };
+    let stored = async || {
+        let item = store
+            .client()
+            .get_item()
+            .table_name(store.table_name())
+            .key(store.partition_key(), AttributeValue::S(pk.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap();
+        (item["fence"].clone(), item["row_total"].clone())
+    };
+    let num = |v: u64| AttributeValue::N(v.to_string());
+    update(9, 90).await.expect("an absent item is written");
+    assert!(is_stale_update(&update(5, 50).await.unwrap_err()));
+    assert!(is_stale_update(&update(9, 99).await.unwrap_err()));
+    assert_eq!(stored().await, (num(9), num(90)));
+    update(10, 100).await.expect("a higher fence is applied");
+    assert_eq!(stored().await, (num(10), num(100)));
+    // The same through PutItem.
+    let put = async |fence: u64, total: u64| {
+        FencedCondition::new(lockstore_api::FencingToken::new(fence))
+            .put(
+                store
+                    .client()
+                    .put_item()
+                    .table_name(store.table_name())
+                    .item(store.partition_key(), AttributeValue::S(pk.clone()))
+                    .item("row_total", AttributeValue::N(total.to_string())),
+            )
+            .send()
+            .await
+    };
+    assert!(is_stale_put(&put(10, 1).await.unwrap_err()));
+    put(11, 110).await.expect("a higher fence is applied");
+    assert_eq!(stored().await, (num(11), num(110)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_condition_refuses_a_stale_fence_on_moto() {
+    fenced_condition_refuses_a_stale_fence(Server::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_condition_refuses_a_stale_fence_on_dynalite() {
+    fenced_condition_refuses_a_stale_fence(Server::Dynalite).await;
+}
+
+/// A run's success as an item of the caller's `TransactWriteItems`: it
+/// commits with the caller's write; a stale run's transaction (the key was
+/// taken over meanwhile) is cancelled whole, with `LeaseLost`, and writes
+/// nothing.
+async fn success_in_a_transaction_commits_with_the_effect_or_not_at_all(server: Server) {
+    let (store, _) = counted_store_with(server, "in-transaction", |b| b).await;
+    let ledger: lockstore_api::ledger::Ledger = lockstore_api::ledger::Ledger::from_arc(
+        std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>,
+    );
+    let effects = common::fresh_prefix("effects");
+
+    // Committed with the effect.
+    let run = started_run(&ledger, "commit", LONG).await;
+    let fence = run.fence().get();
+    let pk = format!("{effects}/commit");
+    let success = store.succeed_item(run, Some(b"7".to_vec())).unwrap();
+    let reply = store
+        .client()
+        .transact_write_items()
+        .transact_items(effect_item(&store, &pk, fence))
+        .transact_items(success.item().clone())
+        .send()
+        .await;
+    success.check(reply, 1).unwrap();
+    let record = ledger.get("commit").await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Succeeded);
+    assert_eq!(record.result.as_deref(), Some(&b"7"[..]));
+    assert_eq!(record.fence.unwrap().get(), fence);
+    assert_eq!(effect_fence(&store, &pk).await, Some(fence));
+
+    // A stale run: its lease ran out unrenewed and the key was taken over.
+    let paused: lockstore_api::ledger::Ledger = lockstore_api::ledger::Ledger::from_arc(
+        std::sync::Arc::new(NoRenewals(store.clone())) as std::sync::Arc<dyn LedgerStore>,
+    );
+    let stale = started_run(&paused, "stale", Duration::from_millis(1500)).await;
+    let stale_fence = stale.fence().get();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let newer = loop {
+        match ledger
+            .begin("stale", &lockstore_api::ledger::RunOptions::new(LONG))
+            .await
+            .unwrap()
+        {
+            lockstore_api::ledger::Begin::Started(run) => break run,
+            lockstore_api::ledger::Begin::Running(_) if Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("not taken over: {other:?}"),
+        }
+    };
+    assert!(newer.fence().get() > stale_fence);
+    let pk = format!("{effects}/stale");
+    let success = store.succeed_item(stale, None).unwrap();
+    let reply = store
+        .client()
+        .transact_write_items()
+        .transact_items(effect_item(&store, &pk, stale_fence))
+        .transact_items(success.item().clone())
+        .send()
+        .await;
+    let refused = success.check(reply, 1);
+    assert!(
+        matches!(refused, Err(LockError::LeaseLost { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        effect_fence(&store, &pk).await,
+        None,
+        "the stale effect was written"
+    );
+    let record = ledger.get("stale").await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Running);
+    assert_eq!(record.fence, Some(newer.fence()));
+    newer.succeed(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_in_a_transaction_commits_with_the_effect_or_not_at_all_on_moto() {
+    success_in_a_transaction_commits_with_the_effect_or_not_at_all(Server::Moto).await;
+}
+
+/// dynalite has no `TransactWriteItems` (`COMPATIBILITY.md`): the
+/// transaction fails with a typed, permanent error, never a lease reported
+/// lost or a success recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_in_a_transaction_is_a_typed_error_on_dynalite() {
+    let (store, _) = counted_store_with(Server::Dynalite, "in-transaction", |b| b).await;
+    let ledger: lockstore_api::ledger::Ledger = lockstore_api::ledger::Ledger::from_arc(
+        std::sync::Arc::new(store.clone()) as std::sync::Arc<dyn LedgerStore>,
+    );
+    let run = started_run(&ledger, "unsupported", LONG).await;
+    let success = store.succeed_item(run, None).unwrap();
+    let reply = store
+        .client()
+        .transact_write_items()
+        .transact_items(success.item().clone())
+        .send()
+        .await;
+    match success.check(reply, 0) {
+        Err(LockError::Backend {
+            retryable: false,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("UnknownOperation"), "{message}");
+        }
+        other => panic!("dynalite answered {other:?}"),
+    }
+    let record = ledger.get("unsupported").await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Running);
+}

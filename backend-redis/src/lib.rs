@@ -245,12 +245,22 @@
 //! keys of other nodes' slots with `MOVED`, reported as a
 //! [`LockError::Config`](lockstore_api::LockError::Config) that says to use
 //! a `redis+cluster://` URL.
+//!
+//! # Fenced writes
+//!
+//! [`fenced_write::fenced_set`] writes a value of yours only if the fence
+//! stored beside it is lower than the writer's, in one script call (one
+//! key, so on a cluster too). Redis has no transaction that spans your
+//! writes and a run's record, so the ledger's success cannot commit with
+//! them as on the SQL stores and DynamoDB; the fenced write is what keeps a
+//! superseded run's effect out.
 
 #![forbid(unsafe_code)]
 
 mod config;
 mod connection;
 mod error;
+pub mod fenced_write;
 pub mod ledger;
 mod notify;
 mod scripts;

@@ -246,3 +246,12 @@ async fn braces_in_the_prefix_are_refused_and_retention_is_clamped() {
         ReleaseOutcome::Released
     );
 }
+
+/// `fenced_write::fenced_set` refuses a stale fence and applies a newer one,
+/// in one script call on the data's own key (no key prefix).
+#[tokio::test]
+async fn fenced_set_refuses_a_stale_fence_and_applies_a_newer_one() {
+    let store = common::store("fenced-set").await;
+    let key = format!("{}report", common::fresh_prefix("fenced-data"));
+    common::fenced_set_refuses_stale_fences(&mut store.connection(), &key).await;
+}

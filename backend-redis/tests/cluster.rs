@@ -307,3 +307,14 @@ async fn a_one_node_url_on_a_cluster_says_how_to_name_the_cluster() {
         clustered.release(&key, lease).await.unwrap();
     }
 }
+
+/// The fenced write is one key (value and fence in one hash), so it runs on
+/// a cluster unchanged: here on keys of several slots.
+#[tokio::test]
+async fn fenced_set_refuses_stale_fences_on_a_cluster() {
+    let store = ClusterHarness.connect("fenced-set").await;
+    for i in 0..3 {
+        let key = format!("lockstore-test:fenced:{:016x}:{i}", rand::random::<u64>());
+        common::fenced_set_refuses_stale_fences(&mut store.connection(), &key).await;
+    }
+}

@@ -36,6 +36,10 @@
 //! * `sql/` — the statements: `sql/<dialect>/` for locks, `sql/ledger/` for
 //!   the ledger (shared text with `{now}` and fence placeholders, plus a file
 //!   per dialect where the two cannot share one).
+//! * [`finish_in_transaction`] — a run's success written by the caller's
+//!   own transaction (`succeed_in`), so effect and record commit together;
+//!   [`fenced_write`] — an upsert of the caller's table that refuses a
+//!   stale fence, in both dialects.
 //! * `shared.rs` — rows to outcomes, in-process wake-ups, error mapping;
 //!   `ident.rs` — validated, quoted table and schema names.
 //!
@@ -148,6 +152,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod fenced_write;
+pub mod finish_in_transaction;
 mod ident;
 mod ledger;
 mod lock;
@@ -163,6 +169,10 @@ pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
+
+/// The `sqlx` this crate is built on: `succeed_in` takes its connections
+/// and transactions.
+pub use sqlx;
 
 /// Default names, for migrations written by hand.
 pub mod defaults {

@@ -18,6 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
+use crate::finish_in_transaction::impl_finish_in_transaction;
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::lock::impl_lock_store;
@@ -472,6 +473,7 @@ impl PostgresStore {
 }
 
 impl_ledger_store!(PostgresStore, BACKEND, classify);
+impl_finish_in_transaction!(PostgresStore, sqlx::PgConnection, classify);
 
 // ---------------------------------------------------------------- listener
 

@@ -20,6 +20,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::finish_in_transaction::impl_finish_in_transaction;
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::lock::impl_lock_store;
@@ -439,6 +440,7 @@ impl SqliteStore {
 }
 
 impl_ledger_store!(SqliteStore, BACKEND, classify);
+impl_finish_in_transaction!(SqliteStore, sqlx::SqliteConnection, classify);
 
 // ---------------------------------------------------------------- errors
 

@@ -8,6 +8,13 @@
 //! paused clock. Swapping in `PostgresStore`, `RedisStore` or
 //! `DynamoDbStore` changes only `main`.
 //!
+//! The date runs at most once *successfully*; a worker that loads and dies
+//! before the ledger records it is taken over, and loads again (the
+//! warehouse's fence check keeps only the newer load). Where the rows live
+//! in the ledger's database, `exactly_once_load` writes them and the run's
+//! success in one transaction, so a crash between load and finish can no
+//! longer load twice.
+//!
 //! ```text
 //! cargo run -p lockstore --example nightly_etl --features sqlite [database-file]
 //! ```

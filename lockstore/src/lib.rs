@@ -263,7 +263,9 @@ pub mod dynamodb {
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres {
-    pub use lockstore_sql::{PostgresStore, PostgresStoreBuilder, defaults};
+    pub use lockstore_sql::{
+        PostgresStore, PostgresStoreBuilder, defaults, fenced_write, finish_in_transaction, sqlx,
+    };
 }
 
 /// The SQLite backend (feature `sqlite`), the embedded default: one file
@@ -271,7 +273,9 @@ pub mod postgres {
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite {
-    pub use lockstore_sql::{SqliteStore, SqliteStoreBuilder};
+    pub use lockstore_sql::{
+        SqliteStore, SqliteStoreBuilder, fenced_write, finish_in_transaction, sqlx,
+    };
 }
 
 /// The Redis backend (feature `redis`), one server or a Redis Cluster. What

@@ -230,3 +230,50 @@ fn parse_command(buf: &[u8]) -> Option<(String, usize)> {
     }
     Some((name, at))
 }
+
+/// The fenced write's promise on `conn`: an absent key and a higher fence
+/// are written; the same or a lower fence is refused and changes nothing.
+pub async fn fenced_set_refuses_stale_fences<C>(conn: &mut C, key: &str)
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    use lockstore_api::FencingToken;
+    use lockstore_redis::fenced_write::{FencedSet, fenced_set, read_fenced};
+    let token = FencingToken::new;
+    assert_eq!(read_fenced(conn, key).await.unwrap(), None);
+    assert_eq!(
+        fenced_set(conn, key, token(9), b"nine").await.unwrap(),
+        FencedSet::Applied
+    );
+    assert_eq!(
+        fenced_set(conn, key, token(5), b"five").await.unwrap(),
+        FencedSet::Stale { stored: token(9) }
+    );
+    assert_eq!(
+        fenced_set(conn, key, token(9), b"again").await.unwrap(),
+        FencedSet::Stale { stored: token(9) }
+    );
+    assert_eq!(
+        read_fenced(conn, key).await.unwrap(),
+        Some((token(9), b"nine".to_vec()))
+    );
+    // Compared as numbers, not text ("10" < "9" as text), and beyond a
+    // Lua double's 2^53.
+    assert_eq!(
+        fenced_set(conn, key, token(10), b"ten").await.unwrap(),
+        FencedSet::Applied
+    );
+    let (high, higher) = (token(u64::MAX - 1), token(u64::MAX));
+    assert_eq!(
+        fenced_set(conn, key, higher, b"max").await.unwrap(),
+        FencedSet::Applied
+    );
+    assert_eq!(
+        fenced_set(conn, key, high, b"max-1").await.unwrap(),
+        FencedSet::Stale { stored: higher }
+    );
+    assert_eq!(
+        read_fenced(conn, key).await.unwrap(),
+        Some((higher, b"max".to_vec()))
+    );
+}

@@ -883,10 +883,7 @@ impl RunGuard {
     /// As [`RunGuard::succeed`], and [`LockError::InvalidArgument`] when
     /// `result` does not serialise.
     pub async fn succeed_json<T: Serialize>(self, result: &T) -> Result<(), LockError> {
-        let bytes = serde_json::to_vec(result).map_err(|err| LockError::InvalidArgument {
-            name: "result",
-            reason: format!("the result does not serialise as JSON: {err}"),
-        })?;
+        let bytes = result_json(result)?;
         self.succeed(Some(bytes)).await
     }
 
@@ -941,12 +938,111 @@ impl RunGuard {
         }
     }
 
+    /// Takes the run out of its guard, to be finished by a write of the
+    /// caller's own transaction (a backend's `succeed_in`, or a DynamoDB
+    /// `TransactWriteItems` item) instead of a request of its own.
+    ///
+    /// From here on the run's lease is **no longer renewed**, and nothing is
+    /// sent when the [`DetachedRun`] is dropped: the run ends by the
+    /// transaction's finish if it commits, or else by its lease running out
+    /// (the next `begin` then takes it over, as after a crash). The finish
+    /// is conditioned on the run's lease id exactly as [`RunGuard::succeed`]
+    /// is, so a run taken over in the meantime is refused, never recorded.
+    pub fn detach(mut self) -> DetachedRun {
+        let guard = self
+            .guard
+            .take()
+            .expect("the guard is only taken when the run guard is consumed");
+        // Before the guard goes: its release must not fail the run.
+        self.keeper.mark_finished();
+        DetachedRun {
+            key: guard.key().clone(),
+            lease_id: guard.lease_id(),
+            fence: guard.fence(),
+            attempt: self.attempt,
+        }
+    }
+
     /// After a lost lease the record is either someone else's or expired:
     /// nothing to fail, and nothing to send.
     async fn abandon_after_loss(mut self) {
         self.keeper.mark_finished();
         self.guard.take();
     }
+}
+
+/// A run taken out of its [`RunGuard`] by [`RunGuard::detach`], to be
+/// finished inside the caller's own transaction: the business write and the
+/// run's success commit together, or neither does.
+///
+/// It holds what the finish is conditioned on (the key and the run's lease
+/// id) and the run's fence. Its lease is not renewed; dropping it sends
+/// nothing (an uncommitted finish leaves the run to its lease, and the next
+/// `begin` takes it over once the lease has expired).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetachedRun {
+    key: LockKey,
+    lease_id: LeaseId,
+    fence: FencingToken,
+    attempt: u32,
+}
+
+impl DetachedRun {
+    /// The run's key.
+    pub fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    /// The run's secret lease id: the finish is conditioned on it.
+    pub fn lease_id(&self) -> LeaseId {
+        self.lease_id
+    }
+
+    /// The run's fencing token.
+    pub fn fence(&self) -> FencingToken {
+        self.fence
+    }
+
+    /// Which attempt the run is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The request that records the run's success with `result`, for a
+    /// backend to write inside the caller's transaction.
+    ///
+    /// # Errors
+    /// [`LockError::ResultTooLarge`] (nothing is written).
+    pub fn succeeded(&self, result: Option<Vec<u8>>) -> Result<FinishRequest, LockError> {
+        let finish = Finish::Succeeded { result };
+        finish.validate()?;
+        Ok(FinishRequest {
+            key: self.key.clone(),
+            lease_id: self.lease_id,
+            finish,
+        })
+    }
+
+    /// The error a refused finish means: another run took the key over (or
+    /// an operator changed its record), and the caller must roll back.
+    pub fn lease_lost(&self) -> LockError {
+        LockError::LeaseLost {
+            key: self.key.clone(),
+            fence: self.fence,
+        }
+    }
+}
+
+/// A result serialised as JSON, for the transactional finishes of the
+/// backends (`succeed_json_in` and the like).
+///
+/// # Errors
+/// [`LockError::InvalidArgument`] when `result` does not serialise.
+pub fn result_json<T: Serialize>(result: &T) -> Result<Vec<u8>, LockError> {
+    serde_json::to_vec(result).map_err(|err| LockError::InvalidArgument {
+        name: "result",
+        reason: format!("the result does not serialise as JSON: {err}"),
+    })
 }
 
 impl Drop for RunGuard {

@@ -40,6 +40,19 @@
 //! project's `CONTRACT.md`; the conformance suite checks every backend
 //! against it.
 //!
+//! # Exactly-once effects
+//!
+//! The ledger promises that a key *succeeds* at most once; the work can
+//! still run twice when a worker writes its effect and dies before it
+//! records success. Where the effect lives in the ledger's own database,
+//! finish the run inside the transaction that writes it:
+//! [`RunGuard::detach`] takes the run out of its guard, and the backends
+//! write its success through the caller's transaction (`succeed_in` on
+//! PostgreSQL and SQLite, a `TransactWriteItems` item on DynamoDB), so
+//! effect and record commit together or not at all. Elsewhere, pass
+//! [`RunGuard::fence`] to the resource and let it refuse stale fences (each
+//! backend crate's `fenced_write` module has a one-request helper).
+//!
 //! # The layers
 //!
 //! * [`LedgerStore`] — the transitions a backend implements, each one
@@ -74,7 +87,9 @@ mod consumer;
 mod record;
 mod store;
 
-pub use client::{Begin, Ledger, RunFailure, RunGuard, RunOnce, RunOptions};
+pub use client::{
+    Begin, DetachedRun, Ledger, RunFailure, RunGuard, RunOnce, RunOptions, result_json,
+};
 pub use consumer::{BatchReport, IdempotentConsumer, Message, Processed};
 pub use record::{
     ERROR_HISTORY, MAX_ATTEMPTS, MAX_ERROR_BYTES, MAX_RESULT_BYTES, RequestHash, RunError,
