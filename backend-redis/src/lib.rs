@@ -254,6 +254,7 @@ mod error;
 pub mod ledger;
 mod notify;
 mod scripts;
+mod semaphore;
 mod store;
 
 pub use config::{

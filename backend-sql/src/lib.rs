@@ -151,6 +151,7 @@
 mod ident;
 mod ledger;
 mod lock;
+mod semaphore;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod shared;

@@ -22,6 +22,7 @@ use sqlx::sqlite::{
 
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
+use crate::semaphore::{SemaphoreStatements, impl_semaphore_store};
 use crate::lock::impl_lock_store;
 use crate::shared::{DbErrorKind, ErrorContext, Waiters};
 
@@ -77,6 +78,8 @@ struct Inner {
     sql: Statements,
     /// The execution ledger's statements (`<table>_runs`).
     ledger: LedgerStatements,
+    /// The semaphores' statements (`<table>_semaphores`).
+    semaphore: SemaphoreStatements,
     errors: ErrorContext,
     waiters: Arc<Waiters>,
 }
@@ -207,6 +210,11 @@ impl SqliteStoreBuilder {
                 table: table.quoted(),
                 sql: Statements::render(&table),
                 ledger: LedgerStatements::sqlite(
+                    &table,
+                    &table.with_suffix("_fence").quoted(),
+                    sql::NOW_MS,
+                ),
+                semaphore: SemaphoreStatements::sqlite(
                     &table,
                     &table.with_suffix("_fence").quoted(),
                     sql::NOW_MS,
@@ -385,6 +393,16 @@ impl SqliteStore {
 }
 
 impl_lock_store!(SqliteStore, BACKEND, classify);
+
+impl SqliteStore {
+    /// SQLite cannot tell other processes: waiters of this process are
+    /// woken after the release (`waiters()`), others poll.
+    fn semaphore_notify(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl_semaphore_store!(SqliteStore, BACKEND, classify);
 
 // ---------------------------------------------------------------- ledger
 

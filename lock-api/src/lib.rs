@@ -26,6 +26,9 @@
 //!   background, [`LockClient::with_lock`], and bare leases.
 //! * [`ledger`] — the execution ledger ("run once") on the same backends:
 //!   [`ledger::LedgerStore`] for backends, [`ledger::Ledger`] for callers.
+//! * [`semaphore`] — at most N leased, fenced permits per key:
+//!   [`semaphore::SemaphoreStore`] for backends, [`semaphore::Semaphore`]
+//!   for callers.
 //! * [`schedule`] — a scheduled job that fires on every replica runs once
 //!   per tick ([`LockClient::run_tick`]).
 //!
@@ -57,6 +60,7 @@ mod key;
 mod lease;
 pub mod ledger;
 pub mod schedule;
+pub mod semaphore;
 mod store;
 #[cfg(test)]
 mod test_store;
