@@ -71,7 +71,11 @@ impl SemaphoreStore for MemoryStore {
         let mut state = self.state();
         state.tick(now);
         let next_fence = state.last_fence + 1;
-        let sem = state.semaphores.keys.entry(request.key.clone()).or_default();
+        let sem = state
+            .semaphores
+            .keys
+            .entry(request.key.clone())
+            .or_default();
         sem.drop_expired(now);
         let limit = request.limit.get();
         if sem.permits.is_empty() {
@@ -84,7 +88,11 @@ impl SemaphoreStore for MemoryStore {
             });
         }
         let expires_at = now + request.ttl.as_duration();
-        if let Some(own) = sem.permits.iter_mut().find(|held| held.id == request.permit_id) {
+        if let Some(own) = sem
+            .permits
+            .iter_mut()
+            .find(|held| held.id == request.permit_id)
+        {
             // The same permit asking again (a retried request): refresh it.
             own.expires_at = expires_at;
             return Ok(PermitOutcome::Granted { fence: own.fence });

@@ -162,7 +162,7 @@ fn parse_acquire(reply: &Value) -> Option<Acquired> {
 }
 
 fn parse_permits(limit: &Value, holders: &[Value]) -> Option<Permits> {
-    if holders.len() % 3 != 0 {
+    if !holders.len().is_multiple_of(3) {
         return None;
     }
     let holders = holders

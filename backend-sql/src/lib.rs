@@ -151,9 +151,9 @@
 mod ident;
 mod ledger;
 mod lock;
-mod semaphore;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod semaphore;
 mod shared;
 #[cfg(feature = "sqlite")]
 mod sqlite;

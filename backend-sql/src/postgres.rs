@@ -20,8 +20,8 @@ use tracing::{debug, warn};
 
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
-use crate::semaphore::{SemaphoreStatements, impl_semaphore_store};
 use crate::lock::impl_lock_store;
+use crate::semaphore::{SemaphoreStatements, impl_semaphore_store};
 use crate::shared::{DbErrorKind, ErrorContext, Waiters};
 
 const BACKEND: &str = "postgres";

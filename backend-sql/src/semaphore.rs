@@ -158,9 +158,18 @@ impl SemaphoreStatements {
         let schema = render(
             sql::SQLITE_SCHEMA,
             &[
-                ("sems_fence_mark", &sems_ident.with_suffix("_fence_mark").quoted()),
-                ("sems_fence_new", &sems_ident.with_suffix("_fence_new").quoted()),
-                ("sems_fence_next", &sems_ident.with_suffix("_fence_next").quoted()),
+                (
+                    "sems_fence_mark",
+                    &sems_ident.with_suffix("_fence_mark").quoted(),
+                ),
+                (
+                    "sems_fence_new",
+                    &sems_ident.with_suffix("_fence_new").quoted(),
+                ),
+                (
+                    "sems_fence_next",
+                    &sems_ident.with_suffix("_fence_next").quoted(),
+                ),
                 ("sems", sems.as_str()),
                 ("fence_table", fence_table),
             ],
@@ -229,7 +238,11 @@ impl SemaphoreRow {
         })
     }
 
-    fn permits(&self, backend: &'static str, live: Vec<StoredPermit>) -> Result<Permits, LockError> {
+    fn permits(
+        &self,
+        backend: &'static str,
+        live: Vec<StoredPermit>,
+    ) -> Result<Permits, LockError> {
         let holders = live
             .into_iter()
             .map(|permit| {
@@ -369,8 +382,7 @@ macro_rules! impl_semaphore_store {
             async fn inspect_permits(
                 &self,
                 key: &lockstore_api::LockKey,
-            ) -> Result<Option<lockstore_api::semaphore::Permits>, lockstore_api::LockError>
-            {
+            ) -> Result<Option<lockstore_api::semaphore::Permits>, lockstore_api::LockError> {
                 use sqlx::Row as _;
                 let row = sqlx::query(&self.inner.semaphore.inspect)
                     .bind(key.as_str())

@@ -22,8 +22,8 @@ use sqlx::sqlite::{
 
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
-use crate::semaphore::{SemaphoreStatements, impl_semaphore_store};
 use crate::lock::impl_lock_store;
+use crate::semaphore::{SemaphoreStatements, impl_semaphore_store};
 use crate::shared::{DbErrorKind, ErrorContext, Waiters};
 
 const BACKEND: &str = "sqlite";

@@ -678,7 +678,14 @@ where
         format!(
             "{server} semaphores: acquire (waiting) + release, one key, {rounds} rounds interleaved, 256 cycles per round split over the clients"
         ),
-        &["clients", "variant", "cycles/s", "p50 acquire", "p99 acquire", "vs lock (cycles/s)"],
+        &[
+            "clients",
+            "variant",
+            "cycles/s",
+            "p50 acquire",
+            "p99 acquire",
+            "vs lock (cycles/s)",
+        ],
     );
     for clients in [1, 8, 64] {
         let plan = Plan {
@@ -689,8 +696,20 @@ where
         let tag = format!("sem-c{clients}");
         let variants = [
             waiting_client("lock (1 holder)", &locks, &format!("{tag}-lock"), ttl),
-            waiting_permit("semaphore, N = 1", &semaphores, 1, &format!("{tag}-n1"), ttl),
-            waiting_permit("semaphore, N = 4", &semaphores, 4, &format!("{tag}-n4"), ttl),
+            waiting_permit(
+                "semaphore, N = 1",
+                &semaphores,
+                1,
+                &format!("{tag}-n1"),
+                ttl,
+            ),
+            waiting_permit(
+                "semaphore, N = 4",
+                &semaphores,
+                4,
+                &format!("{tag}-n4"),
+                ttl,
+            ),
         ];
         let figures = concurrent(&variants, plan, clients, 1).await;
         let lock = &figures[0];

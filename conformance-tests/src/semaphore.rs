@@ -17,8 +17,8 @@ use lockstore_api::semaphore::{
     PermitLimit, PermitOutcome, PermitRequest, Permits, Semaphore, SemaphoreStore,
 };
 use lockstore_api::{
-    AcquireOptions, Backoff, FencingToken, LeaseId, LockError, LockKey, OwnerLabel,
-    ReleaseOutcome, RenewOutcome,
+    AcquireOptions, Backoff, FencingToken, LeaseId, LockError, LockKey, OwnerLabel, ReleaseOutcome,
+    RenewOutcome,
 };
 use tokio::time::timeout;
 
@@ -141,18 +141,32 @@ pub async fn semaphore_grants_up_to_the_limit_then_refuses_naming_the_holders(ct
     assert_eq!(refused.free(), 0);
     let mut owners: Vec<&str> = refused.holders.iter().map(|h| h.owner()).collect();
     owners.sort_unstable();
-    assert_eq!(owners, ["alice", "bob", "carol"], "the refusal must name every holder");
+    assert_eq!(
+        owners,
+        ["alice", "bob", "carol"],
+        "the refusal must name every holder"
+    );
     let mut seen: Vec<FencingToken> = refused.holders.iter().map(|h| h.fence()).collect();
     seen.sort_unstable();
-    assert_eq!(seen, fences, "the refusal's fences are not the granted ones");
+    assert_eq!(
+        seen, fences,
+        "the refusal's fences are not the granted ones"
+    );
     assert!(
         refused.holders.iter().all(|h| h.expires_in() <= lease),
         "a holder's time left exceeds its TTL: {refused:?}"
     );
-    let inspected = store.inspect_permits(&k).await.unwrap().expect("permits are held");
+    let inspected = store
+        .inspect_permits(&k)
+        .await
+        .unwrap()
+        .expect("permits are held");
     assert_eq!(inspected.holders.len(), 3);
     assert_eq!(inspected.limit, 3);
-    let free = store.inspect_permits(&key("sem-limit-untouched")).await.unwrap();
+    let free = store
+        .inspect_permits(&key("sem-limit-untouched"))
+        .await
+        .unwrap();
     assert!(free.is_none(), "an unused key reports permits: {free:?}");
 }
 
@@ -187,7 +201,11 @@ pub async fn semaphore_expired_permit_is_taken_by_the_next_acquirer(ctx: Ctx) {
     let refused = must_refuse(&*store, &k, 2, long_ttl(&ctx), "dave").await;
     let mut owners: Vec<&str> = refused.holders.iter().map(|h| h.owner()).collect();
     owners.sort_unstable();
-    assert_eq!(owners, ["bob", "carol"], "an expired permit is still reported");
+    assert_eq!(
+        owners,
+        ["bob", "carol"],
+        "an expired permit is still reported"
+    );
 }
 
 /// Fences strictly increase per key across every grant — through release,
@@ -207,13 +225,19 @@ pub async fn semaphore_fences_rise_across_release_expiry_and_renewal(ctx: Ctx) {
     next(fence, "second grant while the first is held");
     for _ in 0..2 {
         assert_eq!(
-            store.renew_permit(&k, a.permit_id, ttl(lease)).await.unwrap(),
+            store
+                .renew_permit(&k, a.permit_id, ttl(lease))
+                .await
+                .unwrap(),
             RenewOutcome::Renewed
         );
     }
     let permits = store.inspect_permits(&k).await.unwrap().expect("held");
     assert!(
-        permits.holders.iter().any(|h| h.owner() == "a" && h.fence() == a_fence),
+        permits
+            .holders
+            .iter()
+            .any(|h| h.owner() == "a" && h.fence() == a_fence),
         "renewal changed a's fence: {permits:?}"
     );
     store.release_permit(&k, a.permit_id).await.unwrap();
@@ -260,7 +284,11 @@ pub async fn semaphore_renew_and_release_need_the_permit_id(ctx: Ctx) {
         "a permit id released a permit of another key"
     );
     let permits = store.inspect_permits(&k).await.unwrap().expect("held");
-    assert_eq!(permits.holders.len(), 1, "a foreign request changed the permits");
+    assert_eq!(
+        permits.holders.len(),
+        1,
+        "a foreign request changed the permits"
+    );
     assert_eq!(
         store.release_permit(&k, alice.permit_id).await.unwrap(),
         ReleaseOutcome::Released
@@ -271,7 +299,10 @@ pub async fn semaphore_renew_and_release_need_the_permit_id(ctx: Ctx) {
         "a second release is harmless and says so"
     );
     assert_eq!(
-        store.renew_permit(&k, alice.permit_id, ttl(lease)).await.unwrap(),
+        store
+            .renew_permit(&k, alice.permit_id, ttl(lease))
+            .await
+            .unwrap(),
         RenewOutcome::Lost,
         "a released permit renewed"
     );
@@ -316,22 +347,43 @@ pub async fn semaphore_limit_mismatch_is_a_typed_error_naming_both_limits(ctx: C
             requested: 3,
             stored: 2,
         }) => assert_eq!(named, k),
-        other => panic!("a different limit must be LimitMismatch {{ requested: 3, stored: 2 }}, got {other:?}"),
+        other => panic!(
+            "a different limit must be LimitMismatch {{ requested: 3, stored: 2 }}, got {other:?}"
+        ),
     }
     let permits = store.inspect_permits(&k).await.unwrap().expect("held");
-    assert_eq!((permits.limit, permits.holders.len()), (2, 1), "the mismatch changed the key");
+    assert_eq!(
+        (permits.limit, permits.holders.len()),
+        (2, 1),
+        "the mismatch changed the key"
+    );
     let client = ctx.semaphore_client().await;
     let err = client
         .acquire(&k, limit(1), AcquireOptions::new(lease).wait_up_to(HANG))
         .await
         .expect_err("the client must not wait out a limit mismatch");
     assert!(
-        matches!(err, LockError::LimitMismatch { requested: 1, stored: 2, .. }),
+        matches!(
+            err,
+            LockError::LimitMismatch {
+                requested: 1,
+                stored: 2,
+                ..
+            }
+        ),
         "{err:?}"
     );
     store.release_permit(&k, alice.permit_id).await.unwrap();
     must_grant(&*store, &k, 3, lease, "bob").await;
-    assert_eq!(store.inspect_permits(&k).await.unwrap().expect("held").limit, 3);
+    assert_eq!(
+        store
+            .inspect_permits(&k)
+            .await
+            .unwrap()
+            .expect("held")
+            .limit,
+        3
+    );
 }
 
 /// Limits outside 1..=1024 are typed errors before anything is sent.
@@ -339,8 +391,14 @@ pub async fn semaphore_invalid_limits_are_rejected_before_any_request(ctx: Ctx) 
     let _ = ctx;
     for bad in [0, PermitLimit::MAX + 1, u32::MAX] {
         match PermitLimit::new(bad) {
-            Err(LockError::InvalidArgument { name: "limit", reason }) => {
-                assert!(reason.contains("1024"), "the message must say the range: {reason}")
+            Err(LockError::InvalidArgument {
+                name: "limit",
+                reason,
+            }) => {
+                assert!(
+                    reason.contains("1024"),
+                    "the message must say the range: {reason}"
+                )
             }
             other => panic!("limit {bad} must be refused, got {other:?}"),
         }
@@ -359,9 +417,9 @@ pub async fn semaphore_waiting_acquire_wakes_on_release(ctx: Ctx) {
     let lease = long_ttl(&ctx);
     let (alice, _) = must_grant(&*store, &k, 1, lease, "alice").await;
     if profile.release_notifications {
-        let settle = store
-            .permit_release_signal(&k)
-            .expect("the profile says this backend notifies releases, but it gives no permit signal");
+        let settle = store.permit_release_signal(&k).expect(
+            "the profile says this backend notifies releases, but it gives no permit signal",
+        );
         let _ = timeout(profile.tolerance, settle).await;
         let signal = store.permit_release_signal(&k).expect("a permit signal");
         must_refuse(&*store, &k, 1, lease, "bob").await;
@@ -411,16 +469,29 @@ pub async fn semaphore_waiting_acquire_times_out_naming_a_holder(ctx: Ctx) {
     must_grant(&*store, &k, 2, lease, "bob").await;
     let client = ctx.semaphore_client().await;
     let outcome = client
-        .acquire(&k, limit(2), AcquireOptions::new(lease).wait_up_to(ctx.profile().short_ttl / 4))
+        .acquire(
+            &k,
+            limit(2),
+            AcquireOptions::new(lease).wait_up_to(ctx.profile().short_ttl / 4),
+        )
         .await;
     match outcome {
-        Err(LockError::Timeout { holder: Some(holder), .. }) => assert!(
+        Err(LockError::Timeout {
+            holder: Some(holder),
+            ..
+        }) => assert!(
             ["alice", "bob"].contains(&holder.owner()),
             "the timeout names {holder:?}"
         ),
         other => panic!("a full key must time out naming a holder, got {other:?}"),
     }
-    assert!(client.try_acquire(&k, limit(2), lease).await.unwrap().is_none());
+    assert!(
+        client
+            .try_acquire(&k, limit(2), lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// The guard keeps its permit across many TTLs, and reports loss when the
@@ -456,10 +527,15 @@ pub async fn semaphore_with_permit_runs_work_and_releases(ctx: Ctx) {
     let inner = Arc::clone(&store);
     let inner_key = k.clone();
     let (fence, held) = client
-        .with_permit(&k, limit(2), AcquireOptions::new(lease), |permit| async move {
-            let held = inner.inspect_permits(&inner_key).await.unwrap();
-            (permit.check().expect("trusted"), held)
-        })
+        .with_permit(
+            &k,
+            limit(2),
+            AcquireOptions::new(lease),
+            |permit| async move {
+                let held = inner.inspect_permits(&inner_key).await.unwrap();
+                (permit.check().expect("trusted"), held)
+            },
+        )
         .await
         .unwrap();
     let held = held.expect("the work ran without a permit");
@@ -503,8 +579,10 @@ pub async fn semaphore_concurrent_holders_never_exceed_the_limit(ctx: Ctx) {
     let options = AcquireOptions::new(Duration::from_secs(60)).wait_up_to(HANG);
     let mut tasks = Vec::new();
     for task in 0..TASKS {
-        let client = Semaphore::from_arc(Arc::clone(&store))
-            .with_backoff(Backoff::new(Duration::from_millis(1), Duration::from_millis(40)));
+        let client = Semaphore::from_arc(Arc::clone(&store)).with_backoff(Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(40),
+        ));
         let (k, inside, most, fences, entries) = (
             k.clone(),
             Arc::clone(&inside),
@@ -520,7 +598,10 @@ pub async fn semaphore_concurrent_holders_never_exceed_the_limit(ctx: Ctx) {
                     .unwrap_or_else(|e| panic!("task {task}: acquire failed: {e}"));
                 let now_inside = inside.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(now_inside, Ordering::SeqCst);
-                let fresh = fences.lock().expect("not poisoned").insert(permit.fence().get());
+                let fresh = fences
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(permit.fence().get());
                 assert!(fresh, "fence {} was handed out twice", permit.fence());
                 tokio::task::yield_now().await;
                 inside.fetch_sub(1, Ordering::SeqCst);
@@ -537,6 +618,9 @@ pub async fn semaphore_concurrent_holders_never_exceed_the_limit(ctx: Ctx) {
     }
     assert_eq!(entries.load(Ordering::SeqCst), TASKS as u64 * ROUNDS);
     let most = most.load(Ordering::SeqCst);
-    assert!(most <= LIMIT, "{most} holders were inside at once; the limit is {LIMIT}");
+    assert!(
+        most <= LIMIT,
+        "{most} holders were inside at once; the limit is {LIMIT}"
+    );
     tracing::info!(most, "most holders inside at once");
 }

@@ -2,9 +2,9 @@
 
 use std::ffi::OsString;
 use std::future::Future;
-use std::pin::Pin;
 use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -64,7 +64,8 @@ async fn run_locked(
     signals: &mut Forwarded,
 ) -> Result<u8, Failure> {
     let permits = if args.permits > 1 {
-        let limit = PermitLimit::new(args.permits).map_err(|err| Failure::error(codes, err.to_string()))?;
+        let limit =
+            PermitLimit::new(args.permits).map_err(|err| Failure::error(codes, err.to_string()))?;
         let semaphore = store
             .semaphore_client()
             .map_err(|err| Failure::store(codes, &err))?;
@@ -115,9 +116,7 @@ async fn run_locked(
             None => client.acquire(&key, options).await.map(Held::Lock),
         }
     };
-    let acquired = match unless_signalled(acquire, signals, &waiting, progress.flatten())
-        .await
-    {
+    let acquired = match unless_signalled(acquire, signals, &waiting, progress.flatten()).await {
         Ok(acquired) => acquired,
         Err(code) => return Ok(code),
     };

@@ -888,10 +888,23 @@ fn permits_let_n_commands_hold_a_key_at_once(b: &Backend) {
     let mut holders = Vec::new();
     let mut fence_files = Vec::new();
     for n in 0..2 {
-        let file = b.dir.path().join(format!("fence-{n}-{}", key.replace('/', "_")));
+        let file = b
+            .dir
+            .path()
+            .join(format!("fence-{n}-{}", key.replace('/', "_")));
         let running = b
             .lockctl(&[
-                "run", &key, "--permits", "2", "--ttl", "5m", "--", "sh", "-c", &script, "sh",
+                "run",
+                &key,
+                "--permits",
+                "2",
+                "--ttl",
+                "5m",
+                "--",
+                "sh",
+                "-c",
+                &script,
+                "sh",
                 &file.display().to_string(),
             ])
             .spawn(Stdio::null());
@@ -913,7 +926,12 @@ fn permits_let_n_commands_hold_a_key_at_once(b: &Backend) {
     let refused = b
         .lockctl(&["run", &key, "--permits", "2", "--no-wait", "--", "true"])
         .output();
-    assert_eq!(refused.code(), 200, "a third holder ran: {}", refused.stderr);
+    assert_eq!(
+        refused.code(),
+        200,
+        "a third holder ran: {}",
+        refused.stderr
+    );
     assert!(refused.stderr.contains("held by"), "{}", refused.stderr);
 
     let status = b.lockctl(&["--json", "status", &key]).output();
@@ -932,7 +950,11 @@ fn permits_let_n_commands_hold_a_key_at_once(b: &Backend) {
     expected.sort_unstable();
     assert_eq!(listed, expected, "status lists other holders: {semaphore}");
     let text = b.lockctl(&["status", &key]).output();
-    assert!(text.stdout.contains("2 of 2 permits held"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("2 of 2 permits held"),
+        "{}",
+        text.stdout
+    );
 
     let mismatch = b
         .lockctl(&["run", &key, "--permits", "3", "--no-wait", "--", "true"])

@@ -77,10 +77,10 @@ pub async fn worker(
                 .await?;
             outcome
         });
-        if tasks.len() >= 4 {
-            if let Some(done) = tasks.join_next().await {
-                most_inside = most_inside.max(done.map_err(|err| -> BoxError { err.into() })??);
-            }
+        if tasks.len() >= 4
+            && let Some(done) = tasks.join_next().await
+        {
+            most_inside = most_inside.max(done.map_err(|err| -> BoxError { err.into() })??);
         }
     }
     while let Some(done) = tasks.join_next().await {
@@ -97,7 +97,10 @@ async fn die_holding_a_permit(store_url: &str) -> Result<(), Box<dyn Error>> {
         .semaphore_client()?
         .acquire("lanes/solo", PermitLimit::new(1)?, AcquireOptions::new(TTL))
         .await?;
-    println!("doomed worker: holding lanes/solo with fence {}, dying", guard.fence());
+    println!(
+        "doomed worker: holding lanes/solo with fence {}, dying",
+        guard.fence()
+    );
     std::process::exit(0);
 }
 
@@ -181,5 +184,9 @@ async fn main() -> ExitCode {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -286,9 +286,7 @@ impl<S: ?Sized + SemaphoreStore> Semaphore<S> {
     /// As the lock's: a grant whose reply was lost is released by its id.
     async fn release_unseen_grant(&self, request: &PermitRequest) {
         let bound = request.ttl.as_duration().min(ATTEMPT_FLOOR);
-        let release = self
-            .store
-            .release_permit(&request.key, request.permit_id);
+        let release = self.store.release_permit(&request.key, request.permit_id);
         match timeout(bound, release).await {
             Ok(Ok(outcome)) => debug!(?outcome, "released a permit whose reply was lost"),
             Ok(Err(err)) => {

@@ -50,6 +50,4 @@ mod client;
 mod store;
 
 pub use client::{PermitGuard, Semaphore};
-pub use store::{
-    PermitLimit, PermitOutcome, PermitRequest, Permits, SemaphoreStore,
-};
+pub use store::{PermitLimit, PermitOutcome, PermitRequest, Permits, SemaphoreStore};
