@@ -25,6 +25,9 @@
 //! * Memory is bounded by the live keys: a released key is forgotten at once,
 //!   an expired one at the next sweep (every few thousand operations).
 //! * Waiting acquires are woken by the release itself, not by a timer.
+//! * The store is also a semaphore store
+//!   ([`SemaphoreStore`](lockstore_api::semaphore::SemaphoreStore)): permits
+//!   share the fence counter and wake waiters when released.
 //! * The store is also an execution ledger
 //!   ([`LedgerStore`](lockstore_api::ledger::LedgerStore)): run records live
 //!   beside the locks, share the fence counter, and wake waiters when a run
@@ -34,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 mod ledger;
+mod semaphore;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,6 +73,7 @@ struct State {
     slots: HashMap<LockKey, Slot>,
     /// The execution ledger's records, apart from the locks.
     runs: ledger::Runs,
+    semaphores: semaphore::Semaphores,
     /// The last fencing token handed out in this namespace, to locks and
     /// runs alike. One counter for all keys is what lets a key be forgotten
     /// (released, or purged from the ledger) without its next token going
@@ -161,6 +166,7 @@ impl State {
         if self.ops_since_sweep >= SWEEP_EVERY {
             self.ops_since_sweep = 0;
             self.slots.retain(|_, slot| !slot.is_idle(now));
+            self.semaphores.sweep(now);
         }
     }
 }

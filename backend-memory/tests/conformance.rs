@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use lockstore_api::LockStore;
 use lockstore_api::ledger::LedgerStore;
+use lockstore_api::semaphore::SemaphoreStore;
 use lockstore_conformance::{ClientClock, Clock, Harness, Network, Processes, Profile, Restart};
 use lockstore_memory::MemoryStore;
 
@@ -43,7 +44,12 @@ impl Harness for MemoryHarness {
     async fn ledger(&self, namespace: &str) -> Option<Arc<dyn LedgerStore>> {
         Some(Arc::new(self.root.namespace(namespace)))
     }
+
+    async fn semaphore(&self, namespace: &str) -> Option<Arc<dyn SemaphoreStore>> {
+        Some(Arc::new(self.root.namespace(namespace)))
+    }
 }
 
 lockstore_conformance::suite!(memory, MemoryHarness::default());
 lockstore_conformance::ledger_suite!(memory_ledger, MemoryHarness::default());
+lockstore_conformance::semaphore_suite!(memory_semaphore, MemoryHarness::default());

@@ -11,12 +11,14 @@
 //!   p99 acquire latency, against the same peers (each waiting its own way:
 //!   lockstore by notification, `SET NX PX` with lockstore's default
 //!   backoff, rslock with its own retry loop);
-//! * connections a store holds.
+//! * connections a store holds;
+//! * semaphores: permit acquire + release next to the lock's, uncontended
+//!   and with 8 and 64 clients on one key, N = 4.
 //!
 //! `scripts/servers.sh run cargo bench -p lockstore-redis --bench redis_bench`
 //! (or a server in `LOCKSTORE_TEST_REDIS_URL`). `BENCH_ROUNDS` overrides the
 //! number of rounds, `BENCH_SECTIONS` (comma-separated: uncontended,
-//! handoff, contention, connections) runs only some tables, `BENCH_DIAG=1`
+//! handoff, contention, connections, semaphores) runs only some tables, `BENCH_DIAG=1`
 //! adds rows that show where a cycle's time goes. Prints tables; asserts nothing about time.
 
 use std::sync::Arc;
@@ -104,6 +106,9 @@ async fn run() {
     }
     if bench::section("connections") {
         connections_table(&setup).await;
+    }
+    if bench::section("semaphores") {
+        bench::semaphore_table("Redis", rounds.div_ceil(3).max(3), setup.store.clone(), TTL).await;
     }
 }
 

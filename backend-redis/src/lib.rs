@@ -264,6 +264,7 @@ pub mod fenced_write;
 pub mod ledger;
 mod notify;
 mod scripts;
+mod semaphore;
 mod store;
 
 pub use config::{

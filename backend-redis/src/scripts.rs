@@ -1,4 +1,4 @@
-//! The four Lua scripts, one per operation, each run with one `EVALSHA`.
+//! The Lua scripts, one per operation, each run with one `EVALSHA`.
 //!
 //! [`redis::Script`] sends `EVALSHA` and, only when the server answers
 //! `NOSCRIPT` (first use, or after a restart or `SCRIPT FLUSH`), loads the
@@ -24,3 +24,19 @@ pub(crate) static RELEASE: LazyLock<Script> =
 /// Reports the live holder, if any.
 pub(crate) static INSPECT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/inspect.lua")));
+
+/// Takes a semaphore permit, refreshes the caller's own, or reports the holders.
+pub(crate) static SEMAPHORE_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/semaphore_acquire.lua")));
+
+/// Extends a live permit.
+pub(crate) static SEMAPHORE_RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/semaphore_renew.lua")));
+
+/// Ends a live permit and publishes the release to refused waiters.
+pub(crate) static SEMAPHORE_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/semaphore_release.lua")));
+
+/// Reports a semaphore's live permits.
+pub(crate) static SEMAPHORE_INSPECT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/semaphore_inspect.lua")));

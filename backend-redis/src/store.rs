@@ -145,6 +145,17 @@ impl RedisStore {
         &self.inner.key_prefix
     }
 
+    /// How long an idle record outlives its last lease, in ms.
+    pub(crate) fn idle_retention_ms(&self) -> u64 {
+        self.inner.idle_retention_ms
+    }
+
+    /// Whether a task of this process waits for `message` on the release
+    /// channel (it registered before its attempt).
+    pub(crate) fn message_has_waiters(&self, message: &str) -> bool {
+        self.inner.notifications && self.inner.listener.has_waiters(message)
+    }
+
     /// A signal for the next message `message` on the release channel (the
     /// ledger's finish notifications share the listener).
     pub(crate) fn message_signal(&self, message: &str) -> Option<ReleaseSignal> {
@@ -157,7 +168,7 @@ impl RedisStore {
         }))
     }
 
-    async fn invoke(
+    pub(crate) async fn invoke(
         &self,
         doing: impl Fn() -> String,
         invocation: redis::ScriptInvocation<'_>,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockstore_api::ledger::LedgerStore;
+use lockstore_api::semaphore::SemaphoreStore;
 use lockstore_api::{
     AcquireOutcome, AcquireRequest, LeaseId, LockError, LockKey, LockStore, OwnerLabel, Ttl,
 };
@@ -79,10 +80,15 @@ impl Harness for ClusterHarness {
     async fn ledger(&self, namespace: &str) -> Option<Arc<dyn LedgerStore>> {
         Some(Arc::new(self.connect(namespace).await))
     }
+
+    async fn semaphore(&self, namespace: &str) -> Option<Arc<dyn SemaphoreStore>> {
+        Some(Arc::new(self.connect(namespace).await))
+    }
 }
 
 lockstore_conformance::suite!(redis_cluster, ClusterHarness);
 lockstore_conformance::ledger_suite!(redis_cluster_ledger, ClusterHarness);
+lockstore_conformance::semaphore_suite!(redis_cluster_semaphore, ClusterHarness);
 
 fn request(key: &LockKey) -> AcquireRequest {
     AcquireRequest {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockstore_api::LockStore;
+use lockstore_api::semaphore::SemaphoreStore;
 use lockstore_conformance::provision::{Service, server_url};
 use lockstore_conformance::proxy::{url_host_port, url_with_addr};
 use lockstore_conformance::servers::{PrivateServer, RedisServer};
@@ -20,6 +21,16 @@ impl RedisHarness {
         Self {
             url: server_url(Service::Redis),
         }
+    }
+
+    async fn connect(&self, namespace: &str) -> RedisStore {
+        // One prefix per namespace: the records and the release channel of
+        // different namespaces never meet.
+        RedisStore::builder(self.url.clone())
+            .key_prefix(format!("lockstore-test:{namespace}:"))
+            .connect()
+            .await
+            .unwrap_or_else(|err| panic!("connect to the test Redis: {err}"))
     }
 }
 
@@ -42,14 +53,11 @@ impl Harness for RedisHarness {
     }
 
     async fn store(&self, namespace: &str) -> Arc<dyn LockStore> {
-        // One prefix per namespace: the records and the release channel of
-        // different namespaces never meet.
-        let store = RedisStore::builder(self.url.clone())
-            .key_prefix(format!("lockstore-test:{namespace}:"))
-            .connect()
-            .await
-            .unwrap_or_else(|err| panic!("connect to the test Redis: {err}"));
-        Arc::new(store)
+        Arc::new(self.connect(namespace).await)
+    }
+
+    async fn semaphore(&self, namespace: &str) -> Option<Arc<dyn SemaphoreStore>> {
+        Some(Arc::new(self.connect(namespace).await))
     }
 
     fn server_addr(&self) -> Option<String> {
@@ -73,3 +81,4 @@ impl Harness for RedisHarness {
 }
 
 lockstore_conformance::suite!(redis, RedisHarness::from_env());
+lockstore_conformance::semaphore_suite!(redis_semaphore, RedisHarness::from_env());

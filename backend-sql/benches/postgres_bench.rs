@@ -13,11 +13,14 @@
 //! * what `NOTIFY` costs at 64 clients: lockstore's own statements sent by
 //!   hand, with the release notifying on every release (as before) and only
 //!   when a waiter asked (as now);
-//! * connections a store holds.
+//! * connections a store holds;
+//! * semaphores: permit acquire + release next to the lock's, uncontended
+//!   and with 8 and 64 clients on one key, N = 4.
 //!
 //! `scripts/servers.sh run cargo bench -p lockstore-sql --bench postgres_bench`
 //! (or a server in `LOCKSTORE_TEST_POSTGRES_URL`). `BENCH_ROUNDS`,
-//! `BENCH_SECTIONS` (uncontended, handoff, contention, notify, connections)
+//! `BENCH_SECTIONS` (uncontended, handoff, contention, notify, connections,
+//! semaphores)
 //! and `BENCH_DIAG=1` as in the Redis bench. Prints tables; asserts nothing
 //! about time.
 
@@ -113,9 +116,19 @@ async fn run() {
     if bench::section("connections") {
         connections_table(&setup).await;
     }
+    if bench::section("semaphores") {
+        bench::semaphore_table(
+            "PostgreSQL",
+            rounds.div_ceil(3).max(3),
+            setup.store.clone(),
+            TTL,
+        )
+        .await;
+    }
     sqlx::raw_sql(&format!(
-        "DROP TABLE {}; DROP SEQUENCE \"{SCHEMA}\".\"{}_fence\"",
+        "DROP TABLE {}; DROP TABLE IF EXISTS \"{SCHEMA}\".\"{}_semaphores\"; DROP SEQUENCE \"{SCHEMA}\".\"{}_fence\"",
         setup.store.table_name(),
+        setup.table,
         setup.table
     ))
     .execute(setup.store.pool())

@@ -281,7 +281,7 @@ impl LedgerStatements {
 }
 
 /// `$N` → `?N` for SQLite. The shared statements use no `$` otherwise.
-fn question_marks(text: &str) -> String {
+pub(crate) fn question_marks(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {

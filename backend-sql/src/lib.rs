@@ -159,6 +159,7 @@ mod ledger;
 mod lock;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod semaphore;
 mod shared;
 #[cfg(feature = "sqlite")]
 mod sqlite;

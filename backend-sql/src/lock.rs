@@ -26,7 +26,10 @@ macro_rules! impl_lock_store {
             /// `ensure_schema`'s work: the lock and ledger DDL in one
             /// transaction, by the store's `execute_schema`.
             async fn run_schema(&self) -> Result<(), lockstore_api::LockError> {
-                let schema = format!("{}\n{}", self.inner.sql.schema, self.inner.ledger.schema);
+                let schema = format!(
+                    "{}\n{}\n{}",
+                    self.inner.sql.schema, self.inner.ledger.schema, self.inner.semaphore.schema
+                );
                 self.execute_schema(&schema).await.map_err(|err| {
                     self.inner
                         .errors

@@ -22,6 +22,7 @@ use crate::finish_in_transaction::impl_finish_in_transaction;
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::lock::impl_lock_store;
+use crate::semaphore::{SemaphoreStatements, impl_semaphore_store};
 use crate::shared::{DbErrorKind, ErrorContext, Waiters};
 
 const BACKEND: &str = "postgres";
@@ -71,6 +72,8 @@ struct Inner {
     sql: Statements,
     /// The execution ledger's statements (`<table>_runs`).
     ledger: LedgerStatements,
+    /// The semaphores' statements (`<table>_semaphores`).
+    semaphore: SemaphoreStatements,
     errors: ErrorContext,
     /// `None` when notifications are off: waiters poll.
     waiters: Option<Arc<Waiters>>,
@@ -233,6 +236,7 @@ impl PostgresStoreBuilder {
             table.with_suffix("_fence").quoted()
         );
         let ledger = LedgerStatements::postgres(&schema, &table, &fence_seq, &channel);
+        let semaphore = SemaphoreStatements::postgres(&schema, &table, &fence_seq);
         let (waiters, listener) = if self.notifications {
             let waiters = Arc::new(Waiters::default());
             let guard = start_listener(&pool, &channel, &waiters, self.listener_probe)
@@ -249,6 +253,7 @@ impl PostgresStoreBuilder {
                 channel,
                 sql,
                 ledger,
+                semaphore,
                 errors,
                 waiters,
                 _listener: listener,
@@ -443,6 +448,16 @@ impl PostgresStore {
 }
 
 impl_lock_store!(PostgresStore, BACKEND, classify);
+
+impl PostgresStore {
+    /// The release statement's `$3`: the channel it notifies semaphore
+    /// waiters on, in every process.
+    fn semaphore_notify(&self) -> Option<&str> {
+        Some(&self.inner.channel)
+    }
+}
+
+impl_semaphore_store!(PostgresStore, BACKEND, classify);
 
 // ---------------------------------------------------------------- ledger
 

@@ -24,6 +24,7 @@ use crate::finish_in_transaction::impl_finish_in_transaction;
 use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::lock::impl_lock_store;
+use crate::semaphore::{SemaphoreStatements, impl_semaphore_store};
 use crate::shared::{DbErrorKind, ErrorContext, Waiters};
 
 const BACKEND: &str = "sqlite";
@@ -78,6 +79,8 @@ struct Inner {
     sql: Statements,
     /// The execution ledger's statements (`<table>_runs`).
     ledger: LedgerStatements,
+    /// The semaphores' statements (`<table>_semaphores`).
+    semaphore: SemaphoreStatements,
     errors: ErrorContext,
     waiters: Arc<Waiters>,
 }
@@ -208,6 +211,11 @@ impl SqliteStoreBuilder {
                 table: table.quoted(),
                 sql: Statements::render(&table),
                 ledger: LedgerStatements::sqlite(
+                    &table,
+                    &table.with_suffix("_fence").quoted(),
+                    sql::NOW_MS,
+                ),
+                semaphore: SemaphoreStatements::sqlite(
                     &table,
                     &table.with_suffix("_fence").quoted(),
                     sql::NOW_MS,
@@ -386,6 +394,16 @@ impl SqliteStore {
 }
 
 impl_lock_store!(SqliteStore, BACKEND, classify);
+
+impl SqliteStore {
+    /// SQLite cannot tell other processes: waiters of this process are
+    /// woken after the release (`waiters()`), others poll.
+    fn semaphore_notify(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl_semaphore_store!(SqliteStore, BACKEND, classify);
 
 // ---------------------------------------------------------------- ledger
 

@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockstore_api::semaphore::{PermitLimit, Semaphore, SemaphoreStore};
 use lockstore_api::{
     AcquireOptions, AcquireOutcome, AcquireRequest, LeaseId, LockClient, LockKey, LockStore,
     OwnerLabel, Ttl,
@@ -629,6 +630,97 @@ pub async fn contention_table(
                 us(f.p99()),
                 format!("{:.1}", f.p99_in(rtt)),
                 format!("{:.2}×", f.rate_over(peer)),
+            ]);
+        }
+    }
+    table.print();
+}
+
+/// The permits row of a contention cell: a [`Semaphore`] client waiting for
+/// one of `limit` permits of the key (woken the store's way), then
+/// releasing it. What counts is the acquire. Keys are `{tag}-{index}`.
+pub fn waiting_permit<S: ?Sized + SemaphoreStore>(
+    name: &str,
+    semaphore: &Semaphore<S>,
+    limit: u32,
+    tag: &str,
+    ttl: Duration,
+) -> Variant {
+    let semaphore = semaphore.clone();
+    let tag = tag.to_owned();
+    let limit = PermitLimit::new(limit).expect("a valid limit");
+    Variant::self_timed(name, move |key| {
+        let semaphore = semaphore.clone();
+        let key = format!("{tag}-{key}");
+        async move {
+            let started = Instant::now();
+            let permit = semaphore
+                .acquire_lease(key.as_str(), limit, AcquireOptions::new(ttl).wait_forever())
+                .await
+                .expect("acquire a permit");
+            let took = started.elapsed();
+            semaphore.release(&permit).await.expect("release");
+            took
+        }
+    })
+}
+
+/// The semaphore table: permit acquire + release cycles/s next to the
+/// lock's, on one server, uncontended and with 8 and 64 clients on one key
+/// (N = 4 permits), the lock and permit rows interleaved in every round.
+pub async fn semaphore_table<S>(server: &str, rounds: usize, store: S, ttl: Duration)
+where
+    S: LockStore + SemaphoreStore + Clone,
+{
+    let locks = LockClient::new(store.clone());
+    let semaphores = Semaphore::new(store);
+    let mut table = Table::new(
+        format!(
+            "{server} semaphores: acquire (waiting) + release, one key, {rounds} rounds interleaved, 256 cycles per round split over the clients"
+        ),
+        &[
+            "clients",
+            "variant",
+            "cycles/s",
+            "p50 acquire",
+            "p99 acquire",
+            "vs lock (cycles/s)",
+        ],
+    );
+    for clients in [1, 8, 64] {
+        let plan = Plan {
+            rounds,
+            per_round: (256 / clients).max(4),
+            warm_up: 4,
+        };
+        let tag = format!("sem-c{clients}");
+        let variants = [
+            waiting_client("lock (1 holder)", &locks, &format!("{tag}-lock"), ttl),
+            waiting_permit(
+                "semaphore, N = 1",
+                &semaphores,
+                1,
+                &format!("{tag}-n1"),
+                ttl,
+            ),
+            waiting_permit(
+                "semaphore, N = 4",
+                &semaphores,
+                4,
+                &format!("{tag}-n4"),
+                ttl,
+            ),
+        ];
+        let figures = concurrent(&variants, plan, clients, 1).await;
+        let lock = &figures[0];
+        for f in &figures {
+            table.row(vec![
+                clients.to_string(),
+                f.name.clone(),
+                format!("{:.0}", f.per_second()),
+                us(f.p50()),
+                us(f.p99()),
+                format!("{:.2}×", f.rate_over(lock)),
             ]);
         }
     }

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockstore_api::ledger::{Ledger, LedgerStore};
+use lockstore_api::semaphore::{Semaphore, SemaphoreStore};
 use lockstore_api::{LockClient, LockStore};
 
 pub mod bench;
@@ -49,6 +50,7 @@ pub mod linearizability;
 pub mod model;
 pub mod provision;
 pub mod proxy;
+pub mod semaphore;
 pub mod servers;
 
 /// How a backend joins the suite.
@@ -70,6 +72,15 @@ pub trait Harness: Send + Sync + 'static {
     /// default, `None`, is for backends without a ledger: they must not use
     /// [`ledger_suite!`], whose cases fail loudly on `None`.
     async fn ledger(&self, namespace: &str) -> Option<Arc<dyn LedgerStore>> {
+        let _ = namespace;
+        None
+    }
+
+    /// The semaphores of `namespace`, for backends that implement
+    /// [`SemaphoreStore`]; same isolation rules as [`Harness::store`]. The
+    /// default, `None`, is for backends without semaphores: they must not
+    /// use [`semaphore_suite!`], whose cases fail loudly on `None`.
+    async fn semaphore(&self, namespace: &str) -> Option<Arc<dyn SemaphoreStore>> {
         let _ = namespace;
         None
     }
@@ -367,6 +378,30 @@ impl Ctx {
         Ledger::from_arc(self.ledger().await)
     }
 
+    /// The semaphores of this case's namespace.
+    ///
+    /// # Panics
+    /// When the harness has none ([`Harness::semaphore`] returned `None`):
+    /// a backend wired into [`semaphore_suite!`] must provide them.
+    pub async fn semaphore(&self) -> Arc<dyn SemaphoreStore> {
+        self.harness.semaphore(&self.namespace).await.expect(
+            "this backend is in semaphore_suite! but its Harness::semaphore returns None: implement it",
+        )
+    }
+
+    /// The semaphores of another fresh namespace.
+    pub async fn other_semaphore(&self) -> Arc<dyn SemaphoreStore> {
+        self.harness
+            .semaphore(&fresh_namespace())
+            .await
+            .expect("this backend is in semaphore_suite! but its Harness::semaphore returns None")
+    }
+
+    /// A semaphore client over this case's namespace.
+    pub async fn semaphore_client(&self) -> Semaphore {
+        Semaphore::from_arc(self.semaphore().await)
+    }
+
     /// A client over a store in this case's namespace.
     pub async fn client(&self) -> LockClient {
         LockClient::from_arc(self.store().await)
@@ -514,5 +549,19 @@ macro_rules! ledger_suite {
 macro_rules! suite {
     ($backend:ident, $harness:expr) => {
         $crate::__cases!($backend, $harness);
+    };
+}
+
+/// Expands every semaphore conformance case into a `#[test]` in a module
+/// named `$backend`, like [`suite!`] does for locks. A backend that
+/// implements `SemaphoreStore` adds this line beside `suite!`:
+///
+/// ```text
+/// lockstore_conformance::semaphore_suite!(redis_semaphore, RedisHarness::from_env());
+/// ```
+#[macro_export]
+macro_rules! semaphore_suite {
+    ($backend:ident, $harness:expr) => {
+        $crate::__semaphore_cases!($backend, $harness);
     };
 }

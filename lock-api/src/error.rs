@@ -131,6 +131,21 @@ pub enum LockError {
         limit: usize,
     },
 
+    /// A semaphore's key was asked for with a different limit than the one
+    /// its live permits were granted under. Nothing was granted; the key
+    /// takes a new limit once none of its permits is live.
+    #[error(
+        "semaphore {key} has live permits under a limit of {stored}, not {requested}: every client of a key must use one limit"
+    )]
+    LimitMismatch {
+        /// The semaphore's key.
+        key: LockKey,
+        /// The limit of this request.
+        requested: u32,
+        /// The limit the key's live permits hold under.
+        stored: u32,
+    },
+
     /// The backend is not set up right: a malformed URL, a missing table, a
     /// wrong key schema. Retrying will not help; the message says what to do.
     #[error("{backend} configuration error: {message}")]

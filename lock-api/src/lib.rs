@@ -28,6 +28,9 @@
 //!   [`ledger::LedgerStore`] for backends, [`ledger::Ledger`] for callers.
 //! * [`election`] — leader election with fenced terms, on any store
 //!   ([`LockClient::election`]).
+//! * [`semaphore`] — at most N leased, fenced permits per key:
+//!   [`semaphore::SemaphoreStore`] for backends, [`semaphore::Semaphore`]
+//!   for callers.
 //! * [`schedule`] — a scheduled job that fires on every replica runs once
 //!   per tick ([`LockClient::run_tick`]).
 //!
@@ -60,6 +63,7 @@ mod key;
 mod lease;
 pub mod ledger;
 pub mod schedule;
+pub mod semaphore;
 mod store;
 #[cfg(test)]
 mod test_store;

@@ -17,7 +17,7 @@ use crate::cli::{
 use crate::duration::human;
 use crate::exit::Codes;
 use crate::output::{holder_json, record_json, record_row, record_text};
-use crate::run::holder_text;
+use crate::run::{holder_text, permits_text};
 
 fn key(codes: &Codes, key: &str) -> Result<LockKey, Failure> {
     LockKey::new(key).map_err(|err| Failure::error(codes, err.to_string()))
@@ -161,11 +161,24 @@ pub async fn status(
         .get(&key)
         .await
         .map_err(|err| Failure::store(codes, &err))?;
+    // A backend without semaphores has none to list.
+    let permits = match store.semaphores() {
+        Ok(semaphores) => semaphores
+            .inspect_permits(&key)
+            .await
+            .map_err(|err| Failure::store(codes, &err))?,
+        Err(_) => None,
+    };
     if json {
         print_json(&json!({
             "key": key.as_str(),
             "backend": store.backend_name(),
             "lock": holder.as_ref().map(holder_json),
+            "semaphore": permits.as_ref().map(|permits| json!({
+                "limit": permits.limit,
+                "free": permits.free(),
+                "holders": permits.holders.iter().map(holder_json).collect::<Vec<_>>(),
+            })),
             "run": record.as_ref().map(record_json),
         }));
         return Ok(0);
@@ -173,6 +186,9 @@ pub async fn status(
     match &holder {
         Some(holder) => println!("lock {key}: {}", holder_text(holder)),
         None => println!("lock {key}: free"),
+    }
+    if let Some(permits) = &permits {
+        println!("semaphore {key}: {}", permits_text(permits));
     }
     match &record {
         Some(record) => println!("{}", record_text(record)),

@@ -198,6 +198,13 @@ pub struct RunArgs {
     #[command(flatten)]
     pub wait: WaitArgs,
 
+    /// Run under one of N permits of KEY, a semaphore: at most N commands
+    /// hold KEY at once, each with its own fence in LOCKSTORE_FENCE. Every
+    /// run of KEY must use the same N while any holds it. 1 (the default)
+    /// is the lock.
+    #[arg(long, default_value_t = 1, value_name = "N", conflicts_with = "once", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub permits: u32,
+
     /// The lease's time to live; renewed every third of it while CMD runs.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration::parse)]
     pub ttl: Duration,

@@ -4,13 +4,18 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lockstore::ledger::{Begin, RunFailure, RunOptions, RunRecord};
-use lockstore::{AcquireOptions, Holder, LockError, LockKey, Store, Wait};
+use lockstore::semaphore::{PermitGuard, PermitLimit, Permits};
+use lockstore::{
+    AcquireOptions, FencingToken, Holder, LeaseId, LockError, LockGuard, LockKey, ReleaseOutcome,
+    Store, Wait,
+};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr, Command};
@@ -58,6 +63,16 @@ async fn run_locked(
     codes: &Codes,
     signals: &mut Forwarded,
 ) -> Result<u8, Failure> {
+    let permits = if args.permits > 1 {
+        let limit =
+            PermitLimit::new(args.permits).map_err(|err| Failure::error(codes, err.to_string()))?;
+        let semaphore = store
+            .semaphore_client()
+            .map_err(|err| Failure::store(codes, &err))?;
+        Some((semaphore, limit))
+    } else {
+        None
+    };
     let client = store.lock_client();
     let wait = match args.wait {
         WaitArgs { no_wait: true, .. } => Wait::No,
@@ -69,28 +84,39 @@ async fn run_locked(
     let options = AcquireOptions::new(args.ttl).wait(wait);
     let progress = (wait != Wait::No).then(|| {
         let client = client.clone();
+        let permits = permits.clone();
         let polled = key.clone();
         Progress::start(&key, move || {
             let client = client.clone();
+            let permits = permits.clone();
             let key = polled.clone();
             async move {
-                match client.inspect(&key).await {
-                    Ok(Some(holder)) => holder_text(&holder),
-                    Ok(None) => "free, taking it".into(),
-                    Err(err) => format!("cannot inspect: {err}"),
+                match permits {
+                    Some((semaphore, _)) => match semaphore.inspect(&key).await {
+                        Ok(Some(permits)) => permits_text(&permits),
+                        Ok(None) => "free, taking a permit".into(),
+                        Err(err) => format!("cannot inspect: {err}"),
+                    },
+                    None => match client.inspect(&key).await {
+                        Ok(Some(holder)) => holder_text(&holder),
+                        Ok(None) => "free, taking it".into(),
+                        Err(err) => format!("cannot inspect: {err}"),
+                    },
                 }
             }
         })
     });
     let waiting = format!("waiting for {key}");
-    let acquired = match unless_signalled(
-        client.acquire(&key, options),
-        signals,
-        &waiting,
-        progress.flatten(),
-    )
-    .await
-    {
+    let acquire = async {
+        match &permits {
+            Some((semaphore, limit)) => semaphore
+                .acquire(&key, *limit, options)
+                .await
+                .map(Held::Permit),
+            None => client.acquire(&key, options).await.map(Held::Lock),
+        }
+    };
+    let acquired = match unless_signalled(acquire, signals, &waiting, progress.flatten()).await {
         Ok(acquired) => acquired,
         Err(code) => return Ok(code),
     };
@@ -113,7 +139,7 @@ async fn run_locked(
         }
         Err(err) => return Err(Failure::store(codes, &err)),
     };
-    tracing::debug!(%key, fence = %guard.fence(), "acquired; starting the command");
+    tracing::debug!(%key, fence = %guard.fence(), permits = args.permits, "acquired; starting the command");
     let env = [
         ("LOCKSTORE_KEY", key.to_string()),
         ("LOCKSTORE_FENCE", guard.fence().to_string()),
@@ -712,6 +738,67 @@ pub(crate) fn status_text(status: ExitStatus) -> String {
 }
 
 /// `held by OWNER (fence N, expires in 12.0s)`.
+/// What `run` holds while the command runs: the lock, or (`--permits N`,
+/// N > 1) one permit of the key's semaphore. Both are the same renewing
+/// guard underneath.
+enum Held {
+    Lock(LockGuard),
+    Permit(PermitGuard),
+}
+
+impl Held {
+    fn fence(&self) -> FencingToken {
+        match self {
+            Held::Lock(guard) => guard.fence(),
+            Held::Permit(guard) => guard.fence(),
+        }
+    }
+
+    fn lease_id(&self) -> LeaseId {
+        match self {
+            Held::Lock(guard) => guard.lease_id(),
+            Held::Permit(guard) => guard.permit_id(),
+        }
+    }
+
+    fn lost(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        match self {
+            Held::Lock(guard) => Box::pin(guard.lost()),
+            Held::Permit(guard) => Box::pin(guard.lost()),
+        }
+    }
+
+    async fn release(self) -> Result<ReleaseOutcome, LockError> {
+        match self {
+            Held::Lock(guard) => guard.release().await,
+            Held::Permit(guard) => guard.release().await,
+        }
+    }
+}
+
+/// A semaphore's live permits, for people.
+pub fn permits_text(permits: &Permits) -> String {
+    let holders: Vec<String> = permits
+        .holders
+        .iter()
+        .map(|holder| {
+            format!(
+                "{} (fence {}, expires in {})",
+                holder.owner(),
+                holder.fence(),
+                human(holder.expires_in())
+            )
+        })
+        .collect();
+    format!(
+        "{} of {} permits held, {} free: {}",
+        permits.holders.len(),
+        permits.limit,
+        permits.free(),
+        holders.join(", ")
+    )
+}
+
 pub fn holder_text(holder: &Holder) -> String {
     format!(
         "held by {} (fence {}, expires in {})",

@@ -979,6 +979,107 @@ fn elect_runs_one_leader_and_hands_over_when_it_exits(b: &Backend) {
         "the watch went back in terms: {watched}"
     );
     assert_eq!(terms.first(), Some(&term_a), "{watched}");
+/// `run --permits N`: N commands hold the key at once, each with its own
+/// fence; one more is refused naming the holders; `status` lists them; a
+/// run with another N is refused with both limits; once the holders end,
+/// the key is free again.
+fn permits_let_n_commands_hold_a_key_at_once(b: &Backend) {
+    let key = unique("permits");
+    let stop = b.dir.path().join(format!("stop-{}", key.replace('/', "_")));
+    let script = format!(
+        r#"echo "$LOCKSTORE_FENCE" > "$1"; while [ ! -e {} ]; do sleep 0.05; done"#,
+        stop.display()
+    );
+    let mut holders = Vec::new();
+    let mut fence_files = Vec::new();
+    for n in 0..2 {
+        let file = b
+            .dir
+            .path()
+            .join(format!("fence-{n}-{}", key.replace('/', "_")));
+        let running = b
+            .lockctl(&[
+                "run",
+                &key,
+                "--permits",
+                "2",
+                "--ttl",
+                "5m",
+                "--",
+                "sh",
+                "-c",
+                &script,
+                "sh",
+                &file.display().to_string(),
+            ])
+            .spawn(Stdio::null());
+        wait_for_file(&file);
+        holders.push(running);
+        fence_files.push(file);
+    }
+    let fences: Vec<u64> = fence_files
+        .iter()
+        .map(|file| {
+            read(file)
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("no fence in {}", file.display()))
+        })
+        .collect();
+    assert_ne!(fences[0], fences[1], "two permits got one fence");
+
+    let refused = b
+        .lockctl(&["run", &key, "--permits", "2", "--no-wait", "--", "true"])
+        .output();
+    assert_eq!(
+        refused.code(),
+        200,
+        "a third holder ran: {}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("held by"), "{}", refused.stderr);
+
+    let status = b.lockctl(&["--json", "status", &key]).output();
+    assert_eq!(status.code(), 0, "{}", status.stderr);
+    let semaphore = &status.json()["semaphore"];
+    assert_eq!(semaphore["limit"], 2, "{semaphore}");
+    assert_eq!(semaphore["free"], 0, "{semaphore}");
+    let mut listed: Vec<u64> = semaphore["holders"]
+        .as_array()
+        .expect("holders")
+        .iter()
+        .map(|h| h["fence"].as_u64().expect("a fence"))
+        .collect();
+    listed.sort_unstable();
+    let mut expected = fences.clone();
+    expected.sort_unstable();
+    assert_eq!(listed, expected, "status lists other holders: {semaphore}");
+    let text = b.lockctl(&["status", &key]).output();
+    assert!(
+        text.stdout.contains("2 of 2 permits held"),
+        "{}",
+        text.stdout
+    );
+
+    let mismatch = b
+        .lockctl(&["run", &key, "--permits", "3", "--no-wait", "--", "true"])
+        .output();
+    assert_ne!(mismatch.code(), 0, "a run with another limit ran");
+    assert!(
+        mismatch.stderr.contains("limit of 2") && mismatch.stderr.contains("not 3"),
+        "the refusal must name both limits: {}",
+        mismatch.stderr
+    );
+
+    std::fs::write(&stop, b"").expect("write the stop file");
+    for running in holders {
+        let out = running.wait_within(PATIENCE);
+        assert_eq!(out.code(), 0, "{}", out.stderr);
+    }
+    let free = b
+        .lockctl(&["run", &key, "--permits", "2", "--no-wait", "--", "true"])
+        .output();
+    assert_eq!(free.code(), 0, "{}", free.stderr);
 }
 
 macro_rules! suite {
@@ -1023,6 +1124,24 @@ every_backend!(
     once_wait_takes_over_a_killed_run,
     elect_runs_one_leader_and_hands_over_when_it_exits,
 );
+
+/// `run --permits` on every backend with semaphores (DynamoDB has none yet).
+mod permits {
+    #[test]
+    fn sqlite() {
+        super::permits_let_n_commands_hold_a_key_at_once(&super::Backend::sqlite());
+    }
+
+    #[test]
+    fn postgres() {
+        super::permits_let_n_commands_hold_a_key_at_once(&super::Backend::postgres());
+    }
+
+    #[test]
+    fn redis() {
+        super::permits_let_n_commands_hold_a_key_at_once(&super::Backend::redis());
+    }
+}
 
 // ------------------------------------------------- backend-independent cases
 

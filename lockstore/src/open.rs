@@ -30,6 +30,7 @@ use percent_encoding::percent_decode_str;
 use url::{ParseError, SyntaxViolation, Url, form_urlencoded};
 
 use lockstore_api::ledger::{Ledger, LedgerStore};
+use lockstore_api::semaphore::{Semaphore, SemaphoreStore};
 use lockstore_api::{LockClient, LockError, LockStore};
 
 /// Why [`open`] could not give a store. Each message says what to write
@@ -140,6 +141,8 @@ fn compiled_schemes() -> String {
 pub struct Store {
     locks: Arc<dyn LockStore>,
     ledger: Arc<dyn LedgerStore>,
+    /// `None` on a backend without semaphores (DynamoDB, for now).
+    semaphores: Option<Arc<dyn SemaphoreStore>>,
     schema: Schema,
 }
 
@@ -174,6 +177,27 @@ impl Store {
     /// The execution ledger's store.
     pub fn ledger(&self) -> Arc<dyn LedgerStore> {
         Arc::clone(&self.ledger)
+    }
+
+    /// The semaphores' store.
+    ///
+    /// # Errors
+    /// [`LockError::Config`] on a backend without semaphores (DynamoDB).
+    pub fn semaphores(&self) -> Result<Arc<dyn SemaphoreStore>, LockError> {
+        self.semaphores.clone().ok_or_else(|| {
+            LockError::config(
+                self.backend_name(),
+                "semaphores are not available on this backend yet; use memory, SQLite, PostgreSQL or Redis",
+            )
+        })
+    }
+
+    /// A [`Semaphore`] client over the semaphores' store.
+    ///
+    /// # Errors
+    /// As [`Store::semaphores`].
+    pub fn semaphore_client(&self) -> Result<Semaphore, LockError> {
+        self.semaphores().map(Semaphore::from_arc)
     }
 
     /// A [`LockClient`] over the lock store.
@@ -216,8 +240,16 @@ impl Store {
         Store {
             locks: store.clone(),
             ledger: store,
+            semaphores: None,
             schema,
         }
+    }
+
+    /// The same store, with `store` as its semaphores.
+    #[allow(dead_code)] // unused when no backend feature is on
+    fn with_semaphores<S: SemaphoreStore>(mut self, store: Arc<S>) -> Store {
+        self.semaphores = Some(store);
+        self
     }
 }
 
@@ -461,7 +493,8 @@ impl Target {
                     Some(name) => store.namespace(&name),
                     None => store,
                 };
-                Ok(Store::from_store(Arc::new(store), Schema::Nothing))
+                let store = Arc::new(store);
+                Ok(Store::from_store(Arc::clone(&store), Schema::Nothing).with_semaphores(store))
             }
             #[cfg(feature = "sqlite")]
             Target::Sqlite { location, table } => {
@@ -470,10 +503,10 @@ impl Target {
                     builder = builder.table(table);
                 }
                 let store = builder.build().await?;
-                Ok(Store::from_store(
-                    Arc::new(store.clone()),
-                    Schema::Sqlite(store),
-                ))
+                Ok(
+                    Store::from_store(Arc::new(store.clone()), Schema::Sqlite(store.clone()))
+                        .with_semaphores(Arc::new(store)),
+                )
             }
             #[cfg(feature = "postgres")]
             Target::Postgres { url, schema, table } => {
@@ -485,10 +518,10 @@ impl Target {
                     builder = builder.table(table);
                 }
                 let store = builder.build().await?;
-                Ok(Store::from_store(
-                    Arc::new(store.clone()),
-                    Schema::Postgres(store),
-                ))
+                Ok(
+                    Store::from_store(Arc::new(store.clone()), Schema::Postgres(store.clone()))
+                        .with_semaphores(Arc::new(store)),
+                )
             }
             #[cfg(feature = "redis")]
             Target::Redis { url, prefix } => {
@@ -496,8 +529,8 @@ impl Target {
                 if let Some(prefix) = prefix {
                     builder = builder.key_prefix(prefix);
                 }
-                let store = builder.connect().await?;
-                Ok(Store::from_store(Arc::new(store), Schema::Nothing))
+                let store = Arc::new(builder.connect().await?);
+                Ok(Store::from_store(Arc::clone(&store), Schema::Nothing).with_semaphores(store))
             }
             #[cfg(feature = "dynamodb")]
             Target::DynamoDb(t) => {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use lockstore_api::LockStore;
 use lockstore_api::ledger::LedgerStore;
+use lockstore_api::semaphore::SemaphoreStore;
 use lockstore_conformance::provision::{Service, server_url};
 use lockstore_conformance::proxy::{url_host_port, url_with_addr};
 use lockstore_conformance::servers::{PostgresServer, PrivateServer};
@@ -114,6 +115,10 @@ impl Harness for PostgresHarness {
     async fn ledger(&self, namespace: &str) -> Option<Arc<dyn LedgerStore>> {
         Some(Arc::new(self.postgres_store(namespace).await))
     }
+
+    async fn semaphore(&self, namespace: &str) -> Option<Arc<dyn SemaphoreStore>> {
+        Some(Arc::new(self.postgres_store(namespace).await))
+    }
 }
 
 /// A database file per namespace.
@@ -160,6 +165,10 @@ impl Harness for SqliteHarness {
     }
 
     async fn ledger(&self, namespace: &str) -> Option<Arc<dyn LedgerStore>> {
+        Some(Arc::new(sqlite_store(&sqlite_path(namespace)).await))
+    }
+
+    async fn semaphore(&self, namespace: &str) -> Option<Arc<dyn SemaphoreStore>> {
         Some(Arc::new(sqlite_store(&sqlite_path(namespace)).await))
     }
 }
