@@ -979,6 +979,8 @@ fn elect_runs_one_leader_and_hands_over_when_it_exits(b: &Backend) {
         "the watch went back in terms: {watched}"
     );
     assert_eq!(terms.first(), Some(&term_a), "{watched}");
+}
+
 /// `run --permits N`: N commands hold the key at once, each with its own
 /// fence; one more is refused naming the holders; `status` lists them; a
 /// run with another N is refused with both limits; once the holders end,
