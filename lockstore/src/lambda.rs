@@ -5,7 +5,7 @@
 //! once: a message comes back when the function fails, times out, or
 //! reports it in `batchItemFailures`, and a standard queue may deliver a
 //! message twice. [`SqsHandler`] puts the
-//! [`IdempotentConsumer`](crate::ledger::IdempotentConsumer) between the
+//! [`IdempotentConsumer`] between the
 //! event and your code:
 //!
 //! * each message's work is recorded in the ledger under a key — the
