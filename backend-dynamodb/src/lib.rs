@@ -203,7 +203,7 @@ pub use config::{
     WallClock,
 };
 pub use store::DynamoDbStore;
-pub use table::TableProblem;
+pub use table::{TableDefinition, TableProblem};
 
 /// The backend name in errors and traces.
 pub(crate) const BACKEND: &str = "dynamodb";

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    ScalarAttributeType, TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use lockstore_api::{LockError, UnexpectedReply};
@@ -147,7 +147,118 @@ impl fmt::Display for TableProblem {
     }
 }
 
+/// The table [`DynamoDbStore::create_table`] makes — key, attributes, the
+/// ledger's status index, on-demand billing, TTL — as the SDK values it
+/// sends, for infrastructure as code: [`TableDefinition::to_cloudformation`]
+/// renders it as an `AWS::DynamoDB::Table` resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableDefinition {
+    table: String,
+    attributes: Vec<AttributeDefinition>,
+    key_schema: Vec<KeySchemaElement>,
+    index: GlobalSecondaryIndex,
+    billing_mode: BillingMode,
+    time_to_live: TimeToLiveSpecification,
+}
+
+impl TableDefinition {
+    /// The table name.
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    /// The table as a CloudFormation `AWS::DynamoDB::Table` resource, in
+    /// JSON (the property names are DynamoDB's own, so a Terraform
+    /// `aws_dynamodb_table` or a CDK `CfnTable` maps one to one).
+    pub fn to_cloudformation(&self) -> serde_json::Value {
+        use serde_json::json;
+        let key_schema = |keys: &[KeySchemaElement]| {
+            keys.iter()
+                .map(|key| {
+                    json!({ "AttributeName": key.attribute_name(), "KeyType": key.key_type().as_str() })
+                })
+                .collect::<Vec<_>>()
+        };
+        let attributes: Vec<_> = self
+            .attributes
+            .iter()
+            .map(|attribute| {
+                json!({
+                    "AttributeName": attribute.attribute_name(),
+                    "AttributeType": attribute.attribute_type().as_str(),
+                })
+            })
+            .collect();
+        let projection = self
+            .index
+            .projection()
+            .and_then(|projection| projection.projection_type())
+            .map(|kind| kind.as_str());
+        json!({
+            "Type": "AWS::DynamoDB::Table",
+            "Properties": {
+                "TableName": self.table,
+                "BillingMode": self.billing_mode.as_str(),
+                "AttributeDefinitions": attributes,
+                "KeySchema": key_schema(&self.key_schema),
+                "GlobalSecondaryIndexes": [{
+                    "IndexName": self.index.index_name(),
+                    "KeySchema": key_schema(self.index.key_schema()),
+                    "Projection": { "ProjectionType": projection },
+                }],
+                "TimeToLiveSpecification": {
+                    "AttributeName": self.time_to_live.attribute_name(),
+                    "Enabled": self.time_to_live.enabled(),
+                },
+            }
+        })
+    }
+}
+
 impl DynamoDbStore {
+    /// The table [`create_table`](Self::create_table) makes for this
+    /// store's configuration, built by the code that sends it; no request.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), lockstore_api::LockError> {
+    /// let store = lockstore_dynamodb::DynamoDbStore::builder("Locks").build().await?;
+    /// let resource = store.table_definition()?.to_cloudformation();
+    /// println!("{}", serde_json::to_string_pretty(&resource).unwrap_or_default());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`LockError::Config`] when the configured names make no valid
+    /// definition (the SDK's builders refuse them).
+    pub fn table_definition(&self) -> Result<TableDefinition, LockError> {
+        let c = self.config();
+        let build_err = |e| LockError::permanent(BACKEND, "building the table definition", e);
+        let attribute = AttributeDefinition::builder()
+            .attribute_name(&c.partition_key)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(build_err)?;
+        let key = KeySchemaElement::builder()
+            .attribute_name(&c.partition_key)
+            .key_type(KeyType::Hash)
+            .build()
+            .map_err(build_err)?;
+        let (index_attributes, index) = self.ledger_index_for_new_table()?;
+        let time_to_live = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(&c.cleanup_attribute)
+            .build()
+            .map_err(build_err)?;
+        Ok(TableDefinition {
+            table: c.table.clone(),
+            attributes: [vec![attribute], index_attributes].concat(),
+            key_schema: vec![key],
+            index,
+            billing_mode: BillingMode::PayPerRequest,
+            time_to_live,
+        })
+    }
+
     /// Lists what is wrong with the table for this store: missing, not
     /// active, a wrong key schema, DynamoDB TTL off, on another attribute or
     /// not supported by the server, the execution ledger's status index
@@ -232,25 +343,15 @@ impl DynamoDbStore {
     pub async fn create_table(&self) -> Result<(), LockError> {
         let c = self.config();
         if self.describe().await?.is_none() {
-            let attribute = AttributeDefinition::builder()
-                .attribute_name(&c.partition_key)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(|e| LockError::permanent(BACKEND, "building CreateTable", e))?;
-            let key = KeySchemaElement::builder()
-                .attribute_name(&c.partition_key)
-                .key_type(KeyType::Hash)
-                .build()
-                .map_err(|e| LockError::permanent(BACKEND, "building CreateTable", e))?;
-            let (index_attributes, index) = self.ledger_index_for_new_table()?;
+            let definition = self.table_definition()?;
             let created = self
                 .client()
                 .create_table()
-                .table_name(&c.table)
-                .set_attribute_definitions(Some([vec![attribute], index_attributes].concat()))
-                .key_schema(key)
-                .global_secondary_indexes(index)
-                .billing_mode(BillingMode::PayPerRequest)
+                .table_name(&definition.table)
+                .set_attribute_definitions(Some(definition.attributes))
+                .set_key_schema(Some(definition.key_schema))
+                .global_secondary_indexes(definition.index)
+                .billing_mode(definition.billing_mode)
                 .send()
                 .await;
             match created {
@@ -446,11 +547,7 @@ impl DynamoDbStore {
 
     async fn enable_ttl(&self) -> Result<(), LockError> {
         let c = self.config();
-        let spec = TimeToLiveSpecification::builder()
-            .enabled(true)
-            .attribute_name(&c.cleanup_attribute)
-            .build()
-            .map_err(|e| LockError::permanent(BACKEND, "building UpdateTimeToLive", e))?;
+        let spec = self.table_definition()?.time_to_live;
         match self
             .client()
             .update_time_to_live()

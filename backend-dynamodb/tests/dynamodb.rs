@@ -640,3 +640,74 @@ async fn a_user_table_with_its_own_key_name_works() {
         Some(two)
     );
 }
+
+/// The definition printed for infrastructure as code is the table
+/// `create_table` makes: read back from the server after creating it, the
+/// table's attributes, key, index, billing and TTL are the rendered ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_definition_renders_the_table_create_table_makes() {
+    use serde_json::{Value, json};
+    let table = fresh_table("definition");
+    let store = common::builder(&table)
+        .partition_key("pk")
+        .cleanup_attribute("expires")
+        .build()
+        .await
+        .unwrap();
+    let rendered = store.table_definition().unwrap().to_cloudformation();
+    store.create_table().await.unwrap();
+
+    let described = raw_client()
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .table
+        .unwrap();
+    let ttl = raw_client()
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .time_to_live_description
+        .unwrap();
+    let keys = |keys: &[KeySchemaElement]| -> Vec<Value> {
+        keys.iter()
+            .map(|k| json!({ "AttributeName": k.attribute_name(), "KeyType": k.key_type().as_str() }))
+            .collect()
+    };
+    let sorted = |mut values: Vec<Value>| {
+        values.sort_by_key(|v| v.to_string());
+        values
+    };
+    let index = &described.global_secondary_indexes()[0];
+    let from_server = json!({
+        "TableName": described.table_name(),
+        "BillingMode": described.billing_mode_summary().and_then(|b| b.billing_mode()).map(|b| b.as_str()),
+        "AttributeDefinitions": sorted(described.attribute_definitions().iter().map(|a| json!({
+            "AttributeName": a.attribute_name(),
+            "AttributeType": a.attribute_type().as_str(),
+        })).collect()),
+        "KeySchema": keys(described.key_schema()),
+        "GlobalSecondaryIndexes": [{
+            "IndexName": index.index_name(),
+            "KeySchema": keys(index.key_schema()),
+            "Projection": { "ProjectionType": index.projection().and_then(|p| p.projection_type()).map(|p| p.as_str()) },
+        }],
+        "TimeToLiveSpecification": {
+            "AttributeName": ttl.attribute_name(),
+            "Enabled": ttl.time_to_live_status().map(|s| s.as_str()) == Some("ENABLED"),
+        },
+    });
+    let mut properties = rendered["Properties"].clone();
+    properties["AttributeDefinitions"] = Value::Array(sorted(
+        properties["AttributeDefinitions"]
+            .as_array()
+            .unwrap()
+            .clone(),
+    ));
+    assert_eq!(rendered["Type"], "AWS::DynamoDB::Table");
+    assert_eq!(properties, from_server);
+}

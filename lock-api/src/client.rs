@@ -38,6 +38,7 @@ pub enum Wait {
 pub struct AcquireOptions {
     ttl: Duration,
     wait: Wait,
+    renew_until: Option<Instant>,
 }
 
 impl AcquireOptions {
@@ -47,7 +48,25 @@ impl AcquireOptions {
         Self {
             ttl,
             wait: Wait::No,
+            renew_until: None,
         }
+    }
+
+    /// Never renew the lease past `deadline`: a renewal asks for at most
+    /// the time left until it, none is sent once it has passed, and the
+    /// guard reports the lease lost when the last one runs out (a safety
+    /// margin before `deadline`). The backend then frees the key by
+    /// `deadline` — or one TTL after the acquire, if that was less than a
+    /// TTL before `deadline` (the first request asks for the full TTL).
+    ///
+    /// For work with a hard end of its own: a Lambda invocation's deadline,
+    /// a pod's termination grace period. A process killed at that end,
+    /// or frozen with a guard still alive, does not keep the key held past
+    /// it. A hold at the end ([`LockGuard::release_after`]) is capped the
+    /// same way.
+    pub fn renew_until(mut self, deadline: impl Into<Instant>) -> Self {
+        self.renew_until = Some(deadline.into());
+        self
     }
 
     /// Wait as `wait` says.
@@ -74,6 +93,11 @@ impl AcquireOptions {
     /// The waiting policy.
     pub fn wait_policy(&self) -> Wait {
         self.wait
+    }
+
+    /// The instant past which the lease is not renewed, if any.
+    pub fn renewal_deadline(&self) -> Option<Instant> {
+        self.renew_until
     }
 }
 
@@ -211,7 +235,12 @@ impl<S: ?Sized + LockStore> LockClient<S> {
             self.guard.validate(ttl)?;
         }
         let lease = self.acquire_lease(key, options).await?;
-        Ok(LockGuard::spawn(Arc::clone(&self.store), lease, self.guard))
+        Ok(LockGuard::spawn(
+            Arc::clone(&self.store),
+            lease,
+            self.guard,
+            options.renew_until,
+        ))
     }
 
     /// One attempt: a guard if the key was free, `None` if someone holds it.

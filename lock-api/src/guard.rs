@@ -252,10 +252,15 @@ impl LeaseView {
 }
 
 impl LockGuard {
+    /// Keeps `lease` renewed in the background; with `renew_until`, never
+    /// past that instant (see [`AcquireOptions::renew_until`]).
+    ///
+    /// [`AcquireOptions::renew_until`]: crate::AcquireOptions::renew_until
     pub(crate) fn spawn<S: ?Sized + LockStore>(
         store: Arc<S>,
         lease: Lease,
         settings: GuardSettings,
+        renew_until: Option<Instant>,
     ) -> Self {
         let lease = settings.trusted(lease);
         let trusted = Trusted {
@@ -283,7 +288,7 @@ impl LockGuard {
         let lost_when_task_ends = lost.clone().drop_guard();
         tokio::spawn(async move {
             let _lost_when_task_ends = lost_when_task_ends;
-            keep_alive(store, lease, settings, lease_tx, lost, stop_rx).await;
+            keep_alive(store, lease, settings, renew_until, lease_tx, lost, stop_rx).await;
         });
         guard
     }
@@ -534,15 +539,36 @@ impl LeaseHandle {
     }
 }
 
+/// The TTL a renewal sent at `now` asks for: the lease's own, or, when
+/// `renew_until` is nearer, only the whole milliseconds left until it (the
+/// backend must not count past it), marked as the last renewal. `None` once
+/// less than a millisecond is left: nothing is renewed any more.
+fn renewal_ttl(ttl: Ttl, renew_until: Option<Instant>, now: Instant) -> Option<(Ttl, bool)> {
+    let Some(renew_until) = renew_until else {
+        return Some((ttl, false));
+    };
+    let left = renew_until.saturating_duration_since(now);
+    if left >= ttl.as_duration() {
+        return Some((ttl, false));
+    }
+    // Floored: `Ttl::new` rounds up, which would end a hair past the cap.
+    let whole_millis = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+    Ttl::from_millis(whole_millis).ok().map(|ttl| (ttl, true))
+}
+
 async fn keep_alive<S: ?Sized + LockStore>(
     store: Arc<S>,
     mut lease: Lease,
     settings: GuardSettings,
+    renew_until: Option<Instant>,
     lease_tx: watch::Sender<Trusted>,
     lost: CancellationToken,
     mut stop: oneshot::Receiver<Stop>,
 ) {
     let mut next_renewal = lease.sent_at() + settings.renew_interval(&lease);
+    // Off after the renewal that reached `renew_until`: renewing again for
+    // ever smaller remainders would only send more requests.
+    let mut renewing = true;
     let reply = loop {
         let trust_until = lease.trusted_until();
         tokio::select! {
@@ -551,23 +577,32 @@ async fn keep_alive<S: ?Sized + LockStore>(
             // A view saw the deadline pass: stay lost, stop renewing.
             () = lost.cancelled() => break (&mut stop).await.ok(),
             () = sleep_until(trust_until) => {
-                warn!(key = %lease.key(), fence = %lease.fence(), "lease lost: no renewal confirmed before the local deadline");
+                if renewing {
+                    warn!(key = %lease.key(), fence = %lease.fence(), "lease lost: no renewal confirmed before the local deadline");
+                } else {
+                    debug!(key = %lease.key(), fence = %lease.fence(), "lease ended: renewed up to its renew-until deadline and no further");
+                }
                 lost.cancel();
                 break (&mut stop).await.ok();
             }
-            () = sleep_until(next_renewal) => {
+            () = sleep_until(next_renewal), if renewing => {
                 let sent_at = Instant::now();
+                let Some((ttl, last)) = renewal_ttl(lease.ttl(), renew_until, sent_at) else {
+                    renewing = false;
+                    continue;
+                };
                 // A renewal still unanswered at the deadline is worthless: the
                 // deadline arm fires on the next turn.
                 let renewal = tokio::select! {
                     biased;
                     () = sleep_until(trust_until) => continue,
                     () = lost.cancelled() => continue,
-                    renewal = store.renew(lease.key(), lease.id(), lease.ttl()) => renewal,
+                    renewal = store.renew(lease.key(), lease.id(), ttl) => renewal,
                 };
                 match renewal {
                     Ok(RenewOutcome::Renewed) => {
-                        lease = lease.renewed(lease.ttl(), sent_at);
+                        renewing = !last;
+                        lease = lease.renewed(ttl, sent_at);
                         lease_tx.send_replace(Trusted {
                             lease: lease.clone(),
                             until: lease.trusted_until(),
@@ -600,6 +635,10 @@ async fn keep_alive<S: ?Sized + LockStore>(
     // the lease is gone anyway. A lease to be held on is renewed once for
     // the time left instead, by the same rules; a renewal the backend
     // refuses means the lease was no longer ours, which `NotHeld` says.
+    // A hold is a renewal like any other: capped by `renew_until`, and a
+    // release once nothing of it is left.
+    let expire_in = expire_in
+        .and_then(|hold| renewal_ttl(hold, renew_until, Instant::now()).map(|(ttl, _)| ttl));
     let outcome = tokio::time::timeout(lease.ttl().as_duration(), async {
         match expire_in {
             None => store.release(lease.key(), lease.id()).await,
@@ -814,5 +853,59 @@ mod tests {
         guard.release().await.unwrap();
         // Released: the loss signal fires.
         lost.await.unwrap();
+    }
+
+    /// A guard told to renew until a deadline (a Lambda invocation's) asks
+    /// for no time past it, sends nothing after it, and reports the lease
+    /// lost by then; its hold at the end is capped the same way.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn renewals_stop_at_the_renew_until_deadline() {
+        let (store, client) = client(RenewBehaviour::Renew);
+        let deadline = Instant::now() + TTL * 5 / 2;
+        let guard = client
+            .acquire(
+                "lambda-invocation",
+                AcquireOptions::new(TTL).renew_until(deadline),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(TTL * 5).await;
+        assert!(
+            guard.is_lost(),
+            "the guard trusted its lease past the deadline"
+        );
+        assert!(guard.trusted_until() <= deadline);
+        let renewals = store.renewals.lock().unwrap().clone();
+        // Every TTL/3 up to the first capped renewal, and that one is the last.
+        assert!((2..=6).contains(&renewals.len()), "{renewals:?}");
+        for (at, ttl) in &renewals {
+            assert!(
+                *at + ttl.as_duration() <= deadline,
+                "a renewal at {:?} asked for {ttl:?}, past the deadline {:?} away",
+                at.duration_since(renewals[0].0),
+                deadline.duration_since(renewals[0].0),
+            );
+        }
+        let (last_at, last_ttl) = *renewals.last().unwrap();
+        assert!(
+            last_at + last_ttl.as_duration() + Duration::from_millis(1) > deadline,
+            "the last renewal did not reach the deadline"
+        );
+
+        // A hold past the deadline ends at it; past the deadline, a release.
+        let deadline = Instant::now() + TTL;
+        let guard = client
+            .acquire(
+                "hold-capped",
+                AcquireOptions::new(TTL).renew_until(deadline),
+            )
+            .await
+            .unwrap();
+        guard.release_after(TTL * 3).await.unwrap();
+        let (at, ttl) = *store.renewals.lock().unwrap().last().unwrap();
+        assert!(
+            at + ttl.as_duration() <= deadline,
+            "the hold outlived the deadline"
+        );
     }
 }

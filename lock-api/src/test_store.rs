@@ -35,6 +35,8 @@ pub(crate) struct TestStore {
     renew_failures: AtomicU32,
     pub(crate) acquires: AtomicU64,
     pub(crate) releases: AtomicU64,
+    /// Every renewal asked for: when it arrived, and for how long.
+    pub(crate) renewals: Mutex<Vec<(tokio::time::Instant, Ttl)>>,
 }
 
 impl TestStore {
@@ -46,6 +48,7 @@ impl TestStore {
             renew_failures: AtomicU32::new(0),
             acquires: AtomicU64::new(0),
             releases: AtomicU64::new(0),
+            renewals: Mutex::new(Vec::new()),
         }
     }
 }
@@ -76,7 +79,11 @@ impl LockStore for TestStore {
         }
     }
 
-    async fn renew(&self, key: &LockKey, id: LeaseId, _: Ttl) -> Result<RenewOutcome, LockError> {
+    async fn renew(&self, key: &LockKey, id: LeaseId, ttl: Ttl) -> Result<RenewOutcome, LockError> {
+        self.renewals
+            .lock()
+            .unwrap()
+            .push((tokio::time::Instant::now(), ttl));
         match self.renew {
             RenewBehaviour::Renew => {}
             RenewBehaviour::FailFirst(n) => {

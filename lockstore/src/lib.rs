@@ -78,8 +78,9 @@
 //!
 //! [`ledger::Ledger::wait`] waits for a run elsewhere to finish,
 //! [`ledger::IdempotentConsumer`] processes at-least-once queue batches
-//! (SQS and the like), and `enqueue`, `retry`, `query` and `purge` are for
-//! schedulers and operators.
+//! (SQS and the like; with the `lambda` feature, `lockstore::lambda` is the handler
+//! of an SQS-triggered AWS Lambda function), and `enqueue`, `retry`,
+//! `query` and `purge` are for schedulers and operators.
 //!
 //! # Choosing a backend
 //!
@@ -241,6 +242,10 @@ pub use lockstore_api::*;
 
 mod open;
 pub use open::{OpenError, Store, open};
+
+#[cfg(feature = "lambda")]
+#[cfg_attr(docsrs, doc(cfg(feature = "lambda")))]
+pub mod lambda;
 
 /// The in-process backend: for unit tests and single-process programs
 /// (crate [`lockstore_memory`]).

@@ -42,6 +42,7 @@ pub struct RunOptions {
     max_attempts: u32,
     request_hash: Option<RequestHash>,
     wait_for_running: Option<Duration>,
+    renew_until: Option<Instant>,
 }
 
 impl RunOptions {
@@ -53,6 +54,7 @@ impl RunOptions {
             max_attempts: 3,
             request_hash: None,
             wait_for_running: None,
+            renew_until: None,
         }
     }
 
@@ -77,6 +79,18 @@ impl RunOptions {
     /// the work starts is bounded by this timeout too.
     pub fn wait_for_running(mut self, timeout: Duration) -> Self {
         self.wait_for_running = Some(timeout);
+        self
+    }
+
+    /// Never renew the run's lease past `deadline`, as
+    /// [`AcquireOptions::renew_until`](crate::AcquireOptions::renew_until):
+    /// the run is lost (and its work stopped) when the last renewal runs
+    /// out, and the next `begin` can take it over from `deadline` on — or
+    /// one TTL after this run began, if that was less than a TTL before.
+    /// For a Lambda invocation, pass its deadline: a run killed by the
+    /// timeout is not held for long after it.
+    pub fn renew_until(mut self, deadline: impl Into<Instant>) -> Self {
+        self.renew_until = Some(deadline.into());
         self
     }
 
@@ -350,7 +364,8 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                     attempt,
                     finished: AtomicBool::new(false),
                 });
-                let guard = LockGuard::spawn(Arc::clone(&keeper), lease, self.guard);
+                let guard =
+                    LockGuard::spawn(Arc::clone(&keeper), lease, self.guard, options.renew_until);
                 Ok(Begin::Started(RunGuard {
                     keeper,
                     guard: Some(guard),

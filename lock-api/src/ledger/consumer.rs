@@ -237,6 +237,17 @@ impl<L: ?Sized + LedgerStore> IdempotentConsumer<L> {
         self
     }
 
+    /// Never renew a run's lease past `deadline` (see
+    /// [`RunOptions::renew_until`]): an SQS-triggered Lambda function passes
+    /// its invocation's deadline, on a clone of the consumer per
+    /// invocation, so that a run killed by the timeout is taken over soon
+    /// after it, and work still running near it is stopped and its message
+    /// redelivered ([`Processed::Error`] with [`LockError::LeaseLost`]).
+    pub fn renew_until(mut self, deadline: impl Into<tokio::time::Instant>) -> Self {
+        self.options = self.options.renew_until(deadline);
+        self
+    }
+
     /// Processes `messages` one after another with `handler`, which gets
     /// the payload and the run's [`LeaseHandle`] (fence and loss signal).
     ///
