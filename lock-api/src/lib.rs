@@ -28,6 +28,8 @@
 //!   [`ledger::LedgerStore`] for backends, [`ledger::Ledger`] for callers.
 //! * [`schedule`] — a scheduled job that fires on every replica runs once
 //!   per tick ([`LockClient::run_tick`]).
+//! * [`telemetry`] — the metrics the client layer records with the
+//!   `metrics` feature: names, types, units and labels.
 //!
 //! ```
 //! # use lockstore_api::*;
@@ -58,6 +60,7 @@ mod lease;
 pub mod ledger;
 pub mod schedule;
 mod store;
+pub mod telemetry;
 #[cfg(test)]
 mod test_store;
 
