@@ -172,6 +172,23 @@ async fn browser() -> (Killed, Client) {
     (child, client)
 }
 
+/// The element `css` matches once the page that has it is loaded: a
+/// click's navigation may still be under way when the click returns.
+async fn arrived(client: &Client, css: &str) -> fantoccini::elements::Element {
+    match client
+        .wait()
+        .at_most(HANG)
+        .for_element(Locator::Css(css))
+        .await
+    {
+        Ok(element) => element,
+        Err(err) => panic!(
+            "{css}: {err}: {}",
+            client.source().await.unwrap_or_default()
+        ),
+    }
+}
+
 /// The text of every element `css` matches.
 async fn texts(client: &Client, css: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -231,13 +248,7 @@ async fn pages_render_the_records_a_test_created() {
         .click()
         .await
         .unwrap();
-    let detail = client
-        .find(Locator::Css("dl.detail"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let detail = arrived(&client, "dl.detail").await.text().await.unwrap();
     assert!(detail.contains("1 of 3"), "{detail}");
     assert!(detail.contains("failed"), "{detail}");
     let record = store
@@ -298,6 +309,7 @@ async fn retry_works_from_the_page_after_its_confirmation() {
         .await
         .unwrap();
     // The confirmation page changes nothing by itself.
+    arrived(&client, "button.confirm").await;
     let heading = client
         .find(Locator::Css("h2"))
         .await
@@ -321,13 +333,7 @@ async fn retry_works_from_the_page_after_its_confirmation() {
         .click()
         .await
         .unwrap();
-    let outcome = client
-        .find(Locator::Css("p.outcome"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let outcome = arrived(&client, "p.outcome").await.text().await.unwrap();
     assert_eq!(
         outcome,
         "report/weekly is pending again; the next `run --once` runs it"
@@ -356,13 +362,7 @@ async fn retry_works_from_the_page_after_its_confirmation() {
         .click()
         .await
         .unwrap();
-    let purged = client
-        .find(Locator::Css("p.outcome"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let purged = arrived(&client, "p.outcome").await.text().await.unwrap();
     assert!(
         purged.starts_with("purged 0 finished record(s)"),
         "{purged}"
@@ -404,6 +404,7 @@ async fn keys_and_errors_holding_markup_are_shown_as_text() {
         .click()
         .await
         .unwrap();
+    arrived(&client, "dl.detail").await;
     assert_eq!(
         client.title().await.unwrap(),
         "Run — lockctl",
