@@ -558,10 +558,8 @@ fn same_site(headers: &HeaderMap) -> Result<(), Problem> {
         message: "refused: this request came from another site's page".into(),
     };
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = text("sec-fetch-site") {
-        if !matches!(site, "same-origin" | "none") {
-            return Err(refused());
-        }
+    if text("sec-fetch-site").is_some_and(|site| !matches!(site, "same-origin" | "none")) {
+        return Err(refused());
     }
     if let Some(origin) = text("origin") {
         let origin_host = origin.split_once("://").map(|(_, host)| host);
