@@ -9,6 +9,8 @@
 #          Cluster, PostgreSQL, moto, dynalite — installed first if missing. Their installs are
 #          also what tests use to spawn private servers they kill and restart
 #          (LOCKSTORE_TEST_REDIS_SERVER, the PostgreSQL binaries, moto, dynalite).
+#       1b. scripts/browser.sh: Debian's chromium and chromium-driver, for lockctl's page
+#          tests in a real headless browser (lockctl/tests/serve_browser.rs).
 #       2. scripts/docker.sh images: a Docker engine and the local stand-in images
 #          (local/redis:7, local/postgres:15, local/moto:5), for machines without Docker Hub.
 #       3. the whole workspace's tests with
@@ -21,7 +23,7 @@
 #          step 1, as a user without Docker runs them.
 #   hub     as local, but testcontainers pulls the official images (redis:7, postgres:16,
 #           amazon/dynamodb-local) from Docker Hub instead of building stand-ins.
-#   off     no Docker at all: steps 0, 1 and 3, with every URL set (everything on local servers).
+#   off     no Docker at all: steps 0, 1, 1b and 3, with every URL set (everything on local servers).
 #
 # Extra arguments go to the `cargo test` of steps 0 and 3 and replace step 4, e.g.
 # `scripts/test.sh -p lockstore-redis`. The servers and the engine keep running for the next
@@ -52,6 +54,7 @@ report() {
 trap report EXIT
 
 servers() { eval "$(scripts/servers.sh start)"; }
+browser() { eval "$(scripts/browser.sh)"; }
 engine() {
   case $mode in
     local) eval "$(scripts/docker.sh images)" ;;
@@ -62,6 +65,7 @@ engine() {
 cargo_test=(cargo test --workspace --all-features --no-fail-fast)
 step "build the tests" "${cargo_test[@]}" --no-run "$@"
 step "servers (scripts/servers.sh start)" servers
+step "headless browser (scripts/browser.sh)" browser
 [[ $mode == off ]] || step "docker engine and images (scripts/docker.sh)" engine
 
 if [[ $mode == off ]]; then

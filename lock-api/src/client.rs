@@ -9,6 +9,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::guard::{GuardSettings, LeaseHandle, LockGuard};
+use crate::telemetry;
 use crate::{
     AcquireOutcome, AcquireRequest, Backoff, Holder, Lease, LeaseId, LockError, LockKey, LockStore,
     OwnerLabel, ReleaseOutcome, RenewOutcome, Ttl,
@@ -194,6 +195,15 @@ impl<S: ?Sized + LockStore> LockClient<S> {
         self
     }
 
+    /// Labels this client's metrics with `namespace` instead of `default`
+    /// (see [`telemetry`](crate::telemetry)): a low-cardinality name for
+    /// the part of the application the locks belong to, chosen once — never
+    /// a key. Spans carry it too.
+    pub fn with_metrics_namespace(mut self, namespace: &'static str) -> Self {
+        self.guard.namespace = namespace;
+        self
+    }
+
     /// How many renewals a guard attempts per TTL (default 3, at least 2, so
     /// one failed renewal still leaves time for another).
     pub fn with_renewals_per_ttl(mut self, renewals: u32) -> Self {
@@ -305,10 +315,18 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     {
         let key = key.try_into()?;
         let ttl = Ttl::new(options.ttl)?;
-        let span = info_span!("lockstore.acquire", backend = self.store.backend_name(), %key, fence = tracing::field::Empty, attempts = tracing::field::Empty, outcome = tracing::field::Empty);
-        self.acquire_loop(key, ttl, options.wait)
-            .instrument(span)
-            .await
+        let labels = self.guard.labels(self.store.backend_name());
+        let span = info_span!("lockstore.acquire", backend = labels.backend, namespace = labels.namespace, %key, fence = tracing::field::Empty, attempts = tracing::field::Empty, outcome = tracing::field::Empty);
+        let started = Instant::now();
+        let result = self
+            .acquire_loop(key, ttl, options.wait)
+            .instrument(span.clone())
+            .await;
+        let outcome = telemetry::acquire_outcome(options.wait, &result);
+        span.record("outcome", outcome);
+        let waited = result.as_ref().ok().map(|lease| lease.sent_at() - started);
+        telemetry::acquire(labels, outcome, started.elapsed(), waited);
+        result
     }
 
     async fn acquire_loop(&self, key: LockKey, ttl: Ttl, wait: Wait) -> Result<Lease, LockError> {
@@ -343,7 +361,6 @@ impl<S: ?Sized + LockStore> LockClient<S> {
                     let span = tracing::Span::current();
                     span.record("fence", fence.get());
                     span.record("attempts", attempt + 1);
-                    span.record("outcome", "acquired");
                     debug!("acquired");
                     return Ok(Lease::new(
                         request.key,
@@ -374,10 +391,7 @@ impl<S: ?Sized + LockStore> LockClient<S> {
                             Some(holder) => {
                                 self.timed_out(request.key, started, Some(holder), Some(err))
                             }
-                            None => {
-                                tracing::Span::current().record("outcome", "error");
-                                err
-                            }
+                            None => err,
                         }
                     }
                     None => self.timed_out(request.key, started, holder, None),
@@ -434,7 +448,6 @@ impl<S: ?Sized + LockStore> LockClient<S> {
         holder: Option<Holder>,
         last_error: Option<LockError>,
     ) -> LockError {
-        tracing::Span::current().record("outcome", "timeout");
         debug!(holder = ?holder, "gave up waiting");
         LockError::Timeout {
             key,
@@ -450,15 +463,15 @@ impl<S: ?Sized + LockStore> LockClient<S> {
     /// [`LockError::LeaseLost`] when the lease no longer holds its key;
     /// backend errors.
     pub async fn renew(&self, lease: &Lease) -> Result<Lease, LockError> {
-        let span = info_span!("lockstore.renew", backend = self.store.backend_name(), key = %lease.key(), fence = lease.fence().get(), outcome = tracing::field::Empty);
+        let labels = self.guard.labels(self.store.backend_name());
+        let span = info_span!("lockstore.renew", backend = labels.backend, namespace = labels.namespace, key = %lease.key(), fence = lease.fence().get(), outcome = tracing::field::Empty);
         async {
             let sent_at = Instant::now();
-            let outcome = self
-                .store
-                .renew(lease.key(), lease.id(), lease.ttl())
-                .await?;
-            tracing::Span::current().record("outcome", tracing::field::debug(outcome));
-            match outcome {
+            let answer = self.store.renew(lease.key(), lease.id(), lease.ttl()).await;
+            let label = telemetry::renew_outcome(&answer);
+            tracing::Span::current().record("outcome", label);
+            telemetry::renewal(labels, label);
+            match answer? {
                 RenewOutcome::Renewed => Ok(lease.renewed(lease.ttl(), sent_at)),
                 RenewOutcome::Lost => Err(LockError::LeaseLost {
                     key: lease.key().clone(),

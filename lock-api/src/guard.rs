@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::lease::BACKEND_CLOCK_GRANULARITY;
+use crate::telemetry::{self, HeldLease, Labels, LossCause};
 use crate::{
     FencingToken, Lease, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome, RenewOutcome, Ttl,
 };
@@ -54,6 +55,8 @@ use crate::{
 pub(crate) struct GuardSettings {
     pub(crate) safety_margin: Option<Duration>,
     pub(crate) renewals_per_ttl: u32,
+    /// The `namespace` label of this client's metrics.
+    pub(crate) namespace: &'static str,
 }
 
 impl Default for GuardSettings {
@@ -61,6 +64,7 @@ impl Default for GuardSettings {
         Self {
             safety_margin: None,
             renewals_per_ttl: 3,
+            namespace: telemetry::DEFAULT_NAMESPACE,
         }
     }
 }
@@ -69,6 +73,13 @@ impl Default for GuardSettings {
 const MIN_RENEW_STEP: Duration = Duration::from_millis(1);
 
 impl GuardSettings {
+    pub(crate) fn labels(&self, backend: &'static str) -> Labels {
+        Labels {
+            backend,
+            namespace: self.namespace,
+        }
+    }
+
     pub(crate) fn margin(&self, ttl: Ttl) -> Duration {
         self.safety_margin.unwrap_or(ttl.as_duration() / 10)
     }
@@ -286,9 +297,11 @@ impl LockGuard {
         // down (even before the task first ran), an abort — nobody renews the
         // lease any more: its future drops this guard, which cancels `lost`.
         let lost_when_task_ends = lost.clone().drop_guard();
+        let held = HeldLease::start(settings.labels(store.backend_name()));
         tokio::spawn(async move {
             let _lost_when_task_ends = lost_when_task_ends;
             keep_alive(store, lease, settings, renew_until, lease_tx, lost, stop_rx).await;
+            held.end();
         });
         guard
     }
@@ -569,16 +582,21 @@ async fn keep_alive<S: ?Sized + LockStore>(
     // Off after the renewal that reached `renew_until`: renewing again for
     // ever smaller remainders would only send more requests.
     let mut renewing = true;
+    let labels = settings.labels(store.backend_name());
     let reply = loop {
         let trust_until = lease.trusted_until();
         tokio::select! {
             biased;
             reply = &mut stop => break reply.ok(),
             // A view saw the deadline pass: stay lost, stop renewing.
-            () = lost.cancelled() => break (&mut stop).await.ok(),
+            () = lost.cancelled() => {
+                telemetry::lease_lost(labels, LossCause::Deadline);
+                break (&mut stop).await.ok();
+            }
             () = sleep_until(trust_until) => {
                 if renewing {
                     warn!(key = %lease.key(), fence = %lease.fence(), "lease lost: no renewal confirmed before the local deadline");
+                    telemetry::lease_lost(labels, LossCause::Deadline);
                 } else {
                     debug!(key = %lease.key(), fence = %lease.fence(), "lease ended: renewed up to its renew-until deadline and no further");
                 }
@@ -599,6 +617,7 @@ async fn keep_alive<S: ?Sized + LockStore>(
                     () = lost.cancelled() => continue,
                     renewal = store.renew(lease.key(), lease.id(), ttl) => renewal,
                 };
+                telemetry::renewal(labels, telemetry::renew_outcome(&renewal));
                 match renewal {
                     Ok(RenewOutcome::Renewed) => {
                         renewing = !last;
@@ -612,6 +631,7 @@ async fn keep_alive<S: ?Sized + LockStore>(
                     }
                     Ok(RenewOutcome::Lost) => {
                         warn!(key = %lease.key(), fence = %lease.fence(), "lease lost: the backend no longer has it");
+                        telemetry::lease_lost(labels, LossCause::RefusedRenewal);
                         lost.cancel();
                         break (&mut stop).await.ok();
                     }

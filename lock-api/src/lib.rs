@@ -33,6 +33,8 @@
 //!   for callers.
 //! * [`schedule`] — a scheduled job that fires on every replica runs once
 //!   per tick ([`LockClient::run_tick`]).
+//! * [`telemetry`] — the metrics the client layer records with the
+//!   `metrics` feature: names, types, units and labels.
 //!
 //! ```
 //! # use lockstore_api::*;
@@ -65,6 +67,7 @@ pub mod ledger;
 pub mod schedule;
 pub mod semaphore;
 mod store;
+pub mod telemetry;
 #[cfg(test)]
 mod test_store;
 

@@ -197,9 +197,9 @@ pub async fn status(
     Ok(0)
 }
 
-/// `lockctl list`.
-pub async fn list(store: &Store, args: ListArgs, json: bool, codes: &Codes) -> Result<u8, Failure> {
-    let filter = match args.status {
+/// The records a `--status` (or the page's status tab) selects.
+pub fn status_filter(status: StatusArg) -> StatusFilter {
+    match status {
         StatusArg::All => StatusFilter::All,
         StatusArg::Unfinished => StatusFilter::Unfinished,
         StatusArg::Stuck => StatusFilter::Stuck,
@@ -208,7 +208,12 @@ pub async fn list(store: &Store, args: ListArgs, json: bool, codes: &Codes) -> R
         StatusArg::Succeeded => StatusFilter::Is(RunStatus::Succeeded),
         StatusArg::Failed => StatusFilter::Is(RunStatus::Failed),
         StatusArg::Ignored => StatusFilter::Is(RunStatus::Ignored),
-    };
+    }
+}
+
+/// `lockctl list`.
+pub async fn list(store: &Store, args: ListArgs, json: bool, codes: &Codes) -> Result<u8, Failure> {
+    let filter = status_filter(args.status);
     let ledger = store.ledger_client();
     let mut records = Vec::new();
     let mut query = RunQuery::new(filter);
@@ -258,22 +263,11 @@ pub async fn retry(store: &Store, args: KeyArgs, json: bool, codes: &Codes) -> R
         .retry(&key)
         .await
         .map_err(|err| Failure::store(codes, &err))?;
-    let (text, requeued, code) = match outcome {
-        RetryOutcome::Requeued => (
-            format!("{key} is pending again; the next `run --once` runs it"),
-            true,
-            Ok(0),
-        ),
-        RetryOutcome::Unchanged(status) => (
-            format!("{key} is {status}; retry only requeues failed, ignored or stuck runs"),
-            false,
-            Ok(0),
-        ),
-        RetryOutcome::NotFound => (
-            format!("{key} has no record"),
-            false,
-            Err(Failure::error(codes, format!("{key} has no record"))),
-        ),
+    let text = retry_text(&key, outcome);
+    let (requeued, code) = match outcome {
+        RetryOutcome::Requeued => (true, Ok(0)),
+        RetryOutcome::Unchanged(_) => (false, Ok(0)),
+        RetryOutcome::NotFound => (false, Err(Failure::error(codes, text.clone()))),
     };
     if json {
         print_json(&json!({"key": key.as_str(), "requeued": requeued}));
@@ -281,6 +275,25 @@ pub async fn retry(store: &Store, args: KeyArgs, json: bool, codes: &Codes) -> R
         println!("{text}");
     }
     code
+}
+
+/// What a retry did, for people (`lockctl retry` and the page).
+pub fn retry_text(key: &LockKey, outcome: RetryOutcome) -> String {
+    match outcome {
+        RetryOutcome::Requeued => format!("{key} is pending again; the next `run --once` runs it"),
+        RetryOutcome::Unchanged(status) => {
+            format!("{key} is {status}; retry only requeues failed, ignored or stuck runs")
+        }
+        RetryOutcome::NotFound => format!("{key} has no record"),
+    }
+}
+
+/// What a purge did, for people (`lockctl purge` and the page).
+pub fn purge_text(purged: u64, older_than: std::time::Duration) -> String {
+    format!(
+        "purged {purged} finished record(s) not updated for {}",
+        human(older_than)
+    )
 }
 
 /// `lockctl purge --older-than D`.
@@ -298,10 +311,7 @@ pub async fn purge(
     if json {
         print_json(&json!({"purged": purged}));
     } else {
-        println!(
-            "purged {purged} finished record(s) not updated for {}",
-            human(args.older_than)
-        );
+        println!("{}", purge_text(purged, args.older_than));
     }
     Ok(0)
 }

@@ -157,6 +157,14 @@ pub enum Command {
     Purge(PurgeArgs),
     /// Create the tables (SQLite, PostgreSQL) or the DynamoDB table; idempotent.
     Setup,
+    /// Serve a web page for operators: run-once records by status, a
+    /// record's detail, a lock's holder, retry and purge (behind a
+    /// confirmation; not with --read-only), and /metrics for Prometheus.
+    ///
+    /// Listens on loopback by default and has no authentication of its
+    /// own: to reach it from elsewhere, put it behind a reverse proxy that
+    /// authenticates (see the README).
+    Serve(ServeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -335,6 +343,23 @@ pub struct ListArgs {
     /// Most recently updated first.
     #[arg(long)]
     pub newest_first: bool,
+}
+
+/// `lockctl serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on (port 0: any free port, printed at start).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7180")]
+    pub listen: std::net::SocketAddr,
+    /// Show the records and locks only: no retry, no purge.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Reload list pages this often (0: never).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "10s")]
+    pub refresh: Duration,
+    /// Records per page.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: u32,
 }
 
 /// `lockctl purge`.

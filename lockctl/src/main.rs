@@ -16,6 +16,7 @@ mod exit;
 mod group;
 mod output;
 mod run;
+mod serve;
 mod signals;
 mod template;
 mod terminal;
@@ -144,6 +145,7 @@ async fn dispatch(cli: Cli, codes: exit::Codes) -> u8 {
                 Command::Retry(args) => admin::retry(&store, args, cli.json, &codes).await,
                 Command::Purge(args) => admin::purge(&store, args, cli.json, &codes).await,
                 Command::Setup => admin::setup(&store, cli.json, &codes).await,
+                Command::Serve(args) => serve::serve(store, args, &codes).await,
                 Command::Completions { .. } | Command::Man => unreachable!("handled above"),
             },
             Err(failure) => Err(failure),

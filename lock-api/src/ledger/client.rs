@@ -19,6 +19,7 @@ use super::store::{
 };
 use crate::client::{ATTEMPT_FLOOR, attempt_bound};
 use crate::guard::{GuardSettings, LeaseHandle, LockGuard};
+use crate::telemetry::{self, Labels};
 use crate::{
     AcquireOutcome, AcquireRequest, Backoff, FencingToken, Holder, Lease, LeaseId, LockError,
     LockKey, LockStore, OwnerLabel, ReleaseOutcome, RenewOutcome, Ttl,
@@ -285,6 +286,19 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
         self
     }
 
+    /// Labels this ledger's metrics (and its consumers') with `namespace`
+    /// instead of `default`; see
+    /// [`LockClient::with_metrics_namespace`](crate::LockClient::with_metrics_namespace).
+    pub fn with_metrics_namespace(mut self, namespace: &'static str) -> Self {
+        self.guard.namespace = namespace;
+        self
+    }
+
+    /// The labels of this ledger's metrics.
+    pub(crate) fn labels(&self) -> Labels {
+        self.guard.labels(self.store.backend_name())
+    }
+
     /// The store behind this ledger.
     pub fn store(&self) -> &Arc<L> {
         &self.store
@@ -329,7 +343,7 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
     {
         let key = key.try_into()?;
         let request = build_begin_request(key, options, self.owner.clone())?;
-        let span = info_span!("lockstore.begin", backend = self.store.backend_name(), key = %request.key, fence = tracing::field::Empty, attempt = tracing::field::Empty);
+        let span = info_span!("lockstore.begin", backend = self.store.backend_name(), namespace = self.guard.namespace, key = %request.key, fence = tracing::field::Empty, attempt = tracing::field::Empty);
         self.begin_request_sent(request, options, None)
             .instrument(span)
             .await
@@ -351,6 +365,7 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                 span.record("fence", fence.get());
                 span.record("attempt", attempt);
                 debug!("run started");
+                telemetry::transition(self.labels(), RunStatus::Running);
                 let lease = Lease::new(
                     request.key.clone(),
                     request.lease_id,
@@ -360,6 +375,7 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                     sent_at,
                 );
                 let keeper = Arc::new(RunLeaseKeeper {
+                    labels: self.labels(),
                     ledger: Arc::clone(&self.store),
                     attempt,
                     finished: AtomicBool::new(false),
@@ -459,15 +475,21 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                 .unwrap_or_else(far_future)
         });
         let mut waited = false;
+        let mut saw_stuck = false;
         let guard = loop {
             let request = build_begin_request(key.clone(), &options, self.owner.clone())?;
-            let span = info_span!("lockstore.begin", backend = self.store.backend_name(), key = %request.key, fence = tracing::field::Empty, attempt = tracing::field::Empty);
+            let span = info_span!("lockstore.begin", backend = self.store.backend_name(), namespace = self.guard.namespace, key = %request.key, fence = tracing::field::Empty, attempt = tracing::field::Empty);
             match self
                 .begin_request_sent(request, &options, give_up_at)
                 .instrument(span)
                 .await?
             {
-                Begin::Started(guard) => break guard,
+                Begin::Started(guard) => {
+                    if saw_stuck {
+                        telemetry::takeover(self.labels());
+                    }
+                    break guard;
+                }
                 Begin::AlreadySucceeded(record) => {
                     let value = record.result_json()?;
                     return Ok(RunOnce::AlreadySucceeded { value, record });
@@ -491,7 +513,10 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                         // The run ended, or it is stuck (its worker is gone):
                         // begin again decides — take it over, replay its
                         // result, or give up when no attempts are left.
-                        Ok(_) => continue,
+                        Ok(ended) => {
+                            saw_stuck = ended.is_stuck();
+                            continue;
+                        }
                         Err(LockError::Timeout { .. }) => {
                             let latest = timeout(ATTEMPT_FLOOR, self.store.get(&key)).await;
                             let record = match latest {
@@ -696,7 +721,11 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
         K: TryInto<LockKey, Error = LockError>,
     {
         let key = key.try_into()?;
-        self.store.enqueue(&key, request_hash).await
+        let outcome = self.store.enqueue(&key, request_hash).await?;
+        if outcome == EnqueueOutcome::Created {
+            telemetry::transition(self.labels(), RunStatus::Pending);
+        }
+        Ok(outcome)
     }
 
     /// Puts a failed, ignored or stuck key back to `pending` (an operator's
@@ -709,7 +738,11 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
         K: TryInto<LockKey, Error = LockError>,
     {
         let key = key.try_into()?;
-        self.store.retry(&key).await
+        let outcome = self.store.retry(&key).await?;
+        if outcome == RetryOutcome::Requeued {
+            telemetry::transition(self.labels(), RunStatus::Pending);
+        }
+        Ok(outcome)
     }
 
     /// One page of records by status.
@@ -811,6 +844,8 @@ trait RunFinisher: Send + Sync + fmt::Debug {
     async fn finish_run(&self, request: &FinishRequest) -> Result<FinishOutcome, LockError>;
     /// From now on the guard's release sends nothing.
     fn mark_finished(&self);
+    /// The labels of the run's metrics.
+    fn labels(&self) -> Labels;
 }
 
 /// A started run: its lease renewed in the background, finished with
@@ -944,6 +979,7 @@ impl RunGuard {
         self.keeper.mark_finished();
         let fence = guard.fence();
         drop(guard);
+        telemetry::finished(self.keeper.labels(), &outcome);
         match outcome? {
             FinishOutcome::Finished(status) => Ok(status),
             FinishOutcome::NotHeld => Err(LockError::LeaseLost {
@@ -1073,6 +1109,7 @@ impl Drop for RunGuard {
 /// unfinished run) records the attempt as failed.
 #[derive(Debug)]
 struct RunLeaseKeeper<L: ?Sized> {
+    labels: Labels,
     ledger: Arc<L>,
     attempt: u32,
     finished: AtomicBool,
@@ -1086,6 +1123,10 @@ impl<L: ?Sized + LedgerStore> RunFinisher for RunLeaseKeeper<L> {
 
     fn mark_finished(&self) {
         self.finished.store(true, Ordering::SeqCst);
+    }
+
+    fn labels(&self) -> Labels {
+        self.labels
     }
 }
 
@@ -1127,7 +1168,9 @@ impl<L: ?Sized + LedgerStore> LockStore for RunLeaseKeeper<L> {
                 ),
             },
         };
-        Ok(match self.ledger.finish(&request).await? {
+        let outcome = self.ledger.finish(&request).await;
+        telemetry::finished(self.labels, &outcome);
+        Ok(match outcome? {
             FinishOutcome::Finished(_) => ReleaseOutcome::Released,
             FinishOutcome::NotHeld => ReleaseOutcome::NotHeld,
         })

@@ -46,6 +46,7 @@ use serde::de::DeserializeOwned;
 use super::client::{Ledger, RunFailure, RunOnce, RunOptions};
 use super::record::{RequestHash, RunRecord};
 use super::store::LedgerStore;
+use crate::telemetry;
 use crate::{LeaseHandle, LockError, LockKey};
 
 /// One message of a batch: its id (what the queue wants back in a partial
@@ -278,8 +279,12 @@ impl<L: ?Sized + LedgerStore> IdempotentConsumer<L> {
         let mut items = Vec::new();
         for message in messages {
             let id = message.id.clone();
-            let processed = self.process_one(message, &handler).await?;
-            items.push((id, processed));
+            let processed = self.process_one(message, &handler).await;
+            telemetry::consumer_message(
+                self.ledger.labels(),
+                telemetry::consumer_outcome(&processed),
+            );
+            items.push((id, processed?));
         }
         Ok(BatchReport { items })
     }
