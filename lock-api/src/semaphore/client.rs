@@ -112,11 +112,12 @@ impl<S: ?Sized + SemaphoreStore> Semaphore<S> {
         if let Ok(ttl) = Ttl::new(options.ttl()) {
             self.guard.validate(ttl)?;
         }
+        let renew_until = options.renewal_deadline();
         let lease = self.acquire_lease(key, limit, options).await?;
         let leases = Arc::new(PermitLeases(Arc::clone(&self.store)));
         Ok(PermitGuard {
             limit,
-            inner: LockGuard::spawn(leases, lease, self.guard),
+            inner: LockGuard::spawn(leases, lease, self.guard, renew_until),
         })
     }
 
