@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockstore_api::{LeaseId, LockError};
+use sqlx::Connection;
 use sqlx::error::DatabaseError;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
@@ -23,7 +24,7 @@ use crate::ident::{Ident, render};
 use crate::ledger::{LedgerStatements, impl_ledger_store};
 use crate::lock::impl_lock_store;
 use crate::semaphore::{SemaphoreStatements, impl_semaphore_store};
-use crate::shared::{DbErrorKind, ErrorContext, Waiters};
+use crate::shared::{DbErrorKind, ErrorContext, Waiters, connect_failure};
 
 const BACKEND: &str = "postgres";
 
@@ -222,10 +223,29 @@ impl PostgresStoreBuilder {
                     message: "invalid PostgreSQL URL: expected postgres://user[:password]@host[:port]/database[?sslmode=...]".into(),
                     source: Some(Box::new(err)),
                 })?;
-                pool_options(self.max_connections, self.acquire_timeout)
-                    .connect_with(options)
+                let tried = format!("connect to {}:{}", options.get_host(), options.get_port());
+                match pool_options(self.max_connections, self.acquire_timeout)
+                    .connect_with(options.clone())
                     .await
-                    .map_err(|err| errors.map("connecting", err, classify))?
+                {
+                    Ok(pool) => pool,
+                    // The pool retries until its timeout and then forgets
+                    // why: one plain connection says (refused, unknown
+                    // host, password rejected).
+                    Err(sqlx::Error::PoolTimedOut) => {
+                        let err = match PgConnection::connect_with(&options).await {
+                            Ok(conn) => {
+                                let _ = conn.close().await;
+                                sqlx::Error::PoolTimedOut
+                            }
+                            Err(err) => err,
+                        };
+                        return Err(errors.map(&connect_failure(&tried, &err), err, classify));
+                    }
+                    Err(err) => {
+                        return Err(errors.map(&connect_failure(&tried, &err), err, classify));
+                    }
+                }
             }
         };
         let channel = channel_name(&schema, &table);

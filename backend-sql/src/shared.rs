@@ -222,6 +222,24 @@ impl ErrorContext {
     }
 }
 
+/// What went wrong connecting, in the words of the cause: `what` is the
+/// place tried (`connect to db:5432`, `opening /var/lib/locks.db`). sqlx's
+/// errors name neither the URL nor its password, only the OS's or the
+/// server's message.
+pub(crate) fn connect_failure(what: &str, err: &sqlx::Error) -> String {
+    let cause = match err {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused (is the server running and the URL's host and port right?)"
+                .to_owned()
+        }
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::PoolTimedOut => "no connection in time".to_owned(),
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    };
+    format!("{what}: {cause}")
+}
+
 /// A TTL as the milliseconds both dialects bind (`Ttl::MAX` is 24 h, far
 /// below `i64::MAX`).
 pub(crate) fn ttl_millis(ttl: lockstore_api::Ttl) -> i64 {

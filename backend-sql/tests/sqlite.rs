@@ -313,6 +313,52 @@ async fn missing_table_is_a_config_error_naming_table_and_fix() {
     assert!(message.contains("ensure_schema()"), "{message}");
 }
 
+/// A new file is switched to WAL by the first store that opens it, and
+/// that switch needs the file to itself: SQLite answers `SQLITE_BUSY` at
+/// once, without the busy timeout, while another connection writes it (two
+/// processes starting together on a new file: 6 of 40 `lockctl` pairs on a
+/// busy machine). The open retries that, so it gets in once the writer is
+/// done, and a file that stays busy past the busy timeout is an error
+/// naming the file and the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_new_file_another_connection_writes_waits_for_it() {
+    use sqlx::{Connection, Executor};
+    let path = sqlite_path(&fresh_namespace());
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let mut writer = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    writer.execute("CREATE TABLE t (x INTEGER)").await.unwrap();
+    writer.execute("BEGIN IMMEDIATE").await.unwrap();
+    writer.execute("INSERT INTO t VALUES (1)").await.unwrap();
+
+    let busy = SqliteStore::builder(path.to_str().unwrap())
+        .busy_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(busy.is_retryable(), "{busy:?}");
+    let message = busy.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("database is locked"), "{message}");
+
+    let opening = tokio::spawn(async move {
+        SqliteStore::builder(path.to_str().unwrap())
+            .busy_timeout(Duration::from_secs(30))
+            .build()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writer.execute("COMMIT").await.unwrap();
+    let store = opening
+        .await
+        .unwrap()
+        .expect("the open waits out the writer");
+    store.ensure_schema().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_names_and_urls_are_config_errors() {
     let err = SqliteStore::builder("/tmp/x.db")

@@ -886,7 +886,7 @@ fn elect_runs_one_leader_and_hands_over_when_it_exits(b: &Backend) {
         .0
         .process_group(0)
         .stdout(std::fs::File::create(&watched).unwrap())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(b.file("watch.err")).unwrap())
         .spawn()
         .expect("lockctl starts");
     let (ready, stop) = (b.file("ready-a"), b.file("stop-a"));
@@ -929,8 +929,9 @@ fn elect_runs_one_leader_and_hands_over_when_it_exits(b: &Backend) {
     while !read(&watched).contains(&format!("\"term\":{term_a}")) {
         assert!(
             started.elapsed() < PATIENCE,
-            "the watch never showed the leader: {}",
-            read(&watched)
+            "the watch never showed the leader: {}{}",
+            read(&watched),
+            read(&b.file("watch.err"))
         );
         thread::sleep(Duration::from_millis(20));
     }
@@ -1358,6 +1359,39 @@ fn store_passwords_are_never_printed() {
         "redis://:hunter2@127.0.0.1:notaport",
         "postgres://app:hunter2@",
     ]);
+}
+
+/// A store that cannot be reached is named with the cause: the host and
+/// port tried, the file opened.
+#[test]
+fn unreachable_stores_name_what_was_tried_and_why() {
+    let cases = [
+        (
+            "postgres://app:hunter2@127.0.0.1:1/db",
+            "connect to 127.0.0.1:1: connection refused (is the server running",
+        ),
+        (
+            "redis://:hunter2@127.0.0.1:1",
+            "connect to 127.0.0.1:1: connection refused (is the server running",
+        ),
+        (
+            "sqlite:/nonexistent-lockstore-dir/x.db",
+            "opening /nonexistent-lockstore-dir/x.db: unable to open database file",
+        ),
+    ];
+    let running: Vec<_> = cases
+        .iter()
+        .map(|(url, _)| {
+            let mut command = Command::new(LOCKCTL);
+            command.env("LOCKSTORE_URL", url).args(["status", "k"]);
+            Lockctl(command).spawn(Stdio::null())
+        })
+        .collect();
+    for ((url, expected), running) in cases.iter().zip(running) {
+        let out = running.wait_within(PATIENCE);
+        assert_eq!(out.code(), 204, "{url}: {}", out.stderr);
+        assert!(out.stderr.contains(expected), "{url}: {}", out.stderr);
+    }
 }
 
 /// A URL without `://` is redacted by lockstore's `open` (review m4),
