@@ -63,9 +63,11 @@ use futures::Stream;
 use tokio::time::{sleep, timeout};
 use tracing::{debug, warn};
 
+use crate::telemetry::{self, Labels};
 use crate::{
     AcquireOptions, AcquireOutcome, AcquireRequest, Backoff, CancellationToken, FencingToken,
-    Holder, LeaseHandle, LockClient, LockError, LockGuard, LockKey, LockStore, OwnerLabel, Ttl,
+    Holder, LeaseHandle, LockClient, LockError, LockGuard, LockKey, LockStore, OwnerLabel,
+    ReleaseOutcome, Ttl,
 };
 
 /// Between the candidate and the value in the owner label: the ASCII unit
@@ -197,7 +199,10 @@ impl<S: ?Sized + LockStore> Election<S> {
             .acquire(&self.name, options)
             .await?;
         debug!(name = %self.name, term = guard.fence().get(), "leading");
+        let labels = self.client.guard.labels(self.client.store().backend_name());
+        telemetry::leadership(labels, "won");
         Ok(Leadership {
+            labels,
             guard,
             store: Arc::clone(self.client.store()),
             candidate: self.candidate.clone(),
@@ -305,6 +310,7 @@ fn label(candidate: &OwnerLabel, value: &str) -> Result<OwnerLabel, LockError> {
 #[derive(Debug)]
 #[must_use = "dropping a leadership resigns it"]
 pub struct Leadership<S: ?Sized + LockStore = dyn LockStore> {
+    labels: Labels,
     guard: LockGuard,
     store: Arc<S>,
     candidate: OwnerLabel,
@@ -413,7 +419,12 @@ impl<S: ?Sized + LockStore> Leadership<S> {
     /// Backend errors (the term then ends by its TTL). A term already lost
     /// is not an error.
     pub async fn resign(self) -> Result<(), LockError> {
-        self.guard.release().await.map(|_| ())
+        let labels = self.labels;
+        let released = self.guard.release().await?;
+        if released == ReleaseOutcome::Released {
+            telemetry::leadership(labels, "resigned");
+        }
+        Ok(())
     }
 
     fn lost_error(&self) -> LockError {

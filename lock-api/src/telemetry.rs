@@ -24,6 +24,9 @@
 //! | `lockstore_renewals_total` | counter | renewals | backend, namespace, outcome = `renewed` \| `refused` \| `error` | a guard's background renewal (of a lock or a run) or [`LockClient::renew`] got its answer: renewed; refused (the backend no longer has the lease); error (it failed, and is retried while the lease is trusted) |
 //! | `lockstore_leases_lost_total` | counter | leases | backend, namespace, cause = `deadline` \| `refused_renewal` \| `task_death` | a guard's lease (a lock's or a run's) is lost: its local deadline passed without a confirmed renewal; a renewal was refused; its background task ended without releasing (the runtime shut down, the store panicked) |
 //! | `lockstore_leases_held` | gauge | leases | backend, namespace | guards (of locks and runs) whose background task is live: +1 when granted, −1 when the task ends, however it ends |
+//! | `lockstore_permit_acquire_total` | counter | acquires | backend, namespace, outcome = `granted` \| `refused` \| `timed_out` \| `error` | a [`Semaphore`] acquire call ends, as `lockstore_acquire_total` for locks. A held permit counts in `lockstore_leases_held`, and its renewals and loss in the lease series above |
+//! | `lockstore_permit_acquire_duration_seconds` | histogram | seconds | backend, namespace, outcome | the same, with the call's whole duration, waiting included |
+//! | `lockstore_leadership_changes_total` | counter | terms | backend, namespace, change = `won` \| `resigned` | an [`Election`] candidate won a term (its campaign's acquire was granted), or resigned one with the store's confirmation. A campaign's attempts count in `lockstore_acquire_*`, a held term in `lockstore_leases_held`, and a term lost in `lockstore_leases_lost_total` |
 //! | `lockstore_ledger_transitions_total` | counter | transitions | backend, namespace, status = `running` \| `succeeded` \| `failed` \| `ignored` \| `pending` | a ledger record entered a status through this client: a run started (`running`), finished (`succeeded`, `failed`, `ignored`, including a run abandoned by a dropped guard), was enqueued or retried (`pending`) |
 //! | `lockstore_ledger_takeovers_total` | counter | runs | backend, namespace | a run started here after this client saw the key's previous run stuck (running with an expired lease): `run_once` and the consumer waiting on a running key. A `begin` that meets an expired run without having read it first is not told so by the backend and is not counted |
 //! | `lockstore_ledger_stale_finishes_total` | counter | finishes | backend, namespace | a finish (succeed or fail) was refused because the run's lease no longer held the record: the run was taken over, retried or purged |
@@ -35,6 +38,8 @@
 //! [`LockClient::renew`]: crate::LockClient::renew
 //! [`IdempotentConsumer`]: crate::ledger::IdempotentConsumer
 //! [`Processed`]: crate::ledger::Processed
+//! [`Semaphore`]: crate::semaphore::Semaphore
+//! [`Election`]: crate::election::Election
 
 use std::time::Duration;
 
@@ -93,6 +98,26 @@ pub(crate) fn acquire(
     if let Some(waited) = waited {
         imp::observe("lockstore_acquire_wait_seconds", &labels.pair(), waited);
     }
+}
+
+/// A semaphore's acquire call ended with `outcome` after `elapsed`.
+pub(crate) fn permit_acquire(labels: Labels, outcome: &'static str, elapsed: Duration) {
+    let with_outcome = labels.with("outcome", outcome);
+    imp::count("lockstore_permit_acquire_total", &with_outcome, 1);
+    imp::observe(
+        "lockstore_permit_acquire_duration_seconds",
+        &with_outcome,
+        elapsed,
+    );
+}
+
+/// A candidate won a term, or resigned one.
+pub(crate) fn leadership(labels: Labels, change: &'static str) {
+    imp::count(
+        "lockstore_leadership_changes_total",
+        &labels.with("change", change),
+        1,
+    );
 }
 
 /// A renewal got its answer: `renewed`, `refused` or `error`.

@@ -23,6 +23,7 @@ use lockstore::ledger::{
     RunOptions,
 };
 use lockstore::memory::MemoryStore;
+use lockstore::semaphore::{PermitLimit, Semaphore, SemaphoreStore};
 use lockstore::sqlite::SqliteStore;
 use lockstore::{AcquireOptions, LockClient, LockError, LockStore};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -111,7 +112,7 @@ fn namespace(test: &str, backend: &str) -> &'static str {
 }
 
 /// A store of each kind for the cases below.
-trait Backend: LockStore + LedgerStore + Clone + Sized + 'static {
+trait Backend: LockStore + LedgerStore + SemaphoreStore + Clone + Sized + 'static {
     const NAME: &'static str;
     /// The store shared by a test, made (or opened again) on the current runtime.
     fn open(test: &str) -> impl Future<Output = Self>;
@@ -218,6 +219,92 @@ async fn acquire_outcomes<B: Backend>() {
         total("lockstore_leases_lost_total", &[("namespace", ns)]),
         0.0
     );
+}
+
+/// Semaphores: a permit granted, one refused (every permit taken), one
+/// timed out, each counted and timed; a held permit counts as a held lease.
+/// Elections: a won term and its resignation are counted.
+async fn permits_and_leadership<B: Backend>() {
+    let ns = namespace("permits", B::NAME);
+    let store = B::open(ns).await;
+    let semaphore = Semaphore::new(store.clone()).with_metrics_namespace(ns);
+    let permits = |outcome| {
+        [
+            ("namespace", ns),
+            ("backend", B::NAME),
+            ("outcome", outcome),
+        ]
+    };
+    let one = PermitLimit::new(1).unwrap();
+    let permit = semaphore
+        .acquire("permits/lane", one, AcquireOptions::new(LONG))
+        .await
+        .unwrap();
+    assert_eq!(
+        total("lockstore_permit_acquire_total", &permits("granted")),
+        1.0
+    );
+    assert_eq!(
+        total(
+            "lockstore_permit_acquire_duration_seconds",
+            &permits("granted")
+        ),
+        1.0
+    );
+    assert_eq!(total("lockstore_leases_held", &[("namespace", ns)]), 1.0);
+    let refused = semaphore
+        .acquire("permits/lane", one, AcquireOptions::new(LONG))
+        .await;
+    assert!(
+        matches!(refused, Err(LockError::Timeout { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        total("lockstore_permit_acquire_total", &permits("refused")),
+        1.0
+    );
+    let timed_out = semaphore
+        .acquire(
+            "permits/lane",
+            one,
+            AcquireOptions::new(LONG).wait_up_to(Duration::from_millis(20)),
+        )
+        .await;
+    assert!(
+        matches!(timed_out, Err(LockError::Timeout { .. })),
+        "{timed_out:?}"
+    );
+    assert_eq!(
+        total("lockstore_permit_acquire_total", &permits("timed_out")),
+        1.0
+    );
+    permit.release().await.unwrap();
+    assert_eq!(total("lockstore_leases_held", &[("namespace", ns)]), 0.0);
+    // Locks are not counted as permits, nor permits as locks.
+    assert_eq!(total("lockstore_acquire_total", &[("namespace", ns)]), 0.0);
+
+    let client = LockClient::new(store).with_metrics_namespace(ns);
+    let election = client.election("permits/leader", LONG).unwrap();
+    let change = |change| [("namespace", ns), ("backend", B::NAME), ("change", change)];
+    let term = election.campaign("a").await.unwrap();
+    assert_eq!(
+        total("lockstore_leadership_changes_total", &change("won")),
+        1.0
+    );
+    term.resign().await.unwrap();
+    assert_eq!(
+        total("lockstore_leadership_changes_total", &change("resigned")),
+        1.0
+    );
+    // The campaign's acquire is a lock acquire; its term a held lease.
+    assert_eq!(
+        total(
+            "lockstore_acquire_total",
+            &[("namespace", ns), ("outcome", "granted")]
+        ),
+        1.0
+    );
+    assert_eq!(total("lockstore_leases_held", &[("namespace", ns)]), 0.0);
 }
 
 /// Renewals counted as renewed, then a renewal refused (the lease was
@@ -516,6 +603,7 @@ macro_rules! on_backends {
 
 on_backends!(
     acquire_outcomes,
+    permits_and_leadership,
     renewals_and_refused_renewal,
     loss_by_deadline,
     ledger_transitions_and_stale_finish,

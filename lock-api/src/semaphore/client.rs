@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::{PermitLimit, PermitOutcome, PermitRequest, Permits, SemaphoreStore};
 use crate::client::{ATTEMPT_FLOOR, attempt_bound};
 use crate::guard::GuardSettings;
+use crate::telemetry;
 use crate::{
     AcquireOptions, AcquireOutcome, AcquireRequest, Backoff, FencingToken, Holder, Lease,
     LeaseHandle, LeaseId, LockError, LockGuard, LockKey, LockStore, OwnerLabel, ReleaseOutcome,
@@ -83,6 +84,12 @@ impl<S: ?Sized + SemaphoreStore> Semaphore<S> {
     /// As [`LockClient::with_renewals_per_ttl`](crate::LockClient::with_renewals_per_ttl).
     pub fn with_renewals_per_ttl(mut self, renewals: u32) -> Self {
         self.guard.renewals_per_ttl = renewals.max(2);
+        self
+    }
+
+    /// As [`LockClient::with_metrics_namespace`](crate::LockClient::with_metrics_namespace).
+    pub fn with_metrics_namespace(mut self, namespace: &'static str) -> Self {
+        self.guard.namespace = namespace;
         self
     }
 
@@ -188,10 +195,18 @@ impl<S: ?Sized + SemaphoreStore> Semaphore<S> {
             ttl,
             owner: self.owner.clone().unwrap_or_else(OwnerLabel::for_this_task),
         };
-        let span = info_span!("lockstore.permit.acquire", backend = self.store.semaphore_backend_name(), key = %request.key, limit = limit.get(), fence = tracing::field::Empty, attempts = tracing::field::Empty);
-        self.acquire_loop(request, options.wait_policy())
-            .instrument(span)
-            .await
+        let labels = self.guard.labels(self.store.semaphore_backend_name());
+        let span = info_span!("lockstore.permit.acquire", backend = labels.backend, namespace = labels.namespace, key = %request.key, limit = limit.get(), fence = tracing::field::Empty, attempts = tracing::field::Empty, outcome = tracing::field::Empty);
+        let started = Instant::now();
+        let wait = options.wait_policy();
+        let result = self
+            .acquire_loop(request, wait)
+            .instrument(span.clone())
+            .await;
+        let outcome = telemetry::acquire_outcome(wait, &result);
+        span.record("outcome", outcome);
+        telemetry::permit_acquire(labels, outcome, started.elapsed());
+        result
     }
 
     /// The lock's acquire loop, with permits: one permit id for every
