@@ -471,6 +471,19 @@ impl Leader {
     }
 }
 
+impl Leader {
+    /// The leadership a key's holder shows, if its label is an election's
+    /// (`candidate` and value joined by the separator); `None` for a plain
+    /// lock's holder. For tools that look at any key, such as
+    /// `lockctl serve`.
+    pub fn from_election_holder(holder: &Holder) -> Option<Self> {
+        holder
+            .owner()
+            .contains(SEPARATOR)
+            .then(|| Self::from(holder.clone()))
+    }
+}
+
 impl From<Holder> for Leader {
     /// Reads an election's holder. A plain lock on the name (a label
     /// without the separator) is a leader with an empty value.

@@ -26,6 +26,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use clap::ValueEnum;
+use lockstore::election::Leader;
 use lockstore::ledger::{PageCursor, RunQuery, RunRecord, RunStatus, StatusFilter};
 use lockstore::{LockError, LockKey, Store};
 use maud::{DOCTYPE, Markup, html};
@@ -430,12 +431,14 @@ struct LocksQuery {
     key: Option<String>,
 }
 
-/// `/locks?key=K`: a lock's holder. Stores answer for one key at a time
-/// (the `LockStore` trait has no listing), so the page says so and looks
-/// one up; live runs are listed under the running tab.
+/// `/locks?key=K`: who holds a key — a lock's holder, an election's
+/// leader (candidate, value, term), a semaphore's permits. Stores answer
+/// for one key at a time (the `LockStore` trait has no listing), so the
+/// page says so and looks one up; live runs are listed under the running
+/// tab.
 async fn locks(State(app): State<Shared>, Query(query): Query<LocksQuery>) -> Page {
     let key = query.key.as_deref().filter(|s| !s.is_empty());
-    let holder = match key {
+    let found = match key {
         Some(text) => {
             let key = parse_key(text)?;
             let holder = app
@@ -444,22 +447,43 @@ async fn locks(State(app): State<Shared>, Query(query): Query<LocksQuery>) -> Pa
                 .inspect(&key)
                 .await
                 .map_err(|err| Problem::store(&err))?;
-            Some((key, holder))
+            // A backend without semaphores (DynamoDB) has no permits to show.
+            let permits = match app.store.semaphores() {
+                Ok(semaphores) => semaphores
+                    .inspect_permits(&key)
+                    .await
+                    .map_err(|err| Problem::store(&err))?,
+                Err(_) => None,
+            };
+            Some((key, holder, permits))
         }
         None => None,
     };
     let body = html! {
-        h2 { "Locks" }
+        h2 { "Locks, leaders and permits" }
         p.note { "The " (app.store.backend_name()) " store cannot list live locks: lockstore's stores answer for one key at a time. "
-            "Look one up by its key; runs holding a lease are under "
+            "Look one up by its key (a lock's, an election's name, a semaphore's); runs holding a lease are under "
             a href="/runs?status=running" { "running" } "." }
         form method="get" action="/locks" {
             label { "Key " input type="text" name="key" value=(key.unwrap_or("")) size="40"; }
             " " button type="submit" { "Look up" }
         }
-        @if let Some((key, holder)) = &holder {
-            @match holder {
-                Some(holder) => {
+        @if let Some((key, holder, permits)) = &found {
+            @if let Some(holder) = holder {
+                @if let Some(leader) = Leader::from_election_holder(holder) {
+                    h3 { "Leader" }
+                    table.leader {
+                        thead { tr { th { "Election" } th { "Candidate" } th { "Value" } th { "Term" } th { "Time left" } } }
+                        tbody { tr.leader {
+                            td.key { (key.as_str()) }
+                            td.candidate { (leader.candidate()) }
+                            td.value { (leader.value()) }
+                            td.term { (leader.term().get()) }
+                            td { (human(leader.expires_in())) }
+                        } }
+                    }
+                } @else {
+                    h3 { "Lock" }
                     table.locks {
                         thead { tr { th { "Key" } th { "Holder" } th { "Fence" } th { "Time left" } } }
                         tbody { tr.lock {
@@ -470,7 +494,25 @@ async fn locks(State(app): State<Shared>, Query(query): Query<LocksQuery>) -> Pa
                         } }
                     }
                 }
-                None => p.free { code.key { (key.as_str()) } " is free." },
+            }
+            @if let Some(permits) = permits {
+                h3 { "Permits" }
+                p.permits { (permits.holders.len()) " of " (permits.limit) " permits taken, " (permits.free()) " free." }
+                table.permits {
+                    thead { tr { th { "Holder" } th { "Fence" } th { "Time left" } } }
+                    tbody {
+                        @for holder in &permits.holders {
+                            tr.permit {
+                                td.holder { (holder.owner()) }
+                                td.fence { (holder.fence().get()) }
+                                td { (human(holder.expires_in())) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if holder.is_none() && permits.is_none() {
+                p.free { code.key { (key.as_str()) } " is free." }
             }
         }
     };

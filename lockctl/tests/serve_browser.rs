@@ -370,6 +370,98 @@ async fn retry_works_from_the_page_after_its_confirmation() {
     client.close().await.unwrap();
 }
 
+/// The lookup on /locks, typed into its form: a held lock shows its holder
+/// and fence; an election's name its leader, value and term; a semaphore's
+/// key its permits; a free key says so. A value holding markup is text.
+#[tokio::test(flavor = "current_thread")]
+async fn lookups_show_a_locks_holder_a_leader_and_permits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, store) = store(dir.path()).await;
+    let ttl = Duration::from_secs(60);
+    let lock = store
+        .lock_client()
+        .with_owner(lockstore::OwnerLabel::new("batch-host-1").unwrap())
+        .acquire("deploy/prod", lockstore::AcquireOptions::new(ttl))
+        .await
+        .unwrap();
+    let leadership = store
+        .lock_client()
+        .election("scheduler", ttl)
+        .unwrap()
+        .campaign("<b>10.0.0.7:8080</b>")
+        .await
+        .unwrap();
+    let semaphore = store.semaphore_client().unwrap();
+    let limit = lockstore::semaphore::PermitLimit::new(3).unwrap();
+    let mut permits = Vec::new();
+    for _ in 0..2 {
+        let permit = semaphore
+            .acquire("lanes/export", limit, lockstore::AcquireOptions::new(ttl))
+            .await
+            .unwrap();
+        permits.push(permit);
+    }
+    let (_server, base) = serve(&url, &[]);
+    let (_driver, client) = browser().await;
+
+    let look_up = |key: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            client.goto(&format!("{base}/locks")).await.unwrap();
+            let field = client.find(Locator::Css("input[name=key]")).await.unwrap();
+            field.send_keys(key).await.unwrap();
+            client
+                .find(Locator::Css("button[type=submit]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            arrived(&client, "h3, p.free").await;
+        }
+    };
+
+    look_up("deploy/prod").await;
+    assert_eq!(texts(&client, "tr.lock td.holder").await, ["batch-host-1"]);
+    let row = texts(&client, "tr.lock td").await;
+    assert_eq!(row[2], lock.fence().get().to_string(), "{row:?}");
+
+    look_up("scheduler").await;
+    assert_eq!(
+        texts(&client, "tr.leader td.value").await,
+        ["<b>10.0.0.7:8080</b>"]
+    );
+    assert_eq!(
+        texts(&client, "tr.leader td.term").await,
+        [leadership.term().get().to_string()]
+    );
+    assert_eq!(
+        texts(&client, "tr.leader td.candidate").await,
+        [leadership.candidate()]
+    );
+    assert!(client.find_all(Locator::Css("b")).await.unwrap().is_empty());
+
+    look_up("lanes/export").await;
+    assert_eq!(
+        texts(&client, "p.permits").await,
+        ["2 of 3 permits taken, 1 free."]
+    );
+    let mut fences = texts(&client, "tr.permit td.fence").await;
+    fences.sort();
+    let mut expected: Vec<String> = permits
+        .iter()
+        .map(|p| p.fence().get().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(fences, expected);
+
+    look_up("nobody/holds").await;
+    assert_eq!(texts(&client, "p.free").await, ["nobody/holds is free."]);
+    assert!(texts(&client, "h3").await.is_empty());
+    client.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn keys_and_errors_holding_markup_are_shown_as_text() {
     let dir = tempfile::tempdir().unwrap();
