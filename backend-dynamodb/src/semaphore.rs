@@ -38,6 +38,11 @@
 //! contention on one key). A refused acquire writes nothing: it got the
 //! holders from its read.
 //!
+//! A release whose first attempt was applied but whose reply was lost (the
+//! SDK retries it) finds the permit gone and answers
+//! [`ReleaseOutcome::NotHeld`]: the permit is released either way, as on
+//! Redis. (A lock's release tells that case apart; a permit's does not.)
+//!
 //! A renewal is a second request only when the item's cleanup time is
 //! already later than the one this renewal would set (another permit of the
 //! key ends later, or its writer's clock is ahead), or the item's fence is
