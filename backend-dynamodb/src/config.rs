@@ -36,7 +36,7 @@ pub const MAX_CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60 * 60);
 
 /// Attribute names of the item layout, which a partition key or cleanup
 /// attribute must not take.
-const RESERVED_ATTRIBUTES: [&str; 7] = [
+const RESERVED_ATTRIBUTES: [&str; 9] = [
     crate::layout::FENCE,
     crate::layout::LEASE_ID,
     crate::layout::LEASE_OWNER,
@@ -44,6 +44,8 @@ const RESERVED_ATTRIBUTES: [&str; 7] = [
     crate::layout::LEASE_TTL_MS,
     crate::layout::RECORD_VERSION,
     crate::layout::RELEASED_AT_MS,
+    crate::layout::PERMIT_LIMIT,
+    crate::layout::PERMITS,
 ];
 
 fn is_reserved_attribute(name: &str) -> bool {

@@ -31,7 +31,15 @@
 //! the sparse index `exec_status-index` are described in [`crate::ledger`].
 //! Lock writes never touch `exec_*` attributes.
 //!
-//! Any attribute starting with `exec_` or `lease_` is reserved.
+//! # Semaphores
+//!
+//! A key's semaphore is a separate item too (partition-key value: the lock
+//! item's, then `"\0sem"`), holding `permit_limit`, `fence`, `permits` (a
+//! map of the permits), `record_version` and the cleanup time; see
+//! [`crate::semaphore`].
+//!
+//! Any attribute starting with `exec_` or `lease_` is reserved, and so are
+//! `permit_limit` and `permits`.
 
 /// Last fencing token handed out for the key.
 pub(crate) const FENCE: &str = "fence";
@@ -47,6 +55,10 @@ pub(crate) const LEASE_TTL_MS: &str = "lease_ttl_ms";
 pub(crate) const RECORD_VERSION: &str = "record_version";
 /// Writer's wall clock at release, milliseconds since the Unix epoch.
 pub(crate) const RELEASED_AT_MS: &str = "released_at_ms";
+/// A semaphore item's limit.
+pub(crate) const PERMIT_LIMIT: &str = "permit_limit";
+/// A semaphore item's permits: permit id → expiry, fence, owner.
+pub(crate) const PERMITS: &str = "permits";
 
 /// The default name of the partition-key attribute.
 pub const DEFAULT_PARTITION_KEY: &str = "lock_key";

@@ -79,6 +79,21 @@
 //! DynamoDB TTL delete them; a store in [`TakeoverMode::SkewFree`] refuses
 //! ledger requests with a config error. See [`ledger`].
 //!
+//! # Semaphores
+//!
+//! The store is also a
+//! [`SemaphoreStore`](lockstore_api::semaphore::SemaphoreStore): a key's
+//! permits are one item of their own beside the lock item (partition-key
+//! value: the lock item's, then `"\0sem"`), with the limit, the last fence
+//! and a map of the permits. Unlike a lock's, an **acquire takes two
+//! requests**: a consistent `GetItem`, then an `UpdateItem` conditioned on
+//! the `record_version` it read (DynamoDB cannot count a map's live entries
+//! inside a condition); renew and release are one conditional `UpdateItem`
+//! each, inspect one `GetItem`. Fences and cleanup times follow the lock's
+//! rules below, and expiry its wall-clock rule; a store in
+//! [`TakeoverMode::SkewFree`] refuses semaphores with a config error. See
+//! [`semaphore`].
+//!
 //! # Fencing
 //!
 //! `fence` is `if_not_exists(fence, :fence_base) + 1` in every grant, so it
@@ -194,6 +209,7 @@ pub mod ledger;
 mod ledger_expressions;
 mod ledger_table;
 mod observe;
+pub mod semaphore;
 mod store;
 mod table;
 

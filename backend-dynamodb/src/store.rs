@@ -25,7 +25,7 @@ use crate::layout;
 use crate::observe::{Observations, Verdict};
 
 /// A stored item, as the SDK returns it.
-type Item = HashMap<String, AttributeValue>;
+pub(crate) type Item = HashMap<String, AttributeValue>;
 
 /// How often an acquire goes round when the item changes between its write
 /// and its look at the refusal (a lease expiring or released just then).
@@ -182,7 +182,7 @@ impl DynamoDbStore {
             .set_expression_attribute_values(Some(values))
     }
 
-    fn map_err<E>(
+    pub(crate) fn map_err<E>(
         &self,
         what: &str,
         key: &LockKey,
@@ -237,7 +237,7 @@ impl DynamoDbStore {
 
     /// A refused write: the item as it was, from the refusal itself or, on
     /// servers that do not send it, from a consistent read.
-    async fn refused_item(
+    pub(crate) async fn refused_item(
         &self,
         key: &LockKey,
         pk: &str,
@@ -252,7 +252,7 @@ impl DynamoDbStore {
         self.get(key, pk).await
     }
 
-    async fn get(&self, key: &LockKey, pk: &str) -> Result<Option<Item>, LockError> {
+    pub(crate) async fn get(&self, key: &LockKey, pk: &str) -> Result<Option<Item>, LockError> {
         let c = &self.inner.config;
         let reply = self
             .inner
@@ -358,25 +358,25 @@ impl Operations {
 /// The expression values of one request, by placeholder.
 struct Values(Vec<(&'static str, AttributeValue)>);
 
-fn n(value: u64) -> AttributeValue {
+pub(crate) fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-fn s(value: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A fresh record version: every write gets one, so a skew-free watcher can
 /// tell "unchanged" from "renewed".
-fn new_version() -> String {
+pub(crate) fn new_version() -> String {
     format!("{:032x}", LeaseId::random().as_u128())
 }
 
@@ -400,7 +400,7 @@ impl DynamoDbStore {
     /// the writer's clock, raised when need be to cover a fence of
     /// `fence_floor`. Rounded up: DynamoDB TTL works in whole seconds, and
     /// early is the wrong side.
-    fn cleanup(&self, until: Duration, fence_floor: u64) -> Cleanup {
+    pub(crate) fn cleanup(&self, until: Duration, fence_floor: u64) -> Cleanup {
         self.cleanup_after_delay(until, fence_floor, self.inner.config.cleanup_after)
     }
 
@@ -565,7 +565,9 @@ fn released_by_earlier_attempt(item: &Item, what: &str) -> Result<ReleaseOutcome
     })
 }
 
-fn is_condition_failure<R>(error: &aws_sdk_dynamodb::error::SdkError<UpdateItemError, R>) -> bool {
+pub(crate) fn is_condition_failure<R>(
+    error: &aws_sdk_dynamodb::error::SdkError<UpdateItemError, R>,
+) -> bool {
     error
         .as_service_error()
         .is_some_and(UpdateItemError::is_conditional_check_failed_exception)

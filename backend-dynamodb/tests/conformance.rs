@@ -24,6 +24,11 @@
 //!   apart ([`OffsetClock`]) and a 300 ms allowance, well above the guard's
 //!   40 ms margin, so that "within the allowance" means something.
 //!
+//! The semaphore suite runs on both servers too (`dynamodb_semaphore::…`,
+//! `dynalite_semaphore::…`), with the same profile, in wall-clock mode
+//! only: a skew-free store has no semaphores (it refuses them with a config
+//! error, tested in `semaphore.rs`).
+//!
 //! Both servers also run the suite in [`TakeoverMode::SkewFree`]
 //! (`dynamodb_skew_free::…`, `dynalite_skew_free::…`). A skew-free store
 //! takes an expired lease over only after watching its record version for
@@ -42,6 +47,7 @@ use std::time::{Duration, SystemTime};
 
 use common::Server;
 use lockstore_api::LockStore;
+use lockstore_api::semaphore::SemaphoreStore;
 use lockstore_conformance::proxy::url_host_port;
 use lockstore_conformance::servers::{Emulator, EmulatorServer, PrivateServer};
 use lockstore_conformance::{ClientClock, ClockSetting, Harness, Profile, Restart};
@@ -84,6 +90,21 @@ impl Harness for DynamoDbHarness {
             .await
             .expect("a store");
         Arc::new(store)
+    }
+
+    async fn semaphore(&self, namespace: &str) -> Option<Arc<dyn SemaphoreStore>> {
+        // Semaphores need wall-clock mode (a skew-free store refuses them),
+        // so the skew-free harnesses are not in the semaphore suite.
+        if self.1 != TakeoverMode::WallClock {
+            return None;
+        }
+        common::ensure_table_on(self.0).await;
+        let store = common::builder_on(self.0, &self.0.table(common::TABLE))
+            .key_prefix(format!("{namespace}/"))
+            .build()
+            .await
+            .expect("a store");
+        Some(Arc::new(store))
     }
 
     fn server_addr(&self) -> Option<String> {
@@ -209,4 +230,12 @@ lockstore_conformance::suite!(
 lockstore_conformance::suite!(
     dynalite_skew_free,
     DynamoDbHarness(Server::Dynalite, TakeoverMode::SkewFree)
+);
+lockstore_conformance::semaphore_suite!(
+    dynamodb_semaphore,
+    DynamoDbHarness(Server::Moto, TakeoverMode::WallClock)
+);
+lockstore_conformance::semaphore_suite!(
+    dynalite_semaphore,
+    DynamoDbHarness(Server::Dynalite, TakeoverMode::WallClock)
 );

@@ -447,7 +447,7 @@ async fn locks(State(app): State<Shared>, Query(query): Query<LocksQuery>) -> Pa
                 .inspect(&key)
                 .await
                 .map_err(|err| Problem::store(&err))?;
-            // A backend without semaphores (DynamoDB) has no permits to show.
+            // A backend without semaphores would have no permits to show.
             let permits = match app.store.semaphores() {
                 Ok(semaphores) => semaphores
                     .inspect_permits(&key)

@@ -1128,7 +1128,7 @@ every_backend!(
     elect_runs_one_leader_and_hands_over_when_it_exits,
 );
 
-/// `run --permits` on every backend with semaphores (DynamoDB has none yet).
+/// `run --permits` on every backend (all have semaphores).
 mod permits {
     #[test]
     fn sqlite() {
@@ -1143,6 +1143,16 @@ mod permits {
     #[test]
     fn redis() {
         super::permits_let_n_commands_hold_a_key_at_once(&super::Backend::redis());
+    }
+
+    #[test]
+    fn dynamodb() {
+        super::permits_let_n_commands_hold_a_key_at_once(&super::Backend::dynamodb());
+    }
+
+    #[test]
+    fn dynalite() {
+        super::permits_let_n_commands_hold_a_key_at_once(&super::Backend::dynalite());
     }
 }
 

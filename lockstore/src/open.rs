@@ -141,7 +141,8 @@ fn compiled_schemes() -> String {
 pub struct Store {
     locks: Arc<dyn LockStore>,
     ledger: Arc<dyn LedgerStore>,
-    /// `None` on a backend without semaphores (DynamoDB, for now).
+    /// The semaphores' store; every backend [`open`] opens has one.
+    /// `None` would mean a backend without semaphores.
     semaphores: Option<Arc<dyn SemaphoreStore>>,
     schema: Schema,
 }
@@ -179,15 +180,17 @@ impl Store {
         Arc::clone(&self.ledger)
     }
 
-    /// The semaphores' store.
+    /// The semaphores' store. Every backend has one; on DynamoDB they need
+    /// the store's default `TakeoverMode::WallClock`, the mode a URL opens.
     ///
     /// # Errors
-    /// [`LockError::Config`] on a backend without semaphores (DynamoDB).
+    /// [`LockError::Config`] on a backend without semaphores (none of the
+    /// backends [`open`] opens today).
     pub fn semaphores(&self) -> Result<Arc<dyn SemaphoreStore>, LockError> {
         self.semaphores.clone().ok_or_else(|| {
             LockError::config(
                 self.backend_name(),
-                "semaphores are not available on this backend yet; use memory, SQLite, PostgreSQL or Redis",
+                "semaphores are not available on this backend",
             )
         })
     }
@@ -554,10 +557,10 @@ impl Target {
                     builder = builder.static_credentials(id, secret);
                 }
                 let store = Arc::new(builder.build().await?);
-                Ok(Store::from_store(
-                    Arc::clone(&store),
-                    Schema::DynamoDb(store),
-                ))
+                Ok(
+                    Store::from_store(Arc::clone(&store), Schema::DynamoDb(Arc::clone(&store)))
+                        .with_semaphores(store),
+                )
             }
             #[allow(unreachable_patterns)] // reached when a backend feature is off
             other => Err(OpenError::FeatureDisabled {
