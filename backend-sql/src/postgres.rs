@@ -229,20 +229,22 @@ impl PostgresStoreBuilder {
                     .await
                 {
                     Ok(pool) => pool,
-                    // The pool retries until its timeout and then forgets
-                    // why: one plain connection says (refused, unknown
-                    // host, password rejected).
-                    Err(sqlx::Error::PoolTimedOut) => {
-                        let err = match PgConnection::connect_with(&options).await {
-                            Ok(conn) => {
-                                let _ = conn.close().await;
-                                sqlx::Error::PoolTimedOut
-                            }
-                            Err(err) => err,
-                        };
-                        return Err(errors.map(&connect_failure(&tried, &err), err, classify));
-                    }
                     Err(err) => {
+                        // The pool retries until its timeout and then forgets
+                        // why: one plain connection says (refused, unknown
+                        // host, password rejected).
+                        let err = match err {
+                            sqlx::Error::PoolTimedOut => {
+                                match PgConnection::connect_with(&options).await {
+                                    Ok(conn) => {
+                                        let _ = conn.close().await;
+                                        sqlx::Error::PoolTimedOut
+                                    }
+                                    Err(err) => err,
+                                }
+                            }
+                            other => other,
+                        };
                         return Err(errors.map(&connect_failure(&tried, &err), err, classify));
                     }
                 }
