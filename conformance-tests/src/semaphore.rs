@@ -25,6 +25,13 @@ use tokio::time::timeout;
 use crate::Ctx;
 use crate::cases::{HANG, key, long_ttl, must_acquire, ttl};
 
+mod pause;
+mod process;
+mod resource;
+
+pub use pause::semaphore_paused_holder_process_is_fenced_out;
+pub use process::semaphore_holder_processes_never_exceed_the_limit;
+
 /// Expands the semaphore case list into tests; see [`crate::semaphore_suite!`].
 #[doc(hidden)]
 #[macro_export]
@@ -45,6 +52,8 @@ macro_rules! __semaphore_cases {
             (semaphore_with_permit_runs_work_and_releases, Default),
             (semaphore_is_apart_from_the_lock_and_other_namespaces, Default),
             (semaphore_concurrent_holders_never_exceed_the_limit, MultiThread),
+            (semaphore_holder_processes_never_exceed_the_limit, MultiThread),
+            (semaphore_paused_holder_process_is_fenced_out, MultiThread),
         ]);
     };
     (@emit $backend:ident, $harness:expr, [$(($case:ident, $runtime:ident)),* $(,)?]) => {
