@@ -24,7 +24,7 @@ const HOLDER_VAR: &str = "LOCKSTORE_CONFORMANCE_PERMIT_HOLDER";
 const KEY: &str = "sem-processes";
 const LIMIT: u32 = 3;
 /// Permits each holder process takes while racing.
-const ROUNDS: u32 = 10;
+const ROUNDS: u32 = 5;
 /// Long enough that no permit expires while its holder is inside on a
 /// loaded machine: too many inside must mean a broken semaphore.
 const HOLD: Duration = Duration::from_secs(60);
