@@ -25,6 +25,12 @@ use tokio::time::timeout;
 use crate::Ctx;
 use crate::cases::{HANG, key, long_ttl, must_acquire, ttl};
 
+pub mod linearizability;
+mod model;
+
+pub use linearizability::semaphore_histories_are_linearizable;
+pub use model::semaphore_model_based_sequences;
+
 /// Expands the semaphore case list into tests; see [`crate::semaphore_suite!`].
 #[doc(hidden)]
 #[macro_export]
@@ -45,6 +51,8 @@ macro_rules! __semaphore_cases {
             (semaphore_with_permit_runs_work_and_releases, Default),
             (semaphore_is_apart_from_the_lock_and_other_namespaces, Default),
             (semaphore_concurrent_holders_never_exceed_the_limit, MultiThread),
+            (semaphore_model_based_sequences, Default),
+            (semaphore_histories_are_linearizable, MultiThread),
         ]);
     };
     (@emit $backend:ident, $harness:expr, [$(($case:ident, $runtime:ident)),* $(,)?]) => {
