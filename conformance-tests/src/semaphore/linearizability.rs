@@ -367,7 +367,7 @@ impl Recorder {
 
 const CLIENTS: usize = 5;
 const CALLS_PER_CLIENT: usize = 12;
-const ROUNDS: u32 = 12;
+const ROUNDS: u32 = 9;
 
 /// Concurrent histories of permit acquire (fresh and retried), renew,
 /// release and inspect on one key, recorded from five clients (each its own
