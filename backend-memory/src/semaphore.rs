@@ -33,10 +33,16 @@ impl Sem {
         self.permits.retain(|held| held.is_live(now));
     }
 
+    /// The live permits only: an inspection does not drop expired ones
+    /// (it changes nothing), so it must skip them.
     fn report(&self, now: Instant) -> Permits {
         Permits::new(
             self.limit,
-            self.permits.iter().map(|held| held.report(now)).collect(),
+            self.permits
+                .iter()
+                .filter(|held| held.is_live(now))
+                .map(|held| held.report(now))
+                .collect(),
         )
     }
 

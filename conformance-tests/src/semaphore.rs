@@ -25,10 +25,14 @@ use tokio::time::timeout;
 use crate::Ctx;
 use crate::cases::{HANG, key, long_ttl, must_acquire, ttl};
 
+pub mod linearizability;
+mod model;
 mod pause;
 mod process;
 mod resource;
 
+pub use linearizability::semaphore_histories_are_linearizable;
+pub use model::semaphore_model_based_sequences;
 pub use pause::semaphore_paused_holder_process_is_fenced_out;
 pub use process::semaphore_holder_processes_never_exceed_the_limit;
 
@@ -54,6 +58,8 @@ macro_rules! __semaphore_cases {
             (semaphore_concurrent_holders_never_exceed_the_limit, MultiThread),
             (semaphore_holder_processes_never_exceed_the_limit, MultiThread),
             (semaphore_paused_holder_process_is_fenced_out, MultiThread),
+            (semaphore_model_based_sequences, Default),
+            (semaphore_histories_are_linearizable, MultiThread),
         ]);
     };
     (@emit $backend:ident, $harness:expr, [$(($case:ident, $runtime:ident)),* $(,)?]) => {
