@@ -25,6 +25,9 @@ use tokio::time::timeout;
 use crate::Ctx;
 use crate::cases::{HANG, key, long_ttl, must_acquire, ttl};
 
+mod network;
+pub use network::*;
+
 /// Expands the semaphore case list into tests; see [`crate::semaphore_suite!`].
 #[doc(hidden)]
 #[macro_export]
@@ -45,6 +48,9 @@ macro_rules! __semaphore_cases {
             (semaphore_with_permit_runs_work_and_releases, Default),
             (semaphore_is_apart_from_the_lock_and_other_namespaces, Default),
             (semaphore_concurrent_holders_never_exceed_the_limit, MultiThread),
+            (semaphore_network_blackhole_cuts_the_holder_off_safely, MultiThread),
+            (semaphore_network_half_open_losing_replies_cuts_the_holder_off_safely, MultiThread),
+            (semaphore_network_lost_acquire_reply_leaves_one_permit, MultiThread),
         ]);
     };
     (@emit $backend:ident, $harness:expr, [$(($case:ident, $runtime:ident)),* $(,)?]) => {
