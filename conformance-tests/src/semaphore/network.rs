@@ -64,6 +64,14 @@ pub async fn semaphore_network_lost_acquire_reply_leaves_one_permit(ctx: Ctx) {
     let k = key("sem-lost-reply");
     let lease = long_ttl(&ctx);
     let request = permit_request(&k, 2, lease, "retrier");
+    // A connection's first acquire may wait for a reply before it sends the
+    // statement that acts (PostgreSQL prepares it): warm the path up.
+    let warm_up = key("sem-lost-reply-warm-up");
+    let (warm, _) = must_grant(&*through_proxy, &warm_up, 1, lease, "warm-up").await;
+    through_proxy
+        .release_permit(&warm_up, warm.permit_id)
+        .await
+        .unwrap();
 
     proxy.half_open(Direction::ToClient, Flow::Stall);
     let sent = Instant::now();
