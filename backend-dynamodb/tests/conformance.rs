@@ -58,6 +58,28 @@ struct DynamoDbHarness(Server, TakeoverMode);
 /// The allowance of the clock-skew cases' stores.
 const SKEW_ALLOWANCE: Duration = Duration::from_millis(300);
 
+impl DynamoDbHarness {
+    /// The store of `Harness::store_at` and `Harness::semaphore_at`.
+    async fn store_at_addr(&self, namespace: &str, addr: SocketAddr) -> DynamoDbStore {
+        // The table exists on the shared server (a proxy in front of it);
+        // a private emulator's table is its `provision`'s to make. These
+        // stores serve the fault cases, which take over right after a
+        // fault: they stay in wall-clock mode in the skew-free suites too
+        // (a skew-free takeover must first watch the lease for a TTL, which
+        // those cases do not do), so there the fault cases run twice.
+        if Some(addr.to_string()) != self.server_addr() {
+            common::ensure_table_on(self.0).await;
+        }
+        common::builder_on(self.0, &self.0.table(common::TABLE))
+            .endpoint_url(format!("http://{addr}"))
+            .key_prefix(format!("{namespace}/"))
+            .operation_timeout(Some(REQUEST_TIMEOUT))
+            .build()
+            .await
+            .expect("a store")
+    }
+}
+
 /// What one call of a store from `store_at` may take, SDK retries included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -112,23 +134,19 @@ impl Harness for DynamoDbHarness {
     }
 
     async fn store_at(&self, namespace: &str, addr: SocketAddr) -> Option<Arc<dyn LockStore>> {
-        // The table exists on the shared server (a proxy in front of it);
-        // a private emulator's table is its `provision`'s to make. These
-        // stores serve the fault cases, which take over right after a
-        // fault: they stay in wall-clock mode in the skew-free suites too
-        // (a skew-free takeover must first watch the lease for a TTL, which
-        // those cases do not do), so there the fault cases run twice.
-        if Some(addr.to_string()) != self.server_addr() {
-            common::ensure_table_on(self.0).await;
+        Some(Arc::new(self.store_at_addr(namespace, addr).await))
+    }
+
+    async fn semaphore_at(
+        &self,
+        namespace: &str,
+        addr: SocketAddr,
+    ) -> Option<Arc<dyn SemaphoreStore>> {
+        // As `semaphore`: skew-free harnesses are not in the semaphore suite.
+        if self.1 != TakeoverMode::WallClock {
+            return None;
         }
-        let store = common::builder_on(self.0, &self.0.table(common::TABLE))
-            .endpoint_url(format!("http://{addr}"))
-            .key_prefix(format!("{namespace}/"))
-            .operation_timeout(Some(REQUEST_TIMEOUT))
-            .build()
-            .await
-            .expect("a store");
-        Some(Arc::new(store))
+        Some(Arc::new(self.store_at_addr(namespace, addr).await))
     }
 
     async fn private_server(&self) -> Option<Box<dyn PrivateServer>> {

@@ -32,6 +32,16 @@ impl RedisHarness {
             .await
             .unwrap_or_else(|err| panic!("connect to the test Redis: {err}"))
     }
+
+    async fn connect_at(&self, namespace: &str, addr: SocketAddr) -> RedisStore {
+        RedisStore::builder(url_with_addr(&self.url, addr))
+            .key_prefix(format!("lockstore-test:{namespace}:"))
+            .response_timeout(Some(REQUEST_TIMEOUT))
+            .connect_timeout(REQUEST_TIMEOUT)
+            .connect()
+            .await
+            .unwrap_or_else(|err| panic!("connect to Redis at {addr}: {err}"))
+    }
 }
 
 /// What a single call of a store from `store_at` waits at most; the
@@ -65,14 +75,15 @@ impl Harness for RedisHarness {
     }
 
     async fn store_at(&self, namespace: &str, addr: SocketAddr) -> Option<Arc<dyn LockStore>> {
-        let store = RedisStore::builder(url_with_addr(&self.url, addr))
-            .key_prefix(format!("lockstore-test:{namespace}:"))
-            .response_timeout(Some(REQUEST_TIMEOUT))
-            .connect_timeout(REQUEST_TIMEOUT)
-            .connect()
-            .await
-            .unwrap_or_else(|err| panic!("connect to Redis at {addr}: {err}"));
-        Some(Arc::new(store))
+        Some(Arc::new(self.connect_at(namespace, addr).await))
+    }
+
+    async fn semaphore_at(
+        &self,
+        namespace: &str,
+        addr: SocketAddr,
+    ) -> Option<Arc<dyn SemaphoreStore>> {
+        Some(Arc::new(self.connect_at(namespace, addr).await))
     }
 
     async fn private_server(&self) -> Option<Box<dyn PrivateServer>> {

@@ -105,6 +105,20 @@ pub trait Harness: Send + Sync + 'static {
         None
     }
 
+    /// The semaphores of `namespace` on the server at `addr`, made as
+    /// [`Harness::store_at`] makes its stores (same request timeout, no
+    /// schema created at `addr`), for the semaphore fault-proxy cases.
+    /// `None` (the default) for [`Network::Embedded`] and for backends
+    /// without semaphores.
+    async fn semaphore_at(
+        &self,
+        namespace: &str,
+        addr: SocketAddr,
+    ) -> Option<Arc<dyn SemaphoreStore>> {
+        let _ = (namespace, addr);
+        None
+    }
+
     /// Starts a server of this backend of the case's own (a child process
     /// on a free port, from the locally installed binaries), which the case
     /// may stop and start; [`Profile::restart`] says what a restart keeps.
@@ -341,6 +355,18 @@ impl Ctx {
     pub async fn store_at(&self, addr: SocketAddr) -> Arc<dyn LockStore> {
         self.harness.store_at(&self.namespace, addr).await.expect(
             "the profile says Network::Tcp, but Harness::store_at returned None: implement it",
+        )
+    }
+
+    /// The semaphores of this case's namespace on the server at `addr` (a
+    /// fault proxy).
+    ///
+    /// # Panics
+    /// When the harness cannot point semaphores at an address although
+    /// its profile says [`Network::Tcp`] and it is in [`semaphore_suite!`].
+    pub async fn semaphore_at(&self, addr: SocketAddr) -> Arc<dyn SemaphoreStore> {
+        self.harness.semaphore_at(&self.namespace, addr).await.expect(
+            "the profile says Network::Tcp, but Harness::semaphore_at returned None: implement it",
         )
     }
 

@@ -27,12 +27,18 @@ use crate::cases::{HANG, key, long_ttl, must_acquire, ttl};
 
 pub mod linearizability;
 mod model;
+mod network;
 mod pause;
 mod process;
 mod resource;
 
 pub use linearizability::semaphore_histories_are_linearizable;
 pub use model::semaphore_model_based_sequences;
+pub use network::{
+    semaphore_network_blackhole_cuts_the_holder_off_safely,
+    semaphore_network_half_open_losing_replies_cuts_the_holder_off_safely,
+    semaphore_network_lost_acquire_reply_leaves_one_permit,
+};
 pub use pause::semaphore_paused_holder_process_is_fenced_out;
 pub use process::semaphore_holder_processes_never_exceed_the_limit;
 
@@ -60,6 +66,9 @@ macro_rules! __semaphore_cases {
             (semaphore_paused_holder_process_is_fenced_out, MultiThread),
             (semaphore_model_based_sequences, Default),
             (semaphore_histories_are_linearizable, MultiThread),
+            (semaphore_network_blackhole_cuts_the_holder_off_safely, MultiThread),
+            (semaphore_network_half_open_losing_replies_cuts_the_holder_off_safely, MultiThread),
+            (semaphore_network_lost_acquire_reply_leaves_one_permit, MultiThread),
         ]);
     };
     (@emit $backend:ident, $harness:expr, [$(($case:ident, $runtime:ident)),* $(,)?]) => {

@@ -84,23 +84,17 @@ impl Harness for PostgresHarness {
         url_host_port(&postgres_url())
     }
 
-    /// A store with a pool of its own at `addr`; the schema is created there
-    /// (PostgreSQL keeps it across restarts, so no case needs to see it
-    /// missing).
+    /// A store with a pool of its own at `addr` ([`postgres_store_at`]).
     async fn store_at(&self, namespace: &str, addr: SocketAddr) -> Option<Arc<dyn LockStore>> {
-        let store = PostgresStore::builder(url_with_addr(&postgres_url(), addr))
-            .schema(TEST_SCHEMA)
-            .table(format!("locks_{namespace}"))
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(2))
-            .build()
-            .await
-            .unwrap_or_else(|err| panic!("connect to PostgreSQL at {addr}: {err}"));
-        store
-            .ensure_schema()
-            .await
-            .unwrap_or_else(|err| panic!("ensure_schema at {addr}: {err}"));
-        Some(Arc::new(store))
+        Some(Arc::new(postgres_store_at(namespace, addr).await))
+    }
+
+    async fn semaphore_at(
+        &self,
+        namespace: &str,
+        addr: SocketAddr,
+    ) -> Option<Arc<dyn SemaphoreStore>> {
+        Some(Arc::new(postgres_store_at(namespace, addr).await))
     }
 
     async fn private_server(&self) -> Option<Box<dyn PrivateServer>> {
@@ -119,6 +113,25 @@ impl Harness for PostgresHarness {
     async fn semaphore(&self, namespace: &str) -> Option<Arc<dyn SemaphoreStore>> {
         Some(Arc::new(self.postgres_store(namespace).await))
     }
+}
+
+/// A store with a pool of its own at `addr`; the schema is created there
+/// (PostgreSQL keeps it across restarts, so no case needs to see it
+/// missing).
+async fn postgres_store_at(namespace: &str, addr: SocketAddr) -> PostgresStore {
+    let store = PostgresStore::builder(url_with_addr(&postgres_url(), addr))
+        .schema(TEST_SCHEMA)
+        .table(format!("locks_{namespace}"))
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap_or_else(|err| panic!("connect to PostgreSQL at {addr}: {err}"));
+    store
+        .ensure_schema()
+        .await
+        .unwrap_or_else(|err| panic!("ensure_schema at {addr}: {err}"));
+    store
 }
 
 /// A database file per namespace.

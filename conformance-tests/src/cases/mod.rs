@@ -21,7 +21,7 @@ mod fencing;
 mod guard;
 mod isolation;
 mod lifecycle;
-mod network;
+pub(crate) mod network;
 mod ownership;
 mod pause;
 mod restart;

@@ -34,7 +34,7 @@ use crate::{Ctx, Network};
 
 /// The fault a case switches on.
 #[derive(Clone, Copy, Debug)]
-enum Fault {
+pub(crate) enum Fault {
     /// Latency in both directions, longer than the TTL and than the
     /// store's request timeout.
     Delay,
@@ -115,7 +115,7 @@ pub(crate) async fn network_applies(ctx: &Ctx) -> bool {
     }
 }
 
-fn switch_on(proxy: &FaultProxy, fault: Fault, delay: Duration) {
+pub(crate) fn switch_on(proxy: &FaultProxy, fault: Fault, delay: Duration) {
     match fault {
         Fault::Delay => proxy.delay(delay, delay),
         Fault::Blackhole => proxy.blackhole(),
