@@ -40,7 +40,7 @@
 //!
 //! | transition              | requests | what |
 //! |-------------------------|----------|------|
-//! | begin (started)         | 1 | conditional `UpdateItem`, `UPDATED_OLD`: the new fence and attempt follow from the old ones, and the old `exec_state` says whether it took over a stuck run |
+//! | begin (started)         | 1 | conditional `UpdateItem`, `ALL_OLD`: the new fence and attempt follow from the old ones, and the old `exec_state` says whether it took over a stuck run |
 //! | begin (refused)         | 1 | the same; the record comes back in the refusal (`ALL_OLD`) |
 //! | renew_run, finish       | 1 | `UpdateItem` conditioned on the lease id |
 //! | get                     | 1 | `GetItem`, consistent |
@@ -717,8 +717,9 @@ fn startable(record: &RunRecord, request: &BeginRequest) -> bool {
 }
 
 /// The answer to a begin whose `BEGIN_UPDATE` was applied, from the item's
-/// old image (`UPDATED_OLD`: the updated attributes as they were before).
-/// The update computes `fence = if_not_exists(fence, :fence_base) + 1` and
+/// old image (`ALL_OLD`; not `UPDATED_OLD`, which may leave out an
+/// attribute the update did not change, as moto does for a `running` state
+/// set to `running` again). The update computes `fence = if_not_exists(fence, :fence_base) + 1` and
 /// `exec_attempts = if_not_exists(exec_attempts, 0) + 1` on that image, so
 /// the new values follow from it; keep the two in step. The old
 /// `exec_state` says whether the start took over a stuck run: the condition
@@ -828,7 +829,7 @@ impl LedgerStore for DynamoDbStore {
             update.push_str(lx::REMOVE_CLEANUP);
             let reply = self
                 .ledger_update(&pk, &condition, &update, &values)
-                .return_values(ReturnValue::UpdatedOld)
+                .return_values(ReturnValue::AllOld)
                 .send()
                 .await;
             let refusal = match reply {
