@@ -40,7 +40,7 @@
 //!
 //! | transition              | requests | what |
 //! |-------------------------|----------|------|
-//! | begin (started)         | 1 | conditional `UpdateItem`, `UPDATED_NEW` |
+//! | begin (started)         | 1 | conditional `UpdateItem`, `ALL_OLD`: the new fence and attempt follow from the old ones, and the old `exec_state` says whether it took over a stuck run |
 //! | begin (refused)         | 1 | the same; the record comes back in the refusal (`ALL_OLD`) |
 //! | renew_run, finish       | 1 | `UpdateItem` conditioned on the lease id |
 //! | get                     | 1 | `GetItem`, consistent |
@@ -716,6 +716,38 @@ fn startable(record: &RunRecord, request: &BeginRequest) -> bool {
     hashes_agree && status_allows
 }
 
+/// The answer to a begin whose `BEGIN_UPDATE` was applied, from the item's
+/// old image (`ALL_OLD`; not `UPDATED_OLD`, which may leave out an
+/// attribute the update did not change, as moto does for a `running` state
+/// set to `running` again). The update computes `fence = if_not_exists(fence, :fence_base) + 1` and
+/// `exec_attempts = if_not_exists(exec_attempts, 0) + 1` on that image, so
+/// the new values follow from it; keep the two in step. The old
+/// `exec_state` says whether the start took over a stuck run: the condition
+/// (`BEGIN_STARTABLE`) lets a `running` record through only once its lease
+/// expired and under another lease id. A new key or a tombstone has none.
+fn started_over(
+    old: Option<&Item>,
+    fence_base: u64,
+    what: &str,
+) -> Result<BeginOutcome, LockError> {
+    let bad = |problem| bad_item(what, problem);
+    let (fence, attempts, state) = match old {
+        Some(old) => (
+            number(old, layout::FENCE).map_err(bad)?,
+            number(old, "exec_attempts").map_err(bad)?,
+            string(old, "exec_state").map_err(bad)?,
+        ),
+        None => (None, None, None),
+    };
+    Ok(BeginOutcome::Started {
+        fence: FencingToken::new(fence.unwrap_or(fence_base).saturating_add(1)),
+        attempt: count(Some(attempts.unwrap_or(0).saturating_add(1))),
+        took_over: state == Some("running"),
+    })
+}
+
+/// The answer to a begin that found its own run (a retried request) and
+/// refreshed it, from the item's new image: never a takeover.
 fn started_from(attributes: Option<&Item>, what: &str) -> Result<BeginOutcome, LockError> {
     let read = |name: &str| {
         attributes
@@ -728,6 +760,7 @@ fn started_from(attributes: Option<&Item>, what: &str) -> Result<BeginOutcome, L
         (Some(fence), Some(attempt)) => Ok(BeginOutcome::Started {
             fence: FencingToken::new(fence),
             attempt: count(Some(attempt)),
+            took_over: false,
         }),
         _ => Err(LockError::retryable(
             BACKEND,
@@ -774,10 +807,8 @@ impl LedgerStore for DynamoDbStore {
                 s(self.index_pk(RunStatus::Running, &request.key)),
             );
             values.push(":max", n(u64::from(request.max_attempts)));
-            values.push(
-                ":fence_base",
-                n(u64::try_from(wall.as_micros()).unwrap_or(u64::MAX)),
-            );
+            let fence_base = u64::try_from(wall.as_micros()).unwrap_or(u64::MAX);
+            values.push(":fence_base", n(fence_base));
             values.push(":owner", s(request.owner.as_str()));
             values.push(":lease_id", s(request.lease_id.to_string()));
             values.push(":expires_at_ms", n(millis(expires)));
@@ -798,11 +829,11 @@ impl LedgerStore for DynamoDbStore {
             update.push_str(lx::REMOVE_CLEANUP);
             let reply = self
                 .ledger_update(&pk, &condition, &update, &values)
-                .return_values(ReturnValue::UpdatedNew)
+                .return_values(ReturnValue::AllOld)
                 .send()
                 .await;
             let refusal = match reply {
-                Ok(out) => return started_from(out.attributes(), &what),
+                Ok(out) => return started_over(out.attributes(), fence_base, &what),
                 Err(e) if is_condition_failure(&e) => e.into_service_error(),
                 Err(e) => return Err(self.ledger_err("begin", &request.key, e)),
             };

@@ -749,8 +749,13 @@ async fn run_fence_rises_after_purge_when_the_creator_was_ahead(server: Server) 
     );
 
     match accurate.begin(&begin_request(&k, "again")).await.unwrap() {
-        BeginOutcome::Started { fence, attempt } => {
+        BeginOutcome::Started {
+            fence,
+            attempt,
+            took_over,
+        } => {
             assert_eq!(attempt, 1, "a purged key starts afresh");
+            assert!(!took_over, "a start after a purge took over nothing");
             assert!(
                 fence > last,
                 "run fence went back after purge: {fence} after {last}"

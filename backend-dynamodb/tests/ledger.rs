@@ -485,14 +485,18 @@ async fn a_begin_retried_after_its_own_lease_expired_keeps_the_run(server: Serve
     .await;
     let k = key("retried");
     let request = begin(&k, "worker", 3);
-    let BeginOutcome::Started { fence, attempt } = store.begin(&request).await.unwrap() else {
+    let BeginOutcome::Started { fence, attempt, .. } = store.begin(&request).await.unwrap() else {
         panic!("the first begin did not start")
     };
     assert_eq!(attempt, 1);
     let retried = later.begin(&request).await.unwrap();
     assert_eq!(
         retried,
-        BeginOutcome::Started { fence, attempt: 1 },
+        BeginOutcome::Started {
+            fence,
+            attempt: 1,
+            took_over: false
+        },
         "a retried begin started a new attempt"
     );
     let record = later.get(&k).await.unwrap().unwrap();

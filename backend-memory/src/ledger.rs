@@ -155,11 +155,15 @@ impl LedgerStore for MemoryStore {
             return Ok(BeginOutcome::Started {
                 fence: run.fence.expect("a running record has a fence"),
                 attempt: run.attempts,
+                took_over: false,
             });
         }
         if !run.startable(request, now) {
             return Ok(BeginOutcome::Existing(run.record(&request.key, now)));
         }
+        // `startable` lets a running record through only when its lease
+        // expired (its own lease id was answered above): a takeover.
+        let took_over = run.status == RunStatus::Running;
         let fence = FencingToken::new(next_fence);
         run.status = RunStatus::Running;
         run.attempts += 1;
@@ -173,7 +177,11 @@ impl LedgerStore for MemoryStore {
         run.updated_ms = now_ms;
         let attempt = run.attempts;
         state.last_fence = next_fence;
-        Ok(BeginOutcome::Started { fence, attempt })
+        Ok(BeginOutcome::Started {
+            fence,
+            attempt,
+            took_over,
+        })
     }
 
     async fn renew_run(

@@ -212,10 +212,17 @@ impl LedgerStore for RedisStore {
             return Err(bad());
         };
         match items.as_slice() {
-            [status, fence, attempt] if int(status) == Some(1) => Ok(BeginOutcome::Started {
-                fence: FencingToken::new(uint(fence).ok_or_else(bad)?),
-                attempt: u32::try_from(uint(attempt).ok_or_else(bad)?).map_err(|_| bad())?,
-            }),
+            [status, fence, attempt, took_over] if int(status) == Some(1) => {
+                Ok(BeginOutcome::Started {
+                    fence: FencingToken::new(uint(fence).ok_or_else(bad)?),
+                    attempt: u32::try_from(uint(attempt).ok_or_else(bad)?).map_err(|_| bad())?,
+                    took_over: match int(took_over) {
+                        Some(0) => false,
+                        Some(1) => true,
+                        _ => return Err(bad()),
+                    },
+                })
+            }
             [status, now, fields] if int(status) == Some(0) => {
                 let record = parse_record(&request.key, now, fields)
                     .and_then(|r| r.ok_or_else(|| "no record".to_owned()))

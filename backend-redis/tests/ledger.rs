@@ -28,7 +28,7 @@ fn begin(key: &LockKey, ttl_ms: u64, max_attempts: u32, hash: Option<&str>) -> B
 
 fn started(outcome: BeginOutcome) -> (u64, u32) {
     match outcome {
-        BeginOutcome::Started { fence, attempt } => (fence.get(), attempt),
+        BeginOutcome::Started { fence, attempt, .. } => (fence.get(), attempt),
         other => panic!("expected a start, got {other:?}"),
     }
 }

@@ -94,6 +94,12 @@ pub(crate) struct LedgerStatements {
     pub(crate) retry: String,
     /// A record's status alone (SQLite's second statement of enqueue/retry).
     pub(crate) status: String,
+    /// SQLite: a probe that returns a row when the record table has the
+    /// `took_over` column, and the `ALTER TABLE` that adds it to a table
+    /// made before it (`ensure_schema` runs them; PostgreSQL's schema adds
+    /// it itself).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) took_over_column: Option<(String, String)>,
     /// For the query builder.
     runs: String,
     columns: String,
@@ -133,6 +139,7 @@ impl LedgerStatements {
             enqueue: statement(enqueue),
             retry: statement(retry),
             status: statement("SELECT status FROM {runs} WHERE key = $1"),
+            took_over_column: None,
             runs: dialect.runs.to_owned(),
             columns,
             now: now.to_owned(),
@@ -237,7 +244,7 @@ impl LedgerStatements {
                 ("fence_table", fence_table),
             ],
         );
-        Self::render(
+        let mut statements = Self::render(
             &Dialect {
                 runs: &runs,
                 now,
@@ -248,7 +255,16 @@ impl LedgerStatements {
             &schema_sql,
             sql::SQLITE_ENQUEUE,
             sql::SQLITE_RETRY,
-        )
+        );
+        // A validated identifier has no quote to escape in the literal.
+        statements.took_over_column = Some((
+            format!(
+                "SELECT 1 FROM pragma_table_info('{}') WHERE name = 'took_over'",
+                runs_ident.as_str()
+            ),
+            format!("ALTER TABLE {runs} ADD COLUMN took_over INTEGER NOT NULL DEFAULT 0"),
+        ));
+        statements
     }
 
     /// The statement of one query page: the filter and order come from
@@ -316,12 +332,14 @@ pub(crate) struct RunRow {
     finished_ms: Option<i64>,
 }
 
-/// `begin`'s row: the record, and whether it is now this request's run.
+/// `begin`'s row: the record, whether it is now this request's run, and
+/// whether this statement started it over a stuck run.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct BeginRow {
     #[sqlx(flatten)]
     run: RunRow,
     started: i32,
+    took_over: i32,
 }
 
 fn bad(backend: &'static str, what: String) -> LockError {
@@ -380,6 +398,7 @@ impl BeginRow {
                     .fence
                     .ok_or_else(|| bad(backend, "a started run has no fence".into()))?,
                 attempt: record.attempts,
+                took_over: self.took_over == 1,
             });
         }
         Ok(BeginOutcome::Existing(record))

@@ -399,6 +399,15 @@ impl SqliteStore {
         // `async fn`, on a transaction's connection inside the stores'
         // `async_trait` futures, trips rustc's higher-ranked `Send` check.
         (&mut *transaction).execute(sqlx::raw_sql(schema)).await?;
+        if let Some((probe, add)) = &self.inner.ledger.took_over_column {
+            // A ledger table made before begin reported takeovers lacks the
+            // column; under the same write lock, so two processes do not
+            // both add it.
+            let has = (&mut *transaction).fetch_optional(probe.as_str()).await?;
+            if has.is_none() {
+                (&mut *transaction).execute(add.as_str()).await?;
+            }
+        }
         transaction.commit().await
     }
 

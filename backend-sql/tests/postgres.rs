@@ -438,6 +438,54 @@ async fn fence_never_goes_back_when_the_sequence_is_reset() {
     );
 }
 
+/// A ledger table made before begin reported takeovers (no `took_over`
+/// column) gets the column from `ensure_schema`, once (a second call finds
+/// it), and its stuck runs are then reported taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_schema_adds_the_took_over_column_to_an_older_table() {
+    use lockstore_api::ledger::{BeginOutcome, BeginRequest, LedgerStore};
+    let harness = PostgresHarness::default();
+    let namespace = fresh_table();
+    let store = harness.postgres_store(&namespace).await;
+    let runs = format!("\"{TEST_SCHEMA}\".\"locks_{namespace}_runs\""); // the harness's table
+    let crashed = BeginRequest {
+        key: LockKey::new("older").unwrap(),
+        lease_id: LeaseId::random(),
+        ttl: Ttl::from_millis(60_000).unwrap(),
+        owner: OwnerLabel::new("test").unwrap(),
+        max_attempts: 3,
+        request_hash: None,
+    };
+    let started = store.begin(&crashed).await.unwrap();
+    assert!(
+        matches!(started, BeginOutcome::Started { .. }),
+        "{started:?}"
+    );
+    let pool = harness.pool().await;
+    // A run on the older table whose lease has expired: stuck.
+    for statement in [
+        format!("UPDATE {runs} SET expires_ms = 0 WHERE key = 'older'"),
+        format!("ALTER TABLE {runs} DROP COLUMN took_over"),
+    ] {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
+    }
+    store.ensure_schema().await.unwrap();
+    store.ensure_schema().await.unwrap();
+    let taker = BeginRequest {
+        lease_id: LeaseId::random(),
+        ..crashed
+    };
+    match store.begin(&taker).await.unwrap() {
+        BeginOutcome::Started {
+            attempt, took_over, ..
+        } => {
+            assert_eq!(attempt, 2);
+            assert!(took_over, "the stuck run's takeover was not reported");
+        }
+        BeginOutcome::Existing(record) => panic!("the stuck run was not taken over: {record:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_keeps_live_leases() {
     let harness = PostgresHarness::default();

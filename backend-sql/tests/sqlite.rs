@@ -288,6 +288,44 @@ async fn ensure_schema_catches_an_older_files_fence_counter_up() {
     );
 }
 
+/// A file whose ledger table was made before begin reported takeovers (no
+/// `took_over` column) gets the column from `ensure_schema`, once (a second
+/// call finds it), and its stuck runs are then reported taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_schema_adds_the_took_over_column_to_an_older_table() {
+    let store = sqlite_store(&sqlite_path(&fresh_namespace())).await;
+    let table = lockstore_sql::defaults::SQLITE_TABLE;
+    let (crashed, _) = run_started(&store, "older", 3).await;
+    // A run on the older table whose lease has expired: stuck.
+    sqlx::query(&format!(
+        "UPDATE \"{table}_runs\" SET expires_ms = 0 WHERE key = 'older'"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "ALTER TABLE \"{table}_runs\" DROP COLUMN took_over"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.ensure_schema().await.unwrap();
+    store.ensure_schema().await.unwrap();
+    let taker = BeginRequest {
+        lease_id: LeaseId::random(),
+        ..crashed
+    };
+    match store.begin(&taker).await.unwrap() {
+        BeginOutcome::Started {
+            attempt, took_over, ..
+        } => {
+            assert_eq!(attempt, 2);
+            assert!(took_over, "the stuck run's takeover was not reported");
+        }
+        BeginOutcome::Existing(record) => panic!("the stuck run was not taken over: {record:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_keeps_live_leases() {
     let store = sqlite_store(&sqlite_path(&fresh_namespace())).await;

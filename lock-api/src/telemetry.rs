@@ -28,7 +28,7 @@
 //! | `lockstore_permit_acquire_duration_seconds` | histogram | seconds | backend, namespace, outcome | the same, with the call's whole duration, waiting included |
 //! | `lockstore_leadership_changes_total` | counter | terms | backend, namespace, change = `won` \| `resigned` | an [`Election`] candidate won a term (its campaign's acquire was granted), or resigned one with the store's confirmation. A campaign's attempts count in `lockstore_acquire_*`, a held term in `lockstore_leases_held`, and a term lost in `lockstore_leases_lost_total` |
 //! | `lockstore_ledger_transitions_total` | counter | transitions | backend, namespace, status = `running` \| `succeeded` \| `failed` \| `ignored` \| `pending` | a ledger record entered a status through this client: a run started (`running`), finished (`succeeded`, `failed`, `ignored`, including a run abandoned by a dropped guard), was enqueued or retried (`pending`) |
-//! | `lockstore_ledger_takeovers_total` | counter | runs | backend, namespace | a run started here after this client saw the key's previous run stuck (running with an expired lease): `run_once` and the consumer waiting on a running key. A `begin` that meets an expired run without having read it first is not told so by the backend and is not counted |
+//! | `lockstore_ledger_takeovers_total` | counter | runs | backend, namespace | a run started here by taking over a stuck run (running under another lease whose lease had expired), as the backend's begin reply says: every `begin` counts, plain or through `run_once`, the consumer, `lockctl run` and the Lambda handler |
 //! | `lockstore_ledger_stale_finishes_total` | counter | finishes | backend, namespace | a finish (succeed or fail) was refused because the run's lease no longer held the record: the run was taken over, retried or purged |
 //! | `lockstore_consumer_messages_total` | counter | messages | backend, namespace, outcome = `ran` \| `replayed` \| `in_progress` \| `failed` \| `gave_up` \| `ignored` \| `rejected` \| `error` \| `batch_failed` | [`IdempotentConsumer`] decided a message's outcome ([`Processed`]'s variants), or (`batch_failed`) a configuration or permanent error failed the batch at that message |
 //!
@@ -197,7 +197,7 @@ pub(crate) fn finished(labels: Labels, answer: &Result<FinishOutcome, LockError>
     }
 }
 
-/// A run started after this client saw the previous one stuck.
+/// A run started by taking over a stuck one (the begin reply's `took_over`).
 pub(crate) fn takeover(labels: Labels) {
     imp::count("lockstore_ledger_takeovers_total", &labels.pair(), 1);
 }

@@ -454,6 +454,36 @@ async fn ledger_transitions_and_stale_finish<B: Backend>() {
     assert_eq!(status("succeeded"), 2.0);
 }
 
+/// A plain `begin` (no waiting, nothing read first) that lands on a stuck
+/// run counts one takeover, told by the backend's begin reply; a begin of a
+/// new key counts none.
+async fn plain_begin_counts_a_takeover<B: Backend>() {
+    let ns = namespace("plain-takeover", B::NAME);
+    let store = B::open(ns).await;
+    let ledger = Ledger::new(store).with_metrics_namespace(ns);
+    let takeovers = || total("lockstore_ledger_takeovers_total", &[("namespace", ns)]);
+    let short = RunOptions::new(SHORT);
+    let Begin::Started(paused) = ledger.begin("plain/stuck", &short).await.unwrap() else {
+        panic!("the first begin did not start");
+    };
+    assert_eq!(takeovers(), 0.0, "a begin of a new key counted a takeover");
+    // Blocks this (current-thread) runtime: the guard cannot renew, so the
+    // run's lease expires and the run is stuck.
+    std::thread::sleep(SHORT * 2);
+    let Begin::Started(taker) = ledger.begin("plain/stuck", &short).await.unwrap() else {
+        panic!("the expired run was not taken over");
+    };
+    assert_eq!(taker.attempt(), 2);
+    assert_eq!(
+        takeovers(),
+        1.0,
+        "a plain begin's takeover was not counted once"
+    );
+    drop(paused);
+    taker.succeed(None).await.unwrap();
+    assert_eq!(takeovers(), 1.0);
+}
+
 /// Every outcome the consumer reports for a message is counted.
 async fn consumer_outcomes<B: Backend>() {
     let ns = namespace("consumer", B::NAME);
@@ -607,6 +637,7 @@ on_backends!(
     renewals_and_refused_renewal,
     loss_by_deadline,
     ledger_transitions_and_stale_finish,
+    plain_begin_counts_a_takeover,
     consumer_outcomes,
 );
 

@@ -40,6 +40,7 @@ macro_rules! __ledger_cases {
             (ledger_retried_begin_with_same_lease_id_keeps_the_run, Default),
             (ledger_retried_begin_after_its_own_lease_expired_keeps_the_run, Default),
             (ledger_crashed_run_is_taken_over_after_its_lease_expires, Default),
+            (ledger_begin_says_whether_it_took_over_a_stuck_run, Default),
             (ledger_stale_finisher_changes_nothing, Default),
             (ledger_renew_extends_only_the_live_run, Default),
             (ledger_retryable_failure_allows_another_attempt, Default),
@@ -114,7 +115,29 @@ pub(crate) async fn must_start(
     request: &BeginRequest,
 ) -> (FencingToken, u32) {
     match ledger.begin(request).await {
-        Ok(BeginOutcome::Started { fence, attempt }) => (fence, attempt),
+        Ok(BeginOutcome::Started { fence, attempt, .. }) => (fence, attempt),
+        Ok(BeginOutcome::Existing(record)) => panic!(
+            "{} could not start {}: the record is {:?}",
+            request.owner.as_str(),
+            request.key,
+            record
+        ),
+        Err(err) => panic!("begin of {} failed: {err}", request.key),
+    }
+}
+
+/// Begins `request`, failing the case unless a run started; with whether
+/// the store says it took over a stuck run.
+pub(crate) async fn must_start_telling(
+    ledger: &dyn LedgerStore,
+    request: &BeginRequest,
+) -> (FencingToken, u32, bool) {
+    match ledger.begin(request).await {
+        Ok(BeginOutcome::Started {
+            fence,
+            attempt,
+            took_over,
+        }) => (fence, attempt, took_over),
         Ok(BeginOutcome::Existing(record)) => panic!(
             "{} could not start {}: the record is {:?}",
             request.owner.as_str(),
@@ -129,7 +152,7 @@ pub(crate) async fn must_start(
 pub(crate) async fn must_refuse(ledger: &dyn LedgerStore, request: &BeginRequest) -> RunRecord {
     match ledger.begin(request).await {
         Ok(BeginOutcome::Existing(record)) => record,
-        Ok(BeginOutcome::Started { fence, attempt }) => panic!(
+        Ok(BeginOutcome::Started { fence, attempt, .. }) => panic!(
             "{} started {} (fence {fence}, attempt {attempt}) although it must not run",
             request.owner.as_str(),
             request.key
@@ -341,6 +364,77 @@ pub async fn ledger_crashed_run_is_taken_over_after_its_lease_expires(ctx: Ctx) 
     );
     assert_eq!(attempt, 2, "the crashed run counts as an attempt");
     assert_eq!(record(&*ledger, &k).await.owner.as_deref(), Some("taker"));
+}
+
+/// Begin says whether it took over: `took_over` is true exactly for a start
+/// over a stuck run (running under another lease id, lease expired), which
+/// also gets a higher fence and the next attempt; false for a new key, a
+/// pending record, a retry after a retryable failure, and a retried begin
+/// with the same lease id, live or expired.
+pub async fn ledger_begin_says_whether_it_took_over_a_stuck_run(ctx: Ctx) {
+    let ledger = ctx.ledger().await;
+    let short = ctx.profile().short_ttl;
+    let k = key("took-over");
+    let first = begin_request(&k, long_ttl(&ctx), "first", 5);
+    let (_, attempt, took_over) = must_start_telling(&*ledger, &first).await;
+    assert_eq!(attempt, 1);
+    assert!(!took_over, "a begin of a new key said it took over");
+    let (_, _, took_over) = must_start_telling(&*ledger, &first).await;
+    assert!(
+        !took_over,
+        "a retried begin of a live run said it took over"
+    );
+    assert_eq!(
+        finish(&*ledger, &first, failed(1, "flaky", true)).await,
+        FinishOutcome::Finished(RunStatus::Failed)
+    );
+    let second = begin_request(&k, short, "second", 5);
+    let (second_fence, attempt, took_over) = must_start_telling(&*ledger, &second).await;
+    assert_eq!(attempt, 2);
+    assert!(!took_over, "a begin of a failed record said it took over");
+
+    // Another key whose own run expires over the same wait.
+    let own = key("took-over-own");
+    let late = begin_request(&own, short, "late", 5);
+    let (late_fence, _, _) = must_start_telling(&*ledger, &late).await;
+    let queued = key("took-over-pending");
+    assert_eq!(
+        ledger.enqueue(&queued, None).await.unwrap(),
+        EnqueueOutcome::Created
+    );
+    let (_, _, took_over) =
+        must_start_telling(&*ledger, &begin_request(&queued, long_ttl(&ctx), "q", 5)).await;
+    assert!(!took_over, "a begin of a pending record said it took over");
+
+    ctx.sleep_past_short_ttl().await;
+    let stuck = record(&*ledger, &k).await;
+    assert!(
+        stuck.is_stuck(),
+        "the second run is not stuck yet: {stuck:?}"
+    );
+    let taker = begin_request(&k, long_ttl(&ctx), "taker", 5);
+    let (fence, attempt, took_over) = must_start_telling(&*ledger, &taker).await;
+    assert!(
+        took_over,
+        "a begin over a stuck run did not say it took over"
+    );
+    assert_eq!(attempt, 3, "the takeover is the next attempt");
+    assert!(
+        fence > second_fence,
+        "takeover fence {fence} not above {second_fence}"
+    );
+    let (_, _, took_over) = must_start_telling(&*ledger, &taker).await;
+    assert!(
+        !took_over,
+        "a retried begin of the run that took over said it took over again"
+    );
+
+    let (fence, _, took_over) = must_start_telling(&*ledger, &late).await;
+    assert_eq!(fence, late_fence, "a late retry started a new run");
+    assert!(
+        !took_over,
+        "a retried begin that found its own expired run said it took over"
+    );
 }
 
 /// A finisher whose run was taken over changes nothing and is told so; the

@@ -137,7 +137,17 @@ async fn step_once(
                 },
             };
             match (startable, got) {
-                (true, BeginOutcome::Started { fence, attempt }) => {
+                (
+                    true,
+                    BeginOutcome::Started {
+                        fence,
+                        attempt,
+                        took_over,
+                    },
+                ) => {
+                    if took_over {
+                        return Err("a start said it took over, but no run expires here".into());
+                    }
                     let attempts = record.map_or(0, |r| r.attempts) + 1;
                     if attempt != attempts {
                         return Err(format!("started attempt {attempt}, model says {attempts}"));

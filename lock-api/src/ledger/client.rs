@@ -343,7 +343,7 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
     {
         let key = key.try_into()?;
         let request = build_begin_request(key, options, self.owner.clone())?;
-        let span = info_span!("lockstore.begin", backend = self.store.backend_name(), namespace = self.guard.namespace, key = %request.key, fence = tracing::field::Empty, attempt = tracing::field::Empty);
+        let span = info_span!("lockstore.begin", backend = self.store.backend_name(), namespace = self.guard.namespace, key = %request.key, fence = tracing::field::Empty, attempt = tracing::field::Empty, took_over = tracing::field::Empty);
         self.begin_request_sent(request, options, None)
             .instrument(span)
             .await
@@ -360,12 +360,23 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
         self.guard.validate(request.ttl)?;
         let (outcome, sent_at) = self.send_begin(&request, deadline).await?;
         match outcome {
-            BeginOutcome::Started { fence, attempt } => {
+            BeginOutcome::Started {
+                fence,
+                attempt,
+                took_over,
+            } => {
                 let span = tracing::Span::current();
                 span.record("fence", fence.get());
                 span.record("attempt", attempt);
-                debug!("run started");
+                span.record("took_over", took_over);
+                debug!(took_over, "run started");
                 telemetry::transition(self.labels(), RunStatus::Running);
+                // The store says so in its begin reply, whoever called: a
+                // plain begin, run_once, the consumer. Counted here only,
+                // once per begin that started a run.
+                if took_over {
+                    telemetry::takeover(self.labels());
+                }
                 let lease = Lease::new(
                     request.key.clone(),
                     request.lease_id,
@@ -475,21 +486,15 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                 .unwrap_or_else(far_future)
         });
         let mut waited = false;
-        let mut saw_stuck = false;
         let guard = loop {
             let request = build_begin_request(key.clone(), &options, self.owner.clone())?;
-            let span = info_span!("lockstore.begin", backend = self.store.backend_name(), namespace = self.guard.namespace, key = %request.key, fence = tracing::field::Empty, attempt = tracing::field::Empty);
+            let span = info_span!("lockstore.begin", backend = self.store.backend_name(), namespace = self.guard.namespace, key = %request.key, fence = tracing::field::Empty, attempt = tracing::field::Empty, took_over = tracing::field::Empty);
             match self
                 .begin_request_sent(request, &options, give_up_at)
                 .instrument(span)
                 .await?
             {
-                Begin::Started(guard) => {
-                    if saw_stuck {
-                        telemetry::takeover(self.labels());
-                    }
-                    break guard;
-                }
+                Begin::Started(guard) => break guard,
                 Begin::AlreadySucceeded(record) => {
                     let value = record.result_json()?;
                     return Ok(RunOnce::AlreadySucceeded { value, record });
@@ -513,10 +518,7 @@ impl<L: ?Sized + LedgerStore> Ledger<L> {
                         // The run ended, or it is stuck (its worker is gone):
                         // begin again decides — take it over, replay its
                         // result, or give up when no attempts are left.
-                        Ok(ended) => {
-                            saw_stuck = ended.is_stuck();
-                            continue;
-                        }
+                        Ok(_) => continue,
                         Err(LockError::Timeout { .. }) => {
                             let latest = timeout(ATTEMPT_FLOOR, self.store.get(&key)).await;
                             let record = match latest {

@@ -44,6 +44,13 @@ pub enum BeginOutcome {
         fence: FencingToken,
         /// Which attempt this run is (1 for the first).
         attempt: u32,
+        /// Whether this run took over another: true exactly when the record
+        /// was `running` under another lease id whose lease had expired (a
+        /// stuck run, whose worker crashed or stopped renewing). False for
+        /// a new key, a `pending` record, a retry of a `failed` record, and
+        /// a retried begin with the same lease id that finds its own run.
+        /// Told by the same request that started the run.
+        took_over: bool,
     },
     /// Nothing was started; the record as it is, in the same reply: a
     /// stored result, a live run, an ignored key, a failed key out of
@@ -337,9 +344,12 @@ pub trait LedgerStore: Send + Sync + fmt::Debug + 'static {
     /// `running`, `attempts + 1`, a fresh fence, the lease, the owner,
     /// `max_attempts`, and the hash if the record had none.
     ///
+    /// A start over a stuck run answers `took_over: true`; every other
+    /// start answers `false`.
+    ///
     /// A record `running` under `request.lease_id` (a retried request) is
     /// refreshed for the TTL and answered `Started` with its fence and
-    /// attempt unchanged.
+    /// attempt unchanged, and `took_over: false`.
     ///
     /// Anything else answers [`BeginOutcome::Existing`] with the record,
     /// unchanged, in the same reply.

@@ -16,6 +16,13 @@
 -- Anything else updates the row to itself, as the lock's acquire does, so
 -- RETURNING reports the latest committed record in the same reply.
 --
+-- TOOK_OVER: RETURNING sees the row as this statement left it, in both
+-- dialects, so whether the start replaced a running run (a takeover: START
+-- admits a running row only once its lease expired, and never our own
+-- lease id) is written to the row's `took_over` column from the old row and
+-- read back from there. Every begin writes it (0 when it did not start a
+-- run over a running one, so SAME answers 0), and only begin reads it.
+--
 -- SET expressions all read the row as it was before this statement, so the
 -- CASE conditions agree with each other. The lease ends 1 ms after
 -- `now + TTL`: NOW is floored to the millisecond, and the holder counts
@@ -23,8 +30,8 @@
 -- lease earlier than that.
 INSERT INTO {runs} AS r
     (key, status, attempts, max_attempts, fence, owner, lease_id, expires_ms,
-     request_hash, created_ms, updated_ms)
-VALUES ($1, 'running', 1, $5, {new_fence}, $3, $2, {now} + $4 + 1, $6, {now}, {now})
+     request_hash, created_ms, updated_ms, took_over)
+VALUES ($1, 'running', 1, $5, {new_fence}, $3, $2, {now} + $4 + 1, $6, {now}, {now}, 0)
 ON CONFLICT (key) DO UPDATE SET
     fence        = CASE WHEN {start} THEN {takeover_fence} ELSE r.fence END,
     attempts     = CASE WHEN {start} THEN r.attempts + 1 ELSE r.attempts END,
@@ -34,6 +41,8 @@ ON CONFLICT (key) DO UPDATE SET
     expires_ms   = CASE WHEN {start} OR {same} THEN {now} + $4 + 1 ELSE r.expires_ms END,
     request_hash = CASE WHEN {start} THEN coalesce(r.request_hash, $6) ELSE r.request_hash END,
     updated_ms   = CASE WHEN {start} THEN {now} ELSE r.updated_ms END,
-    status       = CASE WHEN {start} THEN 'running' ELSE r.status END
+    status       = CASE WHEN {start} THEN 'running' ELSE r.status END,
+    took_over    = CASE WHEN {start} AND r.status = 'running' THEN 1 ELSE 0 END
 RETURNING {columns},
-    CASE WHEN status = 'running' AND lease_id = $2 THEN 1 ELSE 0 END AS started
+    CASE WHEN status = 'running' AND lease_id = $2 THEN 1 ELSE 0 END AS started,
+    took_over

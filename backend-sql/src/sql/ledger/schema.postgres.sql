@@ -20,8 +20,23 @@ CREATE TABLE IF NOT EXISTS {runs} (
     request_hash text,
     created_ms   bigint  NOT NULL,
     updated_ms   bigint  NOT NULL,
-    finished_ms  bigint
+    finished_ms  bigint,
+    -- What the last begin of this row answered: 1 when it started a run
+    -- over a stuck one (see begin.sql). Read by begin only.
+    took_over    integer NOT NULL DEFAULT 0
 );
+-- A table made before `took_over` gets it here (checked first, because
+-- ALTER TABLE locks the table out even when the column exists).
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = '{runs}'::regclass AND attname = 'took_over' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE {runs} ADD COLUMN took_over integer NOT NULL DEFAULT 0;
+    END IF;
+END
+$$;
 -- Queries by status walk this index in (updated, key) order.
 CREATE INDEX IF NOT EXISTS {runs_status_index} ON {runs} (status, updated_ms, key);
 CREATE INDEX IF NOT EXISTS {runs_updated_index} ON {runs} (updated_ms, key);

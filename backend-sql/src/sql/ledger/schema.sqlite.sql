@@ -18,7 +18,12 @@ CREATE TABLE IF NOT EXISTS {runs} (
     request_hash TEXT,
     created_ms   INTEGER NOT NULL,
     updated_ms   INTEGER NOT NULL,
-    finished_ms  INTEGER
+    finished_ms  INTEGER,
+    -- What the last begin of this row answered: 1 when it started a run
+    -- over a stuck one (see begin.sql). Read by begin only. A file made
+    -- before it gets it from `ensure_schema` (SQLite has no ADD COLUMN IF
+    -- NOT EXISTS).
+    took_over    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS {runs_status_index} ON {runs} (status, updated_ms, key);
 CREATE INDEX IF NOT EXISTS {runs_updated_index} ON {runs} (updated_ms, key);
