@@ -200,6 +200,23 @@ pub(crate) async fn must_be_held(
 /// configure, so it never decides an outcome, only catches a hang.
 pub(crate) const HANG: Duration = Duration::from_secs(30);
 
+/// Whether the backend keeps its `what` ("locks", "permits") inside this
+/// process, so a case about holder processes has nothing to run: true only
+/// for a profile saying [`Processes::OneProcess`](crate::Processes), which
+/// fails the case unless `backend` is the memory backend, the one store
+/// that lives in one process.
+pub(crate) fn in_one_process(ctx: &Ctx, backend: &str, what: &str) -> bool {
+    if ctx.profile().processes != crate::Processes::OneProcess {
+        return false;
+    }
+    assert_eq!(
+        backend, "memory",
+        "{backend}'s profile says Processes::OneProcess, but only the memory backend keeps \
+         its {what} inside one process"
+    );
+    true
+}
+
 /// The backends whose stores live in this process or a file on this host.
 pub(crate) const EMBEDDED_BACKENDS: [&str; 2] = ["memory", "sqlite"];
 

@@ -17,10 +17,10 @@ use std::time::Duration;
 use lockstore_api::{AcquireOptions, FencingToken, LockError};
 
 use super::network::bounded;
-use super::{HANG, key, long_ttl, take_over};
+use super::{HANG, in_one_process, key, long_ttl, take_over};
+use crate::Ctx;
 use crate::child::{self, instant_of, monotonic_nanos, next_command, report};
 use crate::fenced::{FencedResource, Write, write_remote};
-use crate::{Ctx, Processes};
 
 /// Where the parent's fenced resource listens, for the child.
 const RESOURCE_VAR: &str = "LOCKSTORE_CONFORMANCE_FENCED_RESOURCE";
@@ -31,12 +31,7 @@ const KEY: &str = "paused-holder";
 /// takeover, and its late write is refused by the fenced resource.
 pub async fn paused_holder_process_is_fenced_out_after_a_takeover(ctx: Ctx) {
     let backend = ctx.store().await.backend_name();
-    if ctx.profile().processes == Processes::OneProcess {
-        assert_eq!(
-            backend, "memory",
-            "{backend}'s profile says Processes::OneProcess, but only the memory backend keeps \
-             its locks inside one process"
-        );
+    if in_one_process(&ctx, backend, "locks") {
         return;
     }
     if ctx.is_child() {

@@ -18,9 +18,9 @@ use lockstore_api::{AcquireOptions, LockError};
 
 use super::resource::{Connection, Entry, PermitResource, join};
 use super::{limit, must_grant, permit_request, watch_permits};
-use crate::cases::{HANG, bounded, key, long_ttl};
+use crate::Ctx;
+use crate::cases::{HANG, bounded, in_one_process, key, long_ttl};
 use crate::child::{self, instant_of, monotonic_nanos, next_command, report};
-use crate::{Ctx, Processes};
 
 const RESOURCE_VAR: &str = "LOCKSTORE_CONFORMANCE_PERMIT_RESOURCE";
 const KEY: &str = "sem-paused-holder";
@@ -32,12 +32,7 @@ const LIMIT: u32 = 2;
 /// is refused by the permit resource.
 pub async fn semaphore_paused_holder_process_is_fenced_out(ctx: Ctx) {
     let backend = ctx.semaphore().await.semaphore_backend_name();
-    if ctx.profile().processes == Processes::OneProcess {
-        assert_eq!(
-            backend, "memory",
-            "{backend}'s profile says Processes::OneProcess, but only the memory backend keeps \
-             its permits inside one process"
-        );
+    if in_one_process(&ctx, backend, "permits") {
         return;
     }
     if ctx.is_child() {

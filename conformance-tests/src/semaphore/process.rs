@@ -15,9 +15,9 @@ use lockstore_api::{AcquireOptions, Backoff, FencingToken};
 
 use super::resource::{Connection, Entry, PermitResource, join};
 use super::{limit, permit_request};
-use crate::cases::{HANG, key};
+use crate::Ctx;
+use crate::cases::{HANG, in_one_process, key};
 use crate::child::{self, ChildProcess, next_command, report};
-use crate::{Ctx, Processes};
 
 const RESOURCE_VAR: &str = "LOCKSTORE_CONFORMANCE_PERMIT_RESOURCE";
 const HOLDER_VAR: &str = "LOCKSTORE_CONFORMANCE_PERMIT_HOLDER";
@@ -35,12 +35,7 @@ const HOLD: Duration = Duration::from_secs(60);
 /// rise.
 pub async fn semaphore_holder_processes_never_exceed_the_limit(ctx: Ctx) {
     let backend = ctx.semaphore().await.semaphore_backend_name();
-    if ctx.profile().processes == Processes::OneProcess {
-        assert_eq!(
-            backend, "memory",
-            "{backend}'s profile says Processes::OneProcess, but only the memory backend keeps \
-             its permits inside one process"
-        );
+    if in_one_process(&ctx, backend, "permits") {
         return;
     }
     if ctx.is_child() {
