@@ -11,6 +11,8 @@
 //!   p99 acquire latency, against the same peers (each waiting its own way:
 //!   lockstore by notification, `SET NX PX` with lockstore's default
 //!   backoff, rslock with its own retry loop);
+//! * requests counted per hand-off among 8 and 64 waiters of one key, sharing
+//!   one client (in its line) or one client each;
 //! * connections a store holds;
 //! * semaphores: permit acquire + release next to the lock's, uncontended
 //!   and with 8 and 64 clients on one key, N = 4.
@@ -100,6 +102,13 @@ async fn run() {
     }
     if bench::section("handoff") {
         handoff_table(&setup, rounds).await;
+        bench::handoff_requests_table(
+            "Redis",
+            rounds.div_ceil(3).max(3),
+            Arc::new(setup.store.clone()),
+            TTL,
+        )
+        .await;
     }
     if bench::section("contention") {
         contention(&setup, rounds.div_ceil(3).max(3)).await;

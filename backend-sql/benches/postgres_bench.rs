@@ -7,6 +7,8 @@
 //!   connection: no fence, no lease, no holder report);
 //! * hand-off (release → the next waiter holds) with `LISTEN/NOTIFY` and
 //!   with polling only;
+//! * requests counted per hand-off among 8 and 64 waiters of one key, sharing
+//!   one client (in its line) or one client each;
 //! * contention: 1, 8 and 64 clients on one key and on 64 keys, cycles/s and
 //!   p99 acquire latency, against `PgAdvisoryLock` (blocking
 //!   `pg_advisory_lock`, one connection per client);
@@ -106,6 +108,13 @@ async fn run() {
     }
     if bench::section("handoff") {
         handoff_table(&setup, rounds).await;
+        bench::handoff_requests_table(
+            "PostgreSQL",
+            rounds.div_ceil(3).max(3),
+            Arc::new(setup.store.clone()),
+            TTL,
+        )
+        .await;
     }
     if bench::section("contention") {
         contention(&setup, rounds.div_ceil(3).max(3)).await;

@@ -25,6 +25,8 @@ use lockstore_api::{
 };
 use tokio::time::Instant;
 
+use crate::fault::CountingStore;
+
 /// A future the harness can spawn.
 pub type BoxFuture = Pin<Box<dyn Future<Output = Duration> + Send + 'static>>;
 
@@ -725,6 +727,125 @@ where
         }
     }
     table.print();
+}
+
+/// The hand-off requests table: `waiters` tasks wait on one key held by
+/// another client, then the holder releases and each waiter, in turn,
+/// takes the key and releases it at once. Requests are counted at the
+/// store (a [`CountingStore`]) from the holder's release to the last
+/// waiter's, and divided by the hand-offs (one per waiter). The waiters
+/// share one [`LockClient`] (they wait in its line, the front one asking)
+/// or have one client each (every release wakes them all, as every
+/// client did before lines). Waits are from the holder's release to each
+/// waiter holding the key: the last in line waits for all the others.
+/// `rounds` rounds per row, in alternation; default backoff.
+pub async fn handoff_requests_table(
+    server: &str,
+    rounds: usize,
+    store: Arc<dyn LockStore>,
+    ttl: Duration,
+) {
+    let mut table = Table::new(
+        format!(
+            "{server} hand-offs among the waiters of one key: requests counted at the store per hand-off, {rounds} rounds alternating"
+        ),
+        &[
+            "waiters",
+            "clients",
+            "requests per hand-off",
+            "goal ≤ 3",
+            "hand-offs/s",
+            "p50 wait",
+            "p99 wait",
+        ],
+    );
+    for waiters in [8, 64] {
+        let mut rows: [(u64, u64, Duration, Vec<Duration>); 2] = Default::default();
+        for round in 0..rounds {
+            for (shared, row) in rows.iter_mut().enumerate() {
+                let tag = format!("handoff-requests-w{waiters}-r{round}-s{shared}");
+                let (requests, took, waits) =
+                    handoff_round(Arc::clone(&store), waiters, shared == 0, &tag, ttl).await;
+                row.0 += requests;
+                row.1 += waiters as u64;
+                row.2 += took;
+                row.3.extend(waits);
+            }
+        }
+        for (shared, (requests, handoffs, took, mut waits)) in rows.into_iter().enumerate() {
+            waits.sort();
+            let per = requests as f64 / handoffs as f64;
+            table.row(vec![
+                waiters.to_string(),
+                if shared == 0 {
+                    "one, shared (in line)".into()
+                } else {
+                    "one each (all woken)".into()
+                },
+                format!("{per:.2}"),
+                at_most(per, 3.0),
+                format!("{:.0}", handoffs as f64 / took.as_secs_f64()),
+                us(percentile(&waits, 50.0)),
+                us(percentile(&waits, 99.0)),
+            ]);
+        }
+    }
+    table.print();
+}
+
+/// One round of [`handoff_requests_table`]: requests counted, time from
+/// the holder's release to the last waiter's, and every waiter's wait.
+async fn handoff_round(
+    store: Arc<dyn LockStore>,
+    waiters: usize,
+    shared: bool,
+    key: &str,
+    ttl: Duration,
+) -> (u64, Duration, Vec<Duration>) {
+    let counting = Arc::new(CountingStore::new(Arc::clone(&store)));
+    let holder = LockClient::from_arc(store);
+    let held = holder
+        .acquire_lease(key, AcquireOptions::new(ttl))
+        .await
+        .expect("holder");
+    let shared_client = LockClient::from_arc(Arc::clone(&counting) as Arc<dyn LockStore>);
+    let (released_tx, released_rx) = tokio::sync::watch::channel(None::<Instant>);
+    let tasks: Vec<_> = (0..waiters)
+        .map(|_| {
+            let client = if shared {
+                shared_client.clone()
+            } else {
+                LockClient::from_arc(Arc::clone(&counting) as Arc<dyn LockStore>)
+            };
+            let key = key.to_owned();
+            let released = released_rx.clone();
+            tokio::spawn(async move {
+                let lease = client
+                    .acquire_lease(key.as_str(), AcquireOptions::new(ttl).wait_forever())
+                    .await
+                    .expect("waiter");
+                let at = Instant::now();
+                client.release(&lease).await.expect("release waiter");
+                let released = released.borrow().expect("the holder released first");
+                (at - released, Instant::now())
+            })
+        })
+        .collect();
+    while counting.attempts_by_lease().len() < waiters {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = counting.calls();
+    let released = Instant::now();
+    released_tx.send_replace(Some(released));
+    holder.release(&held).await.expect("release");
+    let mut waits = Vec::with_capacity(waiters);
+    let mut last = released;
+    for task in tasks {
+        let (wait, done) = task.await.expect("waiter task");
+        waits.push(wait);
+        last = last.max(done);
+    }
+    (counting.calls() - before, last - released, waits)
 }
 
 #[cfg(test)]

@@ -2,10 +2,12 @@
 //! cutting a holder off from its store (a partition) to watch its guard give
 //! up in time, losing replies after the store acted, and a store that panics.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use lockstore_api::semaphore::{PermitOutcome, PermitRequest, Permits, SemaphoreStore};
 use lockstore_api::{
     AcquireOutcome, AcquireRequest, Holder, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome,
     ReleaseSignal, RenewOutcome, Ttl,
@@ -16,6 +18,7 @@ use lockstore_api::{
 pub struct CountingStore {
     inner: Arc<dyn LockStore>,
     calls: AtomicU64,
+    attempts: Mutex<HashMap<LeaseId, u64>>,
 }
 
 impl CountingStore {
@@ -24,7 +27,16 @@ impl CountingStore {
         Self {
             inner,
             calls: AtomicU64::new(0),
+            attempts: Mutex::default(),
         }
+    }
+
+    /// Acquire attempts so far, per lease id (one per waiting acquire).
+    pub fn attempts_by_lease(&self) -> HashMap<LeaseId, u64> {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Calls made so far (acquire, renew, release and inspect).
@@ -45,6 +57,12 @@ impl LockStore for CountingStore {
 
     async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
         self.count();
+        *self
+            .attempts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(request.lease_id)
+            .or_default() += 1;
         self.inner.try_acquire(request).await
     }
 
@@ -65,6 +83,92 @@ impl LockStore for CountingStore {
 
     fn release_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
         self.inner.release_signal(key)
+    }
+}
+
+/// Counts the calls that reach a semaphore store, and the acquire attempts
+/// per permit id, as [`CountingStore`] does for locks.
+#[derive(Debug)]
+pub struct CountingSemaphores {
+    inner: Arc<dyn SemaphoreStore>,
+    calls: AtomicU64,
+    attempts: Mutex<HashMap<LeaseId, u64>>,
+}
+
+impl CountingSemaphores {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn SemaphoreStore>) -> Self {
+        Self {
+            inner,
+            calls: AtomicU64::new(0),
+            attempts: Mutex::default(),
+        }
+    }
+
+    /// Calls made so far (acquire, renew, release and inspect).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Acquire attempts so far, per permit id (one per waiting acquire).
+    pub fn attempts_by_permit(&self) -> HashMap<LeaseId, u64> {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl SemaphoreStore for CountingSemaphores {
+    fn semaphore_backend_name(&self) -> &'static str {
+        self.inner.semaphore_backend_name()
+    }
+
+    async fn try_acquire_permit(
+        &self,
+        request: &PermitRequest,
+    ) -> Result<PermitOutcome, LockError> {
+        self.count();
+        *self
+            .attempts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(request.permit_id)
+            .or_default() += 1;
+        self.inner.try_acquire_permit(request).await
+    }
+
+    async fn renew_permit(
+        &self,
+        key: &LockKey,
+        permit_id: LeaseId,
+        ttl: Ttl,
+    ) -> Result<RenewOutcome, LockError> {
+        self.count();
+        self.inner.renew_permit(key, permit_id, ttl).await
+    }
+
+    async fn release_permit(
+        &self,
+        key: &LockKey,
+        permit_id: LeaseId,
+    ) -> Result<ReleaseOutcome, LockError> {
+        self.count();
+        self.inner.release_permit(key, permit_id).await
+    }
+
+    async fn inspect_permits(&self, key: &LockKey) -> Result<Option<Permits>, LockError> {
+        self.count();
+        self.inner.inspect_permits(key).await
+    }
+
+    fn permit_release_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
+        self.inner.permit_release_signal(key)
     }
 }
 

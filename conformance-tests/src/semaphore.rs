@@ -24,6 +24,7 @@ use tokio::time::timeout;
 
 use crate::Ctx;
 use crate::cases::{HANG, key, long_ttl, must_acquire, ttl};
+use crate::fault::CountingSemaphores;
 
 pub mod linearizability;
 mod model;
@@ -57,6 +58,7 @@ macro_rules! __semaphore_cases {
             (semaphore_limit_mismatch_is_a_typed_error_naming_both_limits, Default),
             (semaphore_invalid_limits_are_rejected_before_any_request, Default),
             (semaphore_waiting_acquire_wakes_on_release, Default),
+            (semaphore_waiters_of_one_client_ask_in_turn, Default),
             (semaphore_waiting_acquire_times_out_naming_a_holder, Default),
             (semaphore_guard_renews_and_reports_loss, Default),
             (semaphore_with_permit_runs_work_and_releases, Default),
@@ -485,6 +487,80 @@ pub async fn semaphore_waiting_acquire_wakes_on_release(ctx: Ctx) {
         .expect("the waiter got no permit after the release");
     assert!(got.fence() > held_fence);
     got.release().await.unwrap();
+}
+
+/// The waiters of one client take turns for a key's permits, as the
+/// lock's do: only the front one asks while every permit is taken, and
+/// each permit handed on costs at most three requests.
+pub async fn semaphore_waiters_of_one_client_ask_in_turn(ctx: Ctx) {
+    let store = ctx.semaphore().await;
+    let profile = ctx.profile().clone();
+    let notified = profile.release_notifications;
+    let waiters: u64 = if notified { 12 } else { 4 };
+    let backoff = if notified {
+        // Nobody wakes but by a release: every request is counted.
+        Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600))
+    } else {
+        Backoff::new(Duration::from_millis(10), profile.short_ttl / 2)
+    };
+    let k = key("sem-turns");
+    let lease = long_ttl(&ctx);
+    let (alice, _) = must_grant(&*store, &k, 2, lease, "alice").await;
+    let (bob, _) = must_grant(&*store, &k, 2, lease, "bob").await;
+    let counting = Arc::new(CountingSemaphores::new(Arc::clone(&store)));
+    let client =
+        Semaphore::from_arc(Arc::clone(&counting) as Arc<dyn SemaphoreStore>).with_backoff(backoff);
+    let tasks: Vec<_> = (0..waiters)
+        .map(|_| {
+            let client = client.clone();
+            let k = k.clone();
+            tokio::spawn(async move {
+                let permit = client
+                    .acquire(&k, limit(2), AcquireOptions::new(lease).wait_up_to(HANG))
+                    .await?;
+                let fence = permit.fence();
+                permit.release().await?;
+                Ok::<_, LockError>(fence)
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + HANG;
+    while (counting.attempts_by_permit().len() as u64) < waiters {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waiters never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ctx.sleep(profile.tolerance).await;
+    let asked_again = counting
+        .attempts_by_permit()
+        .values()
+        .filter(|attempts| **attempts > 1)
+        .count();
+    assert!(
+        asked_again <= 1,
+        "{asked_again} waiters of one client asked again while every permit stayed taken; only the front one may"
+    );
+    let before = counting.calls();
+    store.release_permit(&k, alice.permit_id).await.unwrap();
+    store.release_permit(&k, bob.permit_id).await.unwrap();
+    let mut fences = HashSet::new();
+    for task in tasks {
+        let fence = timeout(HANG, task)
+            .await
+            .expect("a waiter was never given a permit")
+            .unwrap()
+            .unwrap();
+        assert!(fences.insert(fence), "two waiters got fence {fence}");
+    }
+    if notified {
+        let requests = counting.calls() - before;
+        assert!(
+            requests <= 3 * waiters,
+            "{requests} requests for {waiters} permits handed on among {waiters} waiters of one client: more than 3 each"
+        );
+    }
 }
 
 /// A wait that runs out fails with `Timeout`, naming a holder.

@@ -5,11 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::guard::{GuardSettings, LeaseHandle, LockGuard};
 use crate::telemetry;
+use crate::wait_line::{Turn, WaitLines, Waited};
 use crate::{
     AcquireOutcome, AcquireRequest, Backoff, Holder, Lease, LeaseId, LockError, LockKey, LockStore,
     OwnerLabel, ReleaseOutcome, RenewOutcome, Ttl,
@@ -108,6 +109,11 @@ impl AcquireOptions {
 /// Works over a concrete store (`LockClient<MemoryStore>`) or a trait object
 /// (`LockClient<dyn LockStore>`, the default type parameter). Cloning is cheap.
 ///
+/// Share one client (or its clones) among the tasks of a process: its
+/// waiters of a key wait in one line, and only the one at the front asks
+/// the store, so a release of a hot key costs a few requests rather than
+/// one per waiting task (see CONTRACT.md, "The client layer").
+///
 /// ```
 /// use std::time::Duration;
 /// use lockstore_api::{AcquireOptions, LockClient};
@@ -137,6 +143,8 @@ pub struct LockClient<S: ?Sized + LockStore = dyn LockStore> {
     owner: Option<OwnerLabel>,
     backoff: Backoff,
     pub(crate) guard: GuardSettings,
+    /// The line of this client's waiters per key (shared by clones).
+    lines: Arc<WaitLines>,
 }
 
 impl<S: ?Sized + LockStore> Clone for LockClient<S> {
@@ -146,6 +154,7 @@ impl<S: ?Sized + LockStore> Clone for LockClient<S> {
             owner: self.owner.clone(),
             backoff: self.backoff,
             guard: self.guard,
+            lines: Arc::clone(&self.lines),
         }
     }
 }
@@ -165,6 +174,7 @@ impl<S: ?Sized + LockStore> LockClient<S> {
             owner: None,
             backoff: Backoff::default(),
             guard: GuardSettings::default(),
+            lines: Arc::default(),
         }
     }
 
@@ -346,6 +356,8 @@ impl<S: ?Sized + LockStore> LockClient<S> {
         };
         let mut attempt = 0u32;
         let mut last_holder = None;
+        // This task's place at the front of the key's line, once refused.
+        let mut turn: Option<Turn> = None;
         loop {
             let signal = match wait {
                 Wait::No => None,
@@ -409,6 +421,23 @@ impl<S: ?Sized + LockStore> LockClient<S> {
                 delay = delay.min(give_up_at - now);
             }
             attempt = attempt.saturating_add(1);
+            if turn.is_none() && holder.is_some() {
+                // Refused: wait behind this client's other waiters of the
+                // key, if any, rather than all asking at every release.
+                let joined = self.lines.join(request.key.as_str());
+                let (front, waited) = match give_up_at {
+                    Some(give_up_at) => match timeout_at(give_up_at, joined).await {
+                        Ok(joined) => joined,
+                        Err(_) => return Err(self.timed_out(request.key, started, holder, None)),
+                    },
+                    None => joined.await,
+                };
+                turn = Some(front);
+                if waited == Waited::Yes {
+                    // The waiters ahead are done: ask again at once.
+                    continue;
+                }
+            }
             match signal {
                 Some(signal) => {
                     tokio::select! {

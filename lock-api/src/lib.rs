@@ -70,6 +70,7 @@ mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod test_store;
+mod wait_line;
 
 pub use async_trait::async_trait;
 pub use backoff::Backoff;

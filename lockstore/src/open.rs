@@ -144,6 +144,11 @@ pub struct Store {
     /// The semaphores' store; every backend [`open`] opens has one.
     /// `None` would mean a backend without semaphores.
     semaphores: Option<Arc<dyn SemaphoreStore>>,
+    /// Handed out as clones, so every task of the process that waits for
+    /// a key waits in the same line (see [`LockClient`]).
+    lock_client: LockClient,
+    /// As `lock_client`, for semaphores.
+    semaphore_client: Option<Semaphore>,
     schema: Schema,
 }
 
@@ -199,13 +204,27 @@ impl Store {
     ///
     /// # Errors
     /// As [`Store::semaphores`].
+    ///
+    /// Every call returns a clone of one client, so waiters of a key take
+    /// turns across the process, as [`Store::lock_client`]'s do.
     pub fn semaphore_client(&self) -> Result<Semaphore, LockError> {
-        self.semaphores().map(Semaphore::from_arc)
+        self.semaphores()?;
+        self.semaphore_client.clone().ok_or_else(|| {
+            LockError::config(
+                self.backend_name(),
+                "semaphores are not available on this backend",
+            )
+        })
     }
 
     /// A [`LockClient`] over the lock store.
+    ///
+    /// Every call returns a clone of one client: the tasks of a process
+    /// that wait for the same key then wait in one line, and a release
+    /// wakes only the one at its front (a client made with
+    /// `LockClient::from_arc(store.locks())` has a line of its own).
     pub fn lock_client(&self) -> LockClient {
-        LockClient::from_arc(self.locks())
+        self.lock_client.clone()
     }
 
     /// A [`Ledger`] over the ledger's store.
@@ -242,8 +261,10 @@ impl Store {
     fn from_store<S: LockStore + LedgerStore>(store: Arc<S>, schema: Schema) -> Store {
         Store {
             locks: store.clone(),
+            lock_client: LockClient::from_arc(store.clone() as Arc<dyn LockStore>),
             ledger: store,
             semaphores: None,
+            semaphore_client: None,
             schema,
         }
     }
@@ -251,6 +272,7 @@ impl Store {
     /// The same store, with `store` as its semaphores.
     #[allow(dead_code)] // unused when no backend feature is on
     fn with_semaphores<S: SemaphoreStore>(mut self, store: Arc<S>) -> Store {
+        self.semaphore_client = Some(Semaphore::from_arc(store.clone() as Arc<dyn SemaphoreStore>));
         self.semaphores = Some(store);
         self
     }

@@ -89,6 +89,8 @@ macro_rules! __cases {
             (no_wait_acquire_fails_fast_naming_the_holder, Default),
             (waiting_acquire_times_out_naming_the_holder, Default),
             (waiting_acquire_wakes_promptly_on_release, Default),
+            (waiters_of_one_client_ask_in_turn, Default),
+            (a_cancelled_front_waiter_passes_the_turn_on, Default),
             (waiting_acquire_takes_over_after_expiry, Default),
             (acquire_with_lost_reply_leaves_no_orphan, Default),
             (acquire_giving_up_after_errors_reports_the_backend_error, Default),

@@ -1,12 +1,17 @@
-//! Waiting acquires: no wait, timeouts, wake-up on release, takeover on expiry.
+//! Waiting acquires: no wait, timeouts, wake-up on release, takeover on expiry,
+//! and the waiters of one client taking turns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use lockstore_api::{AcquireOptions, AcquireOutcome, Backoff, LockError, OwnerLabel};
+use lockstore_api::{
+    AcquireOptions, AcquireOutcome, Backoff, LockClient, LockError, LockStore, OwnerLabel,
+};
 use tokio::time::{Instant, timeout};
 
 use super::{HANG, key, long_ttl, must_acquire, request};
 use crate::Ctx;
+use crate::fault::CountingStore;
 
 /// A non-waiting acquire of a held key fails at once with the holder's name.
 pub async fn no_wait_acquire_fails_fast_naming_the_holder(ctx: Ctx) {
@@ -158,5 +163,137 @@ pub async fn waiting_acquire_takes_over_after_expiry(ctx: Ctx) {
         .await
         .expect("the abandoned lock was never taken over");
     assert!(guard.fence() > old_fence);
+    guard.release().await.unwrap();
+}
+
+/// Waiters of one client take turns: only the one at the front of the line
+/// asks the store, so with many waiters a hand-off costs at most three
+/// requests (the release, the winner's attempt, and the refused attempt of
+/// the next waiter, which asks to be told of the new holder's release).
+pub async fn waiters_of_one_client_ask_in_turn(ctx: Ctx) {
+    let profile = ctx.profile().clone();
+    let notified = profile.release_notifications;
+    // Without notifications the front polls, and each hand-off waits for
+    // its backoff: fewer waiters keep the case short.
+    let waiters: u64 = if notified { 16 } else { 4 };
+    let backoff = if notified {
+        // Nobody wakes but by a release: every request is counted.
+        Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600))
+    } else {
+        Backoff::new(Duration::from_millis(10), profile.short_ttl / 2)
+    };
+    let counting = Arc::new(CountingStore::new(ctx.store().await));
+    let client =
+        LockClient::from_arc(Arc::clone(&counting) as Arc<dyn LockStore>).with_backoff(backoff);
+    let holder = ctx
+        .client()
+        .await
+        .acquire(
+            "turns",
+            AcquireOptions::new(long_ttl(&ctx)).wait_up_to(HANG),
+        )
+        .await
+        .unwrap();
+    let options = AcquireOptions::new(long_ttl(&ctx)).wait_up_to(HANG);
+    let tasks: Vec<_> = (0..waiters)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let guard = client.acquire("turns", options).await?;
+                let fence = guard.fence();
+                guard.release().await?;
+                Ok::<_, LockError>(fence)
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + HANG;
+    while (counting.attempts_by_lease().len() as u64) < waiters {
+        assert!(Instant::now() < deadline, "the waiters never tried");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Let the front ask again (it polls, or is woken by a listener that
+    // just subscribed): the others must not.
+    ctx.sleep(profile.tolerance).await;
+    let asked_again = counting
+        .attempts_by_lease()
+        .values()
+        .filter(|attempts| **attempts > 1)
+        .count();
+    assert!(
+        asked_again <= 1,
+        "{asked_again} waiters of one client asked again while the key stayed held; only the front one may"
+    );
+    let before = counting.calls();
+    holder.release().await.unwrap();
+    let mut fences = Vec::new();
+    for task in tasks {
+        let fence = timeout(HANG, task)
+            .await
+            .expect("a waiter was never handed the key")
+            .unwrap()
+            .unwrap();
+        fences.push(fence);
+    }
+    fences.sort();
+    fences.dedup();
+    assert_eq!(fences.len() as u64, waiters, "two waiters got one fence");
+    if notified {
+        let requests = counting.calls() - before;
+        assert!(
+            requests <= 3 * waiters,
+            "{requests} requests for {waiters} hand-offs among {waiters} waiters of one client: more than 3 per hand-off"
+        );
+    }
+}
+
+/// A waiter cancelled at the front of its client's line hands the turn on:
+/// the waiter behind it is not left asleep when the key is released.
+pub async fn a_cancelled_front_waiter_passes_the_turn_on(ctx: Ctx) {
+    let profile = ctx.profile().clone();
+    let backoff = if profile.release_notifications {
+        // A lost turn would leave the second waiter asleep past HANG.
+        Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600))
+    } else {
+        Backoff::new(Duration::from_millis(10), profile.short_ttl / 2)
+    };
+    let counting = Arc::new(CountingStore::new(ctx.store().await));
+    let client =
+        LockClient::from_arc(Arc::clone(&counting) as Arc<dyn LockStore>).with_backoff(backoff);
+    let holder = ctx
+        .client()
+        .await
+        .acquire(
+            "turn-on",
+            AcquireOptions::new(long_ttl(&ctx)).wait_up_to(HANG),
+        )
+        .await
+        .unwrap();
+    let options = AcquireOptions::new(long_ttl(&ctx)).wait_forever();
+    let spawn =
+        |client: LockClient| tokio::spawn(async move { client.acquire("turn-on", options).await });
+    let deadline = Instant::now() + HANG;
+    let tried = |n: usize| {
+        let counting = Arc::clone(&counting);
+        async move {
+            while counting.attempts_by_lease().len() < n {
+                assert!(Instant::now() < deadline, "a waiter never tried");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let front = spawn(client.clone());
+    tried(1).await;
+    let second = spawn(client.clone());
+    tried(2).await;
+    // The second waiter is in line behind the first (it was refused, and
+    // the first holds the turn). Cancel the first.
+    front.abort();
+    assert!(front.await.is_err(), "the first waiter was cancelled");
+    holder.release().await.unwrap();
+    let guard = timeout(HANG, second)
+        .await
+        .expect("the waiter behind a cancelled one was never handed the key")
+        .unwrap()
+        .unwrap();
     guard.release().await.unwrap();
 }

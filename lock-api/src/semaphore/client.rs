@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::{PermitLimit, PermitOutcome, PermitRequest, Permits, SemaphoreStore};
 use crate::client::{ATTEMPT_FLOOR, attempt_bound};
 use crate::guard::GuardSettings;
 use crate::telemetry;
+use crate::wait_line::{Turn, WaitLines, Waited};
 use crate::{
     AcquireOptions, AcquireOutcome, AcquireRequest, Backoff, FencingToken, Holder, Lease,
     LeaseHandle, LeaseId, LockError, LockGuard, LockKey, LockStore, OwnerLabel, ReleaseOutcome,
@@ -31,6 +32,8 @@ pub struct Semaphore<S: ?Sized + SemaphoreStore = dyn SemaphoreStore> {
     owner: Option<OwnerLabel>,
     backoff: Backoff,
     guard: GuardSettings,
+    /// The line of this client's waiters per key (shared by clones).
+    lines: Arc<WaitLines>,
 }
 
 impl<S: ?Sized + SemaphoreStore> Clone for Semaphore<S> {
@@ -40,6 +43,7 @@ impl<S: ?Sized + SemaphoreStore> Clone for Semaphore<S> {
             owner: self.owner.clone(),
             backoff: self.backoff,
             guard: self.guard,
+            lines: Arc::clone(&self.lines),
         }
     }
 }
@@ -59,6 +63,7 @@ impl<S: ?Sized + SemaphoreStore> Semaphore<S> {
             owner: None,
             backoff: Backoff::default(),
             guard: GuardSettings::default(),
+            lines: Arc::default(),
         }
     }
 
@@ -222,6 +227,8 @@ impl<S: ?Sized + SemaphoreStore> Semaphore<S> {
         };
         let mut attempt = 0u32;
         let mut last_seen: Option<Permits> = None;
+        // This task's place at the front of the key's line, once refused.
+        let mut turn: Option<Turn> = None;
         loop {
             let signal = match wait {
                 Wait::No => None,
@@ -287,6 +294,31 @@ impl<S: ?Sized + SemaphoreStore> Semaphore<S> {
                 delay = delay.min(give_up_at - now);
             }
             attempt = attempt.saturating_add(1);
+            if turn.is_none() && failure.is_none() {
+                // Refused: wait behind this client's other waiters of the
+                // key, as the lock's waiters do.
+                let joined = self.lines.join(request.key.as_str());
+                let (front, waited) = match give_up_at {
+                    Some(give_up_at) => match timeout_at(give_up_at, joined).await {
+                        Ok(joined) => joined,
+                        Err(_) => {
+                            return Err(LockError::Timeout {
+                                key: request.key,
+                                waited: started.elapsed(),
+                                holder: last_seen
+                                    .and_then(|permits| permits.holders.into_iter().next()),
+                                last_error: None,
+                            });
+                        }
+                    },
+                    None => joined.await,
+                };
+                turn = Some(front);
+                if waited == Waited::Yes {
+                    // The waiters ahead are done: ask again at once.
+                    continue;
+                }
+            }
             match signal {
                 Some(signal) => {
                     tokio::select! {
