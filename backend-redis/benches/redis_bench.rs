@@ -15,12 +15,14 @@
 //!   one client (in its line) or one client each;
 //! * connections a store holds;
 //! * semaphores: permit acquire + release next to the lock's, uncontended
-//!   and with 8 and 64 clients on one key, N = 4.
+//!   and with 8 and 64 clients on one key, N = 4;
+//! * server time per acquire + release, from the server's own
+//!   `INFO commandstats`, next to the same peers.
 //!
 //! `scripts/servers.sh run cargo bench -p lockstore-redis --bench redis_bench`
 //! (or a server in `LOCKSTORE_TEST_REDIS_URL`). `BENCH_ROUNDS` overrides the
 //! number of rounds, `BENCH_SECTIONS` (comma-separated: uncontended,
-//! handoff, contention, connections, semaphores) runs only some tables, `BENCH_DIAG=1`
+//! handoff, contention, connections, semaphores, server) runs only some tables, `BENCH_DIAG=1`
 //! adds rows that show where a cycle's time goes. Prints tables; asserts nothing about time.
 
 use std::sync::Arc;
@@ -118,6 +120,9 @@ async fn run() {
     }
     if bench::section("semaphores") {
         bench::semaphore_table("Redis", rounds.div_ceil(3).max(3), setup.store.clone(), TTL).await;
+    }
+    if bench::section("server") {
+        server_table(&setup, rounds).await;
     }
 }
 
@@ -486,4 +491,148 @@ async fn connections(url: &str) -> usize {
         .expect("CLIENT LIST");
     // Minus this very connection.
     list.lines().count() - 1
+}
+
+/// The variants of the server-time table, each one acquire + release.
+#[derive(Clone, Copy)]
+enum ServerCycle {
+    Store,
+    SetNx,
+    Rslock,
+}
+
+const SERVER_CYCLES: [(&str, ServerCycle); 3] = [
+    ("lockstore: store try_acquire + release", ServerCycle::Store),
+    ("peer: SET NX PX + Lua delete", ServerCycle::SetNx),
+    ("peer: rslock lock + unlock", ServerCycle::Rslock),
+];
+
+/// Cycles per variant and round in the server-time table.
+const SERVER_CYCLES_PER_ROUND: usize = 500;
+
+/// The commands the variants send themselves. Every other command in
+/// `INFO commandstats` was called by a script, and its time is already in
+/// its script's.
+const SENT: [&str; 6] = [
+    "evalsha",
+    "eval",
+    "evalsha_ro",
+    "eval_ro",
+    "set",
+    "script|load",
+];
+
+/// The bench's own bookkeeping, counted nowhere.
+const NOT_COUNTED: [&str; 3] = ["config|resetstat", "info", "ping"];
+
+async fn server_cycle(s: &Setup, cycle: ServerCycle) {
+    match cycle {
+        ServerCycle::Store => bench::store_cycle(&s.store, "server", TTL).await,
+        ServerCycle::SetNx => assert!(set_nx_try(s, "server").await.is_some(), "held"),
+        ServerCycle::Rslock => {
+            let resource = format!("{}rslock-server", s.prefix);
+            let lock = s.rslock.lock(resource.as_str(), TTL).await.expect("rslock");
+            s.rslock.unlock(&lock).await;
+        }
+    }
+}
+
+/// `INFO commandstats` as (command, calls, µs) per command.
+async fn command_stats(manager: &mut ConnectionManager) -> Vec<(String, u64, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(manager)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |wanted: &str| {
+                fields.split(',').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    (key == wanted).then(|| value.parse().ok()).flatten()
+                })
+            };
+            Some((name.to_owned(), field("calls")?, field("usec")?))
+        })
+        .collect()
+}
+
+/// Server time per acquire + release, as the server counts it: per round
+/// and variant, `CONFIG RESETSTAT`, a fixed number of cycles on one key,
+/// then the `usec` of the commands the client sent (`INFO commandstats`;
+/// a script's time includes the commands it calls). The counters are the
+/// whole server's: run it on a server nothing else uses meanwhile. Wall
+/// time on the server's thread, so a busy machine inflates every variant.
+async fn server_table(setup: &Arc<Setup>, rounds: usize) {
+    let mut manager = setup.manager.clone();
+    let cycles = SERVER_CYCLES_PER_ROUND;
+    // Per variant, per round: (µs, commands sent, commands scripts called), per cycle.
+    let mut figures = vec![Vec::new(); SERVER_CYCLES.len()];
+    for _ in 0..rounds {
+        for (index, &(_, cycle)) in SERVER_CYCLES.iter().enumerate() {
+            // Scripts loaded and connections made before the counting starts.
+            for _ in 0..5 {
+                server_cycle(setup, cycle).await;
+            }
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut manager)
+                .await
+                .expect("CONFIG RESETSTAT");
+            for _ in 0..cycles {
+                server_cycle(setup, cycle).await;
+            }
+            let (mut usec, mut sent, mut called) = (0, 0, 0);
+            for (name, calls, time) in command_stats(&mut manager).await {
+                if SENT.contains(&name.as_str()) {
+                    usec += time;
+                    sent += calls;
+                } else if !NOT_COUNTED.contains(&name.as_str()) {
+                    called += calls;
+                }
+            }
+            let per_cycle = |n: u64| n as f64 / cycles as f64;
+            figures[index].push((per_cycle(usec), per_cycle(sent), per_cycle(called)));
+        }
+    }
+    let median = |index: usize, pick: fn(&(f64, f64, f64)) -> f64| {
+        bench::median(figures[index].iter().map(pick))
+    };
+    let peer = median(1, |f| f.0);
+    let mut table = Table::new(
+        format!(
+            "Redis server µs per acquire + release (INFO commandstats, {rounds} rounds × {cycles} cycles, medians; goal: lockstore ≤ 2× SET NX PX + Lua delete)"
+        ),
+        &[
+            "variant",
+            "server µs / cycle",
+            "fastest round",
+            "commands sent / cycle",
+            "redis.call()s in scripts / cycle",
+            "× SET NX PX peer",
+            "goal",
+        ],
+    );
+    for (index, &(name, cycle)) in SERVER_CYCLES.iter().enumerate() {
+        let usec = median(index, |f| f.0);
+        let fastest = figures[index]
+            .iter()
+            .map(|f| f.0)
+            .fold(f64::INFINITY, f64::min);
+        let ratio = usec / peer;
+        table.row(vec![
+            name.to_owned(),
+            format!("{usec:.1}"),
+            format!("{fastest:.1}"),
+            format!("{:.1}", median(index, |f| f.1)),
+            format!("{:.1}", median(index, |f| f.2)),
+            format!("{ratio:.2}×"),
+            match cycle {
+                ServerCycle::Store => bench::at_most(ratio, 2.0),
+                _ => String::new(),
+            },
+        ]);
+    }
+    table.print();
 }

@@ -120,6 +120,16 @@
 //! [`RedisStoreBuilder::idle_retention`]), so memory is bounded by the keys
 //! used within that window.
 //!
+//! What a lock costs the server is mostly its two scripts' `redis.call()`s:
+//! four in an acquire (`TIME`, `HMGET`, `HSET`, `PEXPIRE`) and four in a
+//! release (`HMGET`, `TIME`, `HDEL`, `PEXPIRE`, and a `PUBLISH` only when
+//! someone waits). Each call — passing its arguments into Redis and its
+//! reply back into Lua — costs more than the hash work it does, so an
+//! acquire + release costs the server several times a plain `SET NX PX` +
+//! Lua compare-and-delete, which has no fence, no server-clock expiry and no
+//! wake-ups; the record's layout is a small part of it. The bench's `server`
+//! table prints both, from `INFO commandstats`.
+//!
 //! # Fencing tokens and clocks
 //!
 //! A new lease gets `fence = max(last fence + 1, server time in µs)`, both

@@ -19,7 +19,7 @@
 if redis.replicate_commands then redis.replicate_commands() end
 
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now = clock[1] * 1000000 + clock[2]
 
 local all = redis.call('HGETALL', KEYS[1])
 local limit, last_fence, mine = nil, nil, nil
@@ -80,9 +80,14 @@ end
 -- As for locks: the token is at least the server's time in microseconds,
 -- so it keeps rising when the record (and its counter) is gone after the
 -- idle retention or a restart without persistence.
-local fence = now
-if last_fence and last_fence + 1 > fence then fence = last_fence + 1 end
-local fence_text = string.format('%.0f', fence)
+local fence, fence_text = now, nil
+if last_fence and last_fence >= now then
+  fence = last_fence + 1
+  fence_text = string.format('%.0f', fence)
+else
+  -- Usually the clock itself: TIME's digits, as in acquire.lua.
+  fence_text = clock[1] .. ('00000'):sub(#clock[2]) .. clock[2]
+end
 redis.call('HSET', KEYS[1],
   'limit', ARGV[3],
   'fence', fence_text,

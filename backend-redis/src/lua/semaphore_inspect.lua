@@ -5,7 +5,7 @@
 -- Returns {} when no permit is live, else {limit, owner, fence, µs left, ...}.
 
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now = clock[1] * 1000000 + clock[2]
 local all = redis.call('HGETALL', KEYS[1])
 local limit = 0
 local reply = {}

@@ -15,7 +15,7 @@ if not record[1] then return 0 end
 -- Gone either way; 'limit' and 'fence' stay for the record's retention.
 redis.call('HDEL', KEYS[1], field)
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now = clock[1] * 1000000 + clock[2]
 local expires = tonumber(string.match(record[1], '^(%d+):'))
 if not expires or expires <= now then return 0 end
 -- Publish only if a waiter was refused since the last publish; every such

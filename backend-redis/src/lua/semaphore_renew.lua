@@ -14,7 +14,7 @@ local value = redis.call('HGET', KEYS[1], field)
 if not value then return 0 end
 local expires, rest = string.match(value, '^(%d+):(.*)$')
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now = clock[1] * 1000000 + clock[2]
 if not tonumber(expires) or tonumber(expires) <= now then return 0 end
 redis.call('HSET', KEYS[1], field, string.format('%.0f', now + ARGV[2] * 1000) .. ':' .. rest)
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
