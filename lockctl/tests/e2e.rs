@@ -221,13 +221,16 @@ impl Running {
     }
 }
 
-/// Waits until `path` exists (a child's "I am ready" mark).
+/// Waits until a child has written a whole line to `path` (every script
+/// here writes with `echo … > file`). The shell creates the file before
+/// `echo` writes to it, so the file existing is not enough: a reader could
+/// find it empty (this failed once in CI).
 fn wait_for_file(path: &Path) {
     let started = Instant::now();
-    while !path.exists() {
+    while !read(path).ends_with('\n') {
         assert!(
             started.elapsed() < PATIENCE,
-            "{} never appeared",
+            "{} never got a whole line",
             path.display()
         );
         thread::sleep(Duration::from_millis(20));
