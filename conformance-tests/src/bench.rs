@@ -831,9 +831,7 @@ async fn handoff_round(
             })
         })
         .collect();
-    while counting.attempts_by_lease().len() < waiters {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    counting.counts().until_tried(waiters).await;
     let before = counting.calls();
     let released = Instant::now();
     released_tx.send_replace(Some(released));

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use lockstore_api::semaphore::{PermitOutcome, PermitRequest, Permits, SemaphoreStore};
@@ -12,13 +13,75 @@ use lockstore_api::{
     AcquireOutcome, AcquireRequest, Holder, LeaseId, LockError, LockKey, LockStore, ReleaseOutcome,
     ReleaseSignal, RenewOutcome, Ttl,
 };
+use tokio::time::Instant;
+
+use crate::cases::HANG;
+
+/// What a counting decorator saw: every call, and the acquire attempts per
+/// lease (or permit) id, one id per waiting acquire.
+#[derive(Debug, Default)]
+pub struct Counts {
+    calls: AtomicU64,
+    attempts: Mutex<HashMap<LeaseId, u64>>,
+}
+
+impl Counts {
+    /// Calls made so far (acquire, renew, release and inspect).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// How many acquires (lease or permit ids) have tried at least once.
+    pub fn tried(&self) -> usize {
+        self.attempts().len()
+    }
+
+    /// How many acquires have tried more than once.
+    pub fn asked_again(&self) -> usize {
+        self.attempts().values().filter(|n| **n > 1).count()
+    }
+
+    /// Waits until `acquires` acquires have tried at least once.
+    ///
+    /// # Panics
+    /// When they have not within the cases' hang bound (30 s).
+    pub async fn until_tried(&self, acquires: usize) {
+        let deadline = Instant::now() + HANG;
+        while self.tried() < acquires {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {acquires} waiters tried within {HANG:?}",
+                self.tried()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn call(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn attempt(&self, id: LeaseId) {
+        self.call();
+        *self.lock().entry(id).or_default() += 1;
+    }
+
+    fn attempts(&self) -> HashMap<LeaseId, u64> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, u64>> {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// Counts every call that reaches the wrapped store.
 #[derive(Debug)]
 pub struct CountingStore {
     inner: Arc<dyn LockStore>,
-    calls: AtomicU64,
-    attempts: Mutex<HashMap<LeaseId, u64>>,
+    counts: Counts,
 }
 
 impl CountingStore {
@@ -26,26 +89,18 @@ impl CountingStore {
     pub fn new(inner: Arc<dyn LockStore>) -> Self {
         Self {
             inner,
-            calls: AtomicU64::new(0),
-            attempts: Mutex::default(),
+            counts: Counts::default(),
         }
     }
 
-    /// Acquire attempts so far, per lease id (one per waiting acquire).
-    pub fn attempts_by_lease(&self) -> HashMap<LeaseId, u64> {
-        self.attempts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    /// What reached the store so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// Calls made so far (acquire, renew, release and inspect).
     pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn count(&self) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.counts.calls()
     }
 }
 
@@ -56,28 +111,22 @@ impl LockStore for CountingStore {
     }
 
     async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, LockError> {
-        self.count();
-        *self
-            .attempts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(request.lease_id)
-            .or_default() += 1;
+        self.counts.attempt(request.lease_id);
         self.inner.try_acquire(request).await
     }
 
     async fn renew(&self, key: &LockKey, id: LeaseId, ttl: Ttl) -> Result<RenewOutcome, LockError> {
-        self.count();
+        self.counts.call();
         self.inner.renew(key, id, ttl).await
     }
 
     async fn release(&self, key: &LockKey, id: LeaseId) -> Result<ReleaseOutcome, LockError> {
-        self.count();
+        self.counts.call();
         self.inner.release(key, id).await
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<Holder>, LockError> {
-        self.count();
+        self.counts.call();
         self.inner.inspect(key).await
     }
 
@@ -91,8 +140,7 @@ impl LockStore for CountingStore {
 #[derive(Debug)]
 pub struct CountingSemaphores {
     inner: Arc<dyn SemaphoreStore>,
-    calls: AtomicU64,
-    attempts: Mutex<HashMap<LeaseId, u64>>,
+    counts: Counts,
 }
 
 impl CountingSemaphores {
@@ -100,26 +148,13 @@ impl CountingSemaphores {
     pub fn new(inner: Arc<dyn SemaphoreStore>) -> Self {
         Self {
             inner,
-            calls: AtomicU64::new(0),
-            attempts: Mutex::default(),
+            counts: Counts::default(),
         }
     }
 
-    /// Calls made so far (acquire, renew, release and inspect).
-    pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    /// Acquire attempts so far, per permit id (one per waiting acquire).
-    pub fn attempts_by_permit(&self) -> HashMap<LeaseId, u64> {
-        self.attempts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    fn count(&self) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+    /// What reached the store so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 }
 
@@ -133,13 +168,7 @@ impl SemaphoreStore for CountingSemaphores {
         &self,
         request: &PermitRequest,
     ) -> Result<PermitOutcome, LockError> {
-        self.count();
-        *self
-            .attempts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(request.permit_id)
-            .or_default() += 1;
+        self.counts.attempt(request.permit_id);
         self.inner.try_acquire_permit(request).await
     }
 
@@ -149,7 +178,7 @@ impl SemaphoreStore for CountingSemaphores {
         permit_id: LeaseId,
         ttl: Ttl,
     ) -> Result<RenewOutcome, LockError> {
-        self.count();
+        self.counts.call();
         self.inner.renew_permit(key, permit_id, ttl).await
     }
 
@@ -158,12 +187,12 @@ impl SemaphoreStore for CountingSemaphores {
         key: &LockKey,
         permit_id: LeaseId,
     ) -> Result<ReleaseOutcome, LockError> {
-        self.count();
+        self.counts.call();
         self.inner.release_permit(key, permit_id).await
     }
 
     async fn inspect_permits(&self, key: &LockKey) -> Result<Option<Permits>, LockError> {
-        self.count();
+        self.counts.call();
         self.inner.inspect_permits(key).await
     }
 

@@ -23,7 +23,7 @@ use lockstore_api::{
 use tokio::time::timeout;
 
 use crate::Ctx;
-use crate::cases::{HANG, key, long_ttl, must_acquire, ttl};
+use crate::cases::{HANG, key, long_ttl, must_acquire, ttl, woken_by_release};
 use crate::fault::CountingSemaphores;
 
 pub mod linearizability;
@@ -496,20 +496,14 @@ pub async fn semaphore_waiters_of_one_client_ask_in_turn(ctx: Ctx) {
     let store = ctx.semaphore().await;
     let profile = ctx.profile().clone();
     let notified = profile.release_notifications;
-    let waiters: u64 = if notified { 12 } else { 4 };
-    let backoff = if notified {
-        // Nobody wakes but by a release: every request is counted.
-        Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600))
-    } else {
-        Backoff::new(Duration::from_millis(10), profile.short_ttl / 2)
-    };
+    let waiters: usize = if notified { 12 } else { 4 };
     let k = key("sem-turns");
     let lease = long_ttl(&ctx);
     let (alice, _) = must_grant(&*store, &k, 2, lease, "alice").await;
     let (bob, _) = must_grant(&*store, &k, 2, lease, "bob").await;
     let counting = Arc::new(CountingSemaphores::new(Arc::clone(&store)));
-    let client =
-        Semaphore::from_arc(Arc::clone(&counting) as Arc<dyn SemaphoreStore>).with_backoff(backoff);
+    let client = Semaphore::from_arc(Arc::clone(&counting) as Arc<dyn SemaphoreStore>)
+        .with_backoff(woken_by_release(&profile));
     let tasks: Vec<_> = (0..waiters)
         .map(|_| {
             let client = client.clone();
@@ -524,25 +518,14 @@ pub async fn semaphore_waiters_of_one_client_ask_in_turn(ctx: Ctx) {
             })
         })
         .collect();
-    let deadline = tokio::time::Instant::now() + HANG;
-    while (counting.attempts_by_permit().len() as u64) < waiters {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the waiters never tried"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    counting.counts().until_tried(waiters).await;
     ctx.sleep(profile.tolerance).await;
-    let asked_again = counting
-        .attempts_by_permit()
-        .values()
-        .filter(|attempts| **attempts > 1)
-        .count();
+    let asked_again = counting.counts().asked_again();
     assert!(
         asked_again <= 1,
         "{asked_again} waiters of one client asked again while every permit stayed taken; only the front one may"
     );
-    let before = counting.calls();
+    let before = counting.counts().calls();
     store.release_permit(&k, alice.permit_id).await.unwrap();
     store.release_permit(&k, bob.permit_id).await.unwrap();
     let mut fences = HashSet::new();
@@ -555,9 +538,9 @@ pub async fn semaphore_waiters_of_one_client_ask_in_turn(ctx: Ctx) {
         assert!(fences.insert(fence), "two waiters got fence {fence}");
     }
     if notified {
-        let requests = counting.calls() - before;
+        let requests = counting.counts().calls() - before;
         assert!(
-            requests <= 3 * waiters,
+            requests <= 3 * waiters as u64,
             "{requests} requests for {waiters} permits handed on among {waiters} waiters of one client: more than 3 each"
         );
     }

@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use lockstore_api::{
-    AcquireOutcome, AcquireRequest, FencingToken, Holder, LeaseId, LockError, LockKey, LockStore,
-    OwnerLabel, Ttl,
+    AcquireOutcome, AcquireRequest, Backoff, FencingToken, Holder, LeaseId, LockError, LockKey,
+    LockStore, OwnerLabel, Ttl,
 };
 use tokio::time::Instant;
 
-use crate::Ctx;
+use crate::{Ctx, Profile};
 
 mod acquire_loop;
 mod election;
@@ -201,6 +201,17 @@ pub(crate) async fn must_be_held(
 /// calls it a hang: far beyond any timeout the stores or the client layer
 /// configure, so it never decides an outcome, only catches a hang.
 pub(crate) const HANG: Duration = Duration::from_secs(30);
+
+/// The backoff of a waiter that a release must wake: an hour where the
+/// backend notifies releases (no timer adds a request, and a lost wake-up
+/// shows as a hang), short polling where it does not.
+pub(crate) fn woken_by_release(profile: &Profile) -> Backoff {
+    if profile.release_notifications {
+        Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600))
+    } else {
+        Backoff::new(Duration::from_millis(10), profile.short_ttl / 2)
+    }
+}
 
 /// Whether the backend keeps its `what` ("locks", "permits") inside this
 /// process, so a case about holder processes has nothing to run: true only

@@ -4,12 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstore_api::{
-    AcquireOptions, AcquireOutcome, Backoff, LockClient, LockError, LockStore, OwnerLabel,
-};
+use lockstore_api::{AcquireOptions, AcquireOutcome, LockClient, LockError, LockStore, OwnerLabel};
 use tokio::time::{Instant, timeout};
 
-use super::{HANG, key, long_ttl, must_acquire, request};
+use super::{HANG, key, long_ttl, must_acquire, request, woken_by_release};
 use crate::Ctx;
 use crate::fault::CountingStore;
 
@@ -86,11 +84,7 @@ pub async fn waiting_acquire_wakes_promptly_on_release(ctx: Ctx) {
     let profile = ctx.profile().clone();
     let bound = Duration::from_secs(10);
     let lease = Duration::from_secs(3600);
-    let backoff = if profile.release_notifications {
-        Backoff::new(lease, lease)
-    } else {
-        Backoff::new(Duration::from_millis(10), profile.short_ttl / 2)
-    };
+    let backoff = woken_by_release(&profile);
     if profile.release_notifications {
         // The hand-off below can pass by luck when notifications are broken
         // (a jittered 30 s backoff lands under the bound now and then), so
@@ -175,16 +169,8 @@ pub async fn waiters_of_one_client_ask_in_turn(ctx: Ctx) {
     let notified = profile.release_notifications;
     // Without notifications the front polls, and each hand-off waits for
     // its backoff: fewer waiters keep the case short.
-    let waiters: u64 = if notified { 16 } else { 4 };
-    let backoff = if notified {
-        // Nobody wakes but by a release: every request is counted.
-        Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600))
-    } else {
-        Backoff::new(Duration::from_millis(10), profile.short_ttl / 2)
-    };
-    let counting = Arc::new(CountingStore::new(ctx.store().await));
-    let client =
-        LockClient::from_arc(Arc::clone(&counting) as Arc<dyn LockStore>).with_backoff(backoff);
+    let waiters: usize = if notified { 16 } else { 4 };
+    let (counting, client) = counted_waiters(&ctx).await;
     let holder = ctx
         .client()
         .await
@@ -206,19 +192,11 @@ pub async fn waiters_of_one_client_ask_in_turn(ctx: Ctx) {
             })
         })
         .collect();
-    let deadline = Instant::now() + HANG;
-    while (counting.attempts_by_lease().len() as u64) < waiters {
-        assert!(Instant::now() < deadline, "the waiters never tried");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    counting.counts().until_tried(waiters).await;
     // Let the front ask again (it polls, or is woken by a listener that
     // just subscribed): the others must not.
     ctx.sleep(profile.tolerance).await;
-    let asked_again = counting
-        .attempts_by_lease()
-        .values()
-        .filter(|attempts| **attempts > 1)
-        .count();
+    let asked_again = counting.counts().asked_again();
     assert!(
         asked_again <= 1,
         "{asked_again} waiters of one client asked again while the key stayed held; only the front one may"
@@ -236,29 +214,31 @@ pub async fn waiters_of_one_client_ask_in_turn(ctx: Ctx) {
     }
     fences.sort();
     fences.dedup();
-    assert_eq!(fences.len() as u64, waiters, "two waiters got one fence");
+    assert_eq!(fences.len(), waiters, "two waiters got one fence");
     if notified {
         let requests = counting.calls() - before;
         assert!(
-            requests <= 3 * waiters,
+            requests <= 3 * waiters as u64,
             "{requests} requests for {waiters} hand-offs among {waiters} waiters of one client: more than 3 per hand-off"
         );
     }
 }
 
+/// A client over a [`CountingStore`] of the case's store, whose waiters
+/// a release must wake ([`woken_by_release`]).
+async fn counted_waiters(ctx: &Ctx) -> (Arc<CountingStore>, LockClient) {
+    let counting = Arc::new(CountingStore::new(ctx.store().await));
+    let client = LockClient::from_arc(Arc::clone(&counting) as Arc<dyn LockStore>)
+        .with_backoff(woken_by_release(ctx.profile()));
+    (counting, client)
+}
+
 /// A waiter cancelled at the front of its client's line hands the turn on:
 /// the waiter behind it is not left asleep when the key is released.
 pub async fn a_cancelled_front_waiter_passes_the_turn_on(ctx: Ctx) {
-    let profile = ctx.profile().clone();
-    let backoff = if profile.release_notifications {
-        // A lost turn would leave the second waiter asleep past HANG.
-        Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600))
-    } else {
-        Backoff::new(Duration::from_millis(10), profile.short_ttl / 2)
-    };
-    let counting = Arc::new(CountingStore::new(ctx.store().await));
-    let client =
-        LockClient::from_arc(Arc::clone(&counting) as Arc<dyn LockStore>).with_backoff(backoff);
+    // Where releases are notified, a lost turn would leave the second
+    // waiter asleep past HANG.
+    let (counting, client) = counted_waiters(&ctx).await;
     let holder = ctx
         .client()
         .await
@@ -271,20 +251,10 @@ pub async fn a_cancelled_front_waiter_passes_the_turn_on(ctx: Ctx) {
     let options = AcquireOptions::new(long_ttl(&ctx)).wait_forever();
     let spawn =
         |client: LockClient| tokio::spawn(async move { client.acquire("turn-on", options).await });
-    let deadline = Instant::now() + HANG;
-    let tried = |n: usize| {
-        let counting = Arc::clone(&counting);
-        async move {
-            while counting.attempts_by_lease().len() < n {
-                assert!(Instant::now() < deadline, "a waiter never tried");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
     let front = spawn(client.clone());
-    tried(1).await;
+    counting.counts().until_tried(1).await;
     let second = spawn(client.clone());
-    tried(2).await;
+    counting.counts().until_tried(2).await;
     // The second waiter is in line behind the first (it was refused, and
     // the first holds the turn). Cancel the first.
     front.abort();
