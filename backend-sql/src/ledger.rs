@@ -510,7 +510,7 @@ pub(crate) fn retention_millis(older_than: Duration) -> i64 {
 }
 
 /// The [`LedgerStore`](lockstore_api::ledger::LedgerStore) implementation,
-/// written once for both stores: `$store` has `inner.pool`, `inner.ledger`
+/// written once for both stores: `$store` has `inner.connections`, `inner.ledger`
 /// ([`LedgerStatements`]) and `inner.errors`, and the inherent methods
 /// `waiters()`, `ledger_enqueue()` and `ledger_retry()` (the two
 /// statements whose shape differs by dialect).
@@ -537,16 +537,18 @@ macro_rules! impl_ledger_store {
                 &self,
                 request: &lockstore_api::ledger::BeginRequest,
             ) -> Result<lockstore_api::ledger::BeginOutcome, lockstore_api::LockError> {
-                let row: $crate::ledger::BeginRow = sqlx::query_as(&self.inner.ledger.begin)
-                    .bind(request.key.as_str())
-                    .bind(request.lease_id.to_string())
-                    .bind(request.owner.as_str())
-                    .bind($crate::shared::ttl_millis(request.ttl))
-                    .bind(i32::try_from(request.max_attempts).unwrap_or(i32::MAX))
-                    .bind(request.request_hash.as_ref().map(|h| h.as_str()))
-                    .fetch_one(&self.inner.pool)
-                    .await
-                    .map_err(self.ledger_err("starting a run of", request.key.as_str()))?;
+                let row: $crate::ledger::BeginRow = $crate::connections::run!(
+                    self.inner.connections,
+                    fetch_one,
+                    sqlx::query_as(&self.inner.ledger.begin)
+                        .bind(request.key.as_str())
+                        .bind(request.lease_id.to_string())
+                        .bind(request.owner.as_str())
+                        .bind($crate::shared::ttl_millis(request.ttl))
+                        .bind(i32::try_from(request.max_attempts).unwrap_or(i32::MAX))
+                        .bind(request.request_hash.as_ref().map(|h| h.as_str()))
+                )
+                .map_err(self.ledger_err("starting a run of", request.key.as_str()))?;
                 row.into_outcome($backend)
             }
 
@@ -556,13 +558,15 @@ macro_rules! impl_ledger_store {
                 lease_id: lockstore_api::LeaseId,
                 ttl: lockstore_api::Ttl,
             ) -> Result<lockstore_api::RenewOutcome, lockstore_api::LockError> {
-                let result = sqlx::query(&self.inner.ledger.renew)
-                    .bind(key.as_str())
-                    .bind(lease_id.to_string())
-                    .bind($crate::shared::ttl_millis(ttl))
-                    .execute(&self.inner.pool)
-                    .await
-                    .map_err(self.ledger_err("renewing the run of", key.as_str()))?;
+                let result = $crate::connections::run!(
+                    self.inner.connections,
+                    execute,
+                    sqlx::query(&self.inner.ledger.renew)
+                        .bind(key.as_str())
+                        .bind(lease_id.to_string())
+                        .bind($crate::shared::ttl_millis(ttl))
+                )
+                .map_err(self.ledger_err("renewing the run of", key.as_str()))?;
                 Ok(match result.rows_affected() {
                     0 => lockstore_api::RenewOutcome::Lost,
                     _ => lockstore_api::RenewOutcome::Renewed,
@@ -575,17 +579,19 @@ macro_rules! impl_ledger_store {
             ) -> Result<lockstore_api::ledger::FinishOutcome, lockstore_api::LockError> {
                 request.validate()?;
                 let binds = $crate::ledger::FinishBinds::of(request);
-                let status: Option<String> = sqlx::query_scalar(&self.inner.ledger.finish)
-                    .bind(request.key.as_str())
-                    .bind(request.lease_id.to_string())
-                    .bind(binds.succeeded)
-                    .bind(binds.retryable)
-                    .bind(binds.result)
-                    .bind(binds.slot)
-                    .bind(binds.error)
-                    .fetch_optional(&self.inner.pool)
-                    .await
-                    .map_err(self.ledger_err("finishing the run of", request.key.as_str()))?;
+                let status: Option<String> = $crate::connections::run!(
+                    self.inner.connections,
+                    fetch_optional,
+                    sqlx::query_scalar(&self.inner.ledger.finish)
+                        .bind(request.key.as_str())
+                        .bind(request.lease_id.to_string())
+                        .bind(binds.succeeded)
+                        .bind(binds.retryable)
+                        .bind(binds.result)
+                        .bind(binds.slot)
+                        .bind(binds.error)
+                )
+                .map_err(self.ledger_err("finishing the run of", request.key.as_str()))?;
                 let outcome = $crate::ledger::finish_outcome($backend, status)?;
                 if matches!(outcome, lockstore_api::ledger::FinishOutcome::Finished(_)) {
                     // After the commit: a woken waiter reads the finished record.
@@ -600,11 +606,12 @@ macro_rules! impl_ledger_store {
                 &self,
                 key: &lockstore_api::LockKey,
             ) -> Result<Option<lockstore_api::ledger::RunRecord>, lockstore_api::LockError> {
-                let row: Option<$crate::ledger::RunRow> = sqlx::query_as(&self.inner.ledger.get)
-                    .bind(key.as_str())
-                    .fetch_optional(&self.inner.pool)
-                    .await
-                    .map_err(self.ledger_err("reading the run record of", key.as_str()))?;
+                let row: Option<$crate::ledger::RunRow> = $crate::connections::run!(
+                    self.inner.connections,
+                    fetch_optional,
+                    sqlx::query_as(&self.inner.ledger.get).bind(key.as_str())
+                )
+                .map_err(self.ledger_err("reading the run record of", key.as_str()))?;
                 row.map(|row| row.into_record($backend)).transpose()
             }
 
@@ -647,9 +654,7 @@ macro_rules! impl_ledger_store {
                 if let Some((updated_ms, key)) = $crate::ledger::cursor_binds(query) {
                     statement = statement.bind(updated_ms).bind(key);
                 }
-                let rows = statement
-                    .fetch_all(&self.inner.pool)
-                    .await
+                let rows = $crate::connections::run!(self.inner.connections, fetch_all, statement)
                     .map_err(self.ledger_err("querying run records", ""))?;
                 $crate::ledger::page($backend, rows, query.limit)
             }
@@ -658,11 +663,13 @@ macro_rules! impl_ledger_store {
                 &self,
                 older_than: std::time::Duration,
             ) -> Result<u64, lockstore_api::LockError> {
-                let result = sqlx::query(&self.inner.ledger.purge)
-                    .bind($crate::ledger::retention_millis(older_than))
-                    .execute(&self.inner.pool)
-                    .await
-                    .map_err(self.ledger_err("purging finished run records", ""))?;
+                let result = $crate::connections::run!(
+                    self.inner.connections,
+                    execute,
+                    sqlx::query(&self.inner.ledger.purge)
+                        .bind($crate::ledger::retention_millis(older_than))
+                )
+                .map_err(self.ledger_err("purging finished run records", ""))?;
                 Ok(result.rows_affected())
             }
 

@@ -152,6 +152,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod connections;
 pub mod fenced_write;
 pub mod finish_in_transaction;
 mod ident;

@@ -12,7 +12,8 @@
 //! whether the caller waits, so that a refusal asks for a NOTIFY) and
 //! `execute_schema()` (runs the DDL as one transaction: PostgreSQL's one
 //! simple query is one, SQLite needs an explicit `BEGIN IMMEDIATE`).
-//! Everything else comes from `inner.pool`, `inner.sql` and
+//! Everything else comes from `inner.connections` (statements run through
+//! `connections::run!`), `inner.sql` and
 //! `inner.errors`, which both stores have. The bodies of both stores'
 //! `ensure_schema` and `purge_idle` are here too; the stores keep the
 //! public, documented methods.
@@ -42,11 +43,13 @@ macro_rules! impl_lock_store {
                 &self,
                 older_than: std::time::Duration,
             ) -> Result<u64, lockstore_api::LockError> {
-                let result = sqlx::query(&self.inner.sql.purge)
-                    .bind($crate::shared::idle_millis(older_than)?)
-                    .execute(&self.inner.pool)
-                    .await
-                    .map_err(|err| self.inner.errors.map("purging idle locks", err, $classify))?;
+                let result = $crate::connections::run!(
+                    self.inner.connections,
+                    execute,
+                    sqlx::query(&self.inner.sql.purge)
+                        .bind($crate::shared::idle_millis(older_than)?)
+                )
+                .map_err(|err| self.inner.errors.map("purging idle locks", err, $classify))?;
                 Ok(result.rows_affected())
             }
 
@@ -79,15 +82,16 @@ macro_rules! impl_lock_store {
                         .bind(request.lease_id.to_string())
                         .bind(request.owner.as_str())
                         .bind($crate::shared::ttl_millis(request.ttl));
-                    let row = self
-                        .bind_waiting(row, request.key.as_str())
-                        .fetch_optional(&self.inner.pool)
-                        .await
-                        .and_then(|row| {
-                            row.map(|row| $crate::shared::AcquireRow::from_row(&row))
-                                .transpose()
-                        })
-                        .map_err(self.map_err("acquiring", &request.key))?;
+                    let row = $crate::connections::run!(
+                        self.inner.connections,
+                        fetch_optional,
+                        self.bind_waiting(row, request.key.as_str())
+                    )
+                    .and_then(|row| {
+                        row.map(|row| $crate::shared::AcquireRow::from_row(&row))
+                            .transpose()
+                    })
+                    .map_err(self.map_err("acquiring", &request.key))?;
                     if let Some(row) = row {
                         return row.into_outcome($backend);
                     }
@@ -109,13 +113,15 @@ macro_rules! impl_lock_store {
                 lease_id: lockstore_api::LeaseId,
                 ttl: lockstore_api::Ttl,
             ) -> Result<lockstore_api::RenewOutcome, lockstore_api::LockError> {
-                let result = sqlx::query(&self.inner.sql.renew)
-                    .bind(key.as_str())
-                    .bind(lease_id.to_string())
-                    .bind($crate::shared::ttl_millis(ttl))
-                    .execute(&self.inner.pool)
-                    .await
-                    .map_err(self.map_err("renewing", key))?;
+                let result = $crate::connections::run!(
+                    self.inner.connections,
+                    execute,
+                    sqlx::query(&self.inner.sql.renew)
+                        .bind(key.as_str())
+                        .bind(lease_id.to_string())
+                        .bind($crate::shared::ttl_millis(ttl))
+                )
+                .map_err(self.map_err("renewing", key))?;
                 Ok(match result.rows_affected() {
                     0 => lockstore_api::RenewOutcome::Lost,
                     _ => lockstore_api::RenewOutcome::Renewed,
@@ -147,21 +153,22 @@ macro_rules! impl_lock_store {
             ) -> Result<Option<lockstore_api::Holder>, lockstore_api::LockError> {
                 use sqlx::Row as _;
                 let map = self.map_err("inspecting", key);
-                let row = sqlx::query(&self.inner.sql.inspect)
-                    .bind(key.as_str())
-                    .fetch_optional(&self.inner.pool)
-                    .await
-                    .and_then(|row| {
-                        row.map(|row| {
-                            Ok::<_, sqlx::Error>((
-                                row.try_get::<String, _>("owner")?,
-                                row.try_get::<i64, _>("fence")?,
-                                row.try_get::<i64, _>("ms_left")?,
-                            ))
-                        })
-                        .transpose()
+                let row = $crate::connections::run!(
+                    self.inner.connections,
+                    fetch_optional,
+                    sqlx::query(&self.inner.sql.inspect).bind(key.as_str())
+                )
+                .and_then(|row| {
+                    row.map(|row| {
+                        Ok::<_, sqlx::Error>((
+                            row.try_get::<String, _>("owner")?,
+                            row.try_get::<i64, _>("fence")?,
+                            row.try_get::<i64, _>("ms_left")?,
+                        ))
                     })
-                    .map_err(map)?;
+                    .transpose()
+                })
+                .map_err(map)?;
                 row.map(|(owner, fence, ms_left)| {
                     Ok(lockstore_api::Holder::new(
                         owner,

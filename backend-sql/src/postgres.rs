@@ -1,5 +1,7 @@
-//! The PostgreSQL store: a pool, one statement per operation, and one
-//! `LISTEN` connection per store for wake-ups.
+//! The PostgreSQL store: a pool, one statement per operation on a
+//! connection kept out of the pool while busy (`connections.rs`: no ping
+//! after each statement), and one `LISTEN` connection per store for
+//! wake-ups.
 //!
 //! Read top to bottom: configuration and connection ([`PostgresStoreBuilder`]),
 //! the statements (`sql/postgres/*.sql`), schema management, what
@@ -68,6 +70,9 @@ pub struct PostgresStore {
 
 struct Inner {
     pool: PgPool,
+    /// Single statements run here: the pool's connections, kept out of
+    /// it while busy so that none pays the pool's ping (`connections.rs`).
+    connections: crate::connections::Connections<sqlx::Postgres>,
     qualified_table: String,
     channel: String,
     sql: Statements,
@@ -270,6 +275,7 @@ impl PostgresStoreBuilder {
         };
         Ok(PostgresStore {
             inner: Arc::new(Inner {
+                connections: crate::connections::Connections::new(pool.clone()),
                 pool,
                 qualified_table,
                 channel,
@@ -285,8 +291,9 @@ impl PostgresStoreBuilder {
 }
 
 /// One round trip per operation: no ping before handing out a pooled
-/// connection. A connection that died while idle fails its next statement
-/// with a retryable error and is dropped from the pool.
+/// connection (and none after it either: see `connections.rs`). A
+/// connection that died while idle fails its next statement with a
+/// retryable error and is dropped from the pool.
 fn pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
@@ -365,6 +372,18 @@ impl PostgresStore {
     /// Set `test_before_acquire(false)` on that pool to keep one round trip
     /// per operation. The listener opens its own connection with the pool's
     /// connect options.
+    ///
+    /// On such a pool, while operations keep coming, the store keeps the
+    /// connections it used out of the pool and runs its next statements on
+    /// them: sqlx tests every connection that comes back to a pool with a
+    /// round trip of its own, which doubled what an operation cost the
+    /// server. A connection goes back after 1 s unused (or 60 s out in
+    /// all), at once when its statement fails or is cancelled, when the pool
+    /// has no idle connection and no room for another (somebody may be
+    /// waiting), and when the pool is closed. So the pool may show fewer
+    /// idle connections than it has while the store is busy. A pool that
+    /// tests connections before handing them out gets each one back after
+    /// every statement, and each operation costs that test's round trip too.
     pub fn builder_with_pool(pool: PgPool) -> PostgresStoreBuilder {
         PostgresStoreBuilder::new(Source::Pool(pool))
     }
@@ -402,7 +421,9 @@ impl PostgresStore {
         self.run_purge_idle(older_than).await
     }
 
-    /// The pool, to share with the application or to close.
+    /// The pool, to share with the application or to close. Connections the
+    /// store keeps out of it while busy go back to it when it is closed (see
+    /// [`PostgresStore::builder_with_pool`]).
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
     }
@@ -446,12 +467,14 @@ impl PostgresStore {
     /// `release.sql`: frees the lease and notifies the channel in one
     /// statement; a row back means released.
     async fn release_row(&self, key: &str, lease_id: LeaseId) -> Result<bool, sqlx::Error> {
-        let released = sqlx::query(&self.inner.sql.release)
-            .bind(key)
-            .bind(lease_id.to_string())
-            .bind(&self.inner.channel)
-            .fetch_optional(&self.inner.pool)
-            .await?;
+        let released = crate::connections::run!(
+            self.inner.connections,
+            fetch_optional,
+            sqlx::query(&self.inner.sql.release)
+                .bind(key)
+                .bind(lease_id.to_string())
+                .bind(&self.inner.channel)
+        )?;
         Ok(released.is_some())
     }
 }
@@ -490,21 +513,24 @@ impl PostgresStore {
         key: &str,
         hash: Option<&str>,
     ) -> Result<(bool, String), sqlx::Error> {
-        let (status, created): (String, i32) = sqlx::query_as(&self.inner.ledger.enqueue)
-            .bind(key)
-            .bind(hash)
-            .fetch_one(&self.inner.pool)
-            .await?;
+        let (status, created): (String, i32) = crate::connections::run!(
+            self.inner.connections,
+            fetch_one,
+            sqlx::query_as(&self.inner.ledger.enqueue)
+                .bind(key)
+                .bind(hash)
+        )?;
         Ok((created == 1, status))
     }
 
     /// `retry.postgres.sql`: one statement answers the old status and
     /// whether the record was requeued.
     async fn ledger_retry(&self, key: &str) -> Result<Option<(String, bool)>, sqlx::Error> {
-        let row: Option<(String, i32)> = sqlx::query_as(&self.inner.ledger.retry)
-            .bind(key)
-            .fetch_optional(&self.inner.pool)
-            .await?;
+        let row: Option<(String, i32)> = crate::connections::run!(
+            self.inner.connections,
+            fetch_optional,
+            sqlx::query_as(&self.inner.ledger.retry).bind(key)
+        )?;
         Ok(row.map(|(status, requeued)| (status, requeued == 1)))
     }
 }

@@ -294,7 +294,7 @@ impl SemaphoreRow {
 }
 
 /// Implements `SemaphoreStore` for `$store`, which provides
-/// `inner.semaphore` (its [`SemaphoreStatements`]), `inner.pool`,
+/// `inner.semaphore` (its [`SemaphoreStatements`]), `inner.connections`,
 /// `waiters()` and `semaphore_notify()` (PostgreSQL's channel, bound as the
 /// release's `$3`/`$4`; `None` on SQLite).
 macro_rules! impl_semaphore_store {
@@ -310,22 +310,24 @@ macro_rules! impl_semaphore_store {
                 request: &lockstore_api::semaphore::PermitRequest,
             ) -> Result<lockstore_api::semaphore::PermitOutcome, lockstore_api::LockError> {
                 use sqlx::Row as _;
-                let row = sqlx::query(&self.inner.semaphore.acquire)
-                    .bind(request.key.as_str())
-                    .bind(request.permit_id.to_string())
-                    .bind(request.owner.as_str())
-                    .bind($crate::shared::ttl_millis(request.ttl))
-                    .bind(i64::from(request.limit.get()))
-                    .fetch_one(&self.inner.pool)
-                    .await
-                    .and_then(|row| {
-                        Ok($crate::semaphore::SemaphoreRow {
-                            limit: row.try_get("lim")?,
-                            permits: row.try_get("permits")?,
-                            now_ms: row.try_get("now_ms")?,
-                        })
+                let row = $crate::connections::run!(
+                    self.inner.connections,
+                    fetch_one,
+                    sqlx::query(&self.inner.semaphore.acquire)
+                        .bind(request.key.as_str())
+                        .bind(request.permit_id.to_string())
+                        .bind(request.owner.as_str())
+                        .bind($crate::shared::ttl_millis(request.ttl))
+                        .bind(i64::from(request.limit.get()))
+                )
+                .and_then(|row| {
+                    Ok($crate::semaphore::SemaphoreRow {
+                        limit: row.try_get("lim")?,
+                        permits: row.try_get("permits")?,
+                        now_ms: row.try_get("now_ms")?,
                     })
-                    .map_err(self.map_err("acquiring a permit of", &request.key))?;
+                })
+                .map_err(self.map_err("acquiring a permit of", &request.key))?;
                 row.into_outcome(
                     $backend,
                     &request.key,
@@ -340,13 +342,15 @@ macro_rules! impl_semaphore_store {
                 permit_id: lockstore_api::LeaseId,
                 ttl: lockstore_api::Ttl,
             ) -> Result<lockstore_api::RenewOutcome, lockstore_api::LockError> {
-                let row = sqlx::query(&self.inner.semaphore.renew)
-                    .bind(key.as_str())
-                    .bind(permit_id.to_string())
-                    .bind($crate::shared::ttl_millis(ttl))
-                    .fetch_optional(&self.inner.pool)
-                    .await
-                    .map_err(self.map_err("renewing a permit of", key))?;
+                let row = $crate::connections::run!(
+                    self.inner.connections,
+                    fetch_optional,
+                    sqlx::query(&self.inner.semaphore.renew)
+                        .bind(key.as_str())
+                        .bind(permit_id.to_string())
+                        .bind($crate::shared::ttl_millis(ttl))
+                )
+                .map_err(self.map_err("renewing a permit of", key))?;
                 Ok(match row {
                     Some(_) => lockstore_api::RenewOutcome::Renewed,
                     None => lockstore_api::RenewOutcome::Lost,
@@ -365,9 +369,7 @@ macro_rules! impl_semaphore_store {
                 if let Some(channel) = self.semaphore_notify() {
                     query = query.bind(channel).bind(wake.clone());
                 }
-                let row = query
-                    .fetch_optional(&self.inner.pool)
-                    .await
+                let row = $crate::connections::run!(self.inner.connections, fetch_optional, query)
                     .map_err(self.map_err("releasing a permit of", key))?;
                 if row.is_none() {
                     return Ok(lockstore_api::ReleaseOutcome::NotHeld);
@@ -384,21 +386,22 @@ macro_rules! impl_semaphore_store {
                 key: &lockstore_api::LockKey,
             ) -> Result<Option<lockstore_api::semaphore::Permits>, lockstore_api::LockError> {
                 use sqlx::Row as _;
-                let row = sqlx::query(&self.inner.semaphore.inspect)
-                    .bind(key.as_str())
-                    .fetch_optional(&self.inner.pool)
-                    .await
-                    .and_then(|row| {
-                        row.map(|row| {
-                            Ok::<_, sqlx::Error>($crate::semaphore::SemaphoreRow {
-                                limit: row.try_get("lim")?,
-                                permits: row.try_get("permits")?,
-                                now_ms: row.try_get("now_ms")?,
-                            })
+                let row = $crate::connections::run!(
+                    self.inner.connections,
+                    fetch_optional,
+                    sqlx::query(&self.inner.semaphore.inspect).bind(key.as_str())
+                )
+                .and_then(|row| {
+                    row.map(|row| {
+                        Ok::<_, sqlx::Error>($crate::semaphore::SemaphoreRow {
+                            limit: row.try_get("lim")?,
+                            permits: row.try_get("permits")?,
+                            now_ms: row.try_get("now_ms")?,
                         })
-                        .transpose()
                     })
-                    .map_err(self.map_err("inspecting the permits of", key))?;
+                    .transpose()
+                })
+                .map_err(self.map_err("inspecting the permits of", key))?;
                 match row {
                     Some(row) => row.into_permits($backend),
                     None => Ok(None),

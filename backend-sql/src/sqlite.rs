@@ -74,6 +74,9 @@ pub struct SqliteStore {
 
 struct Inner {
     pool: SqlitePool,
+    /// Single statements run here, as in the PostgreSQL store; SQLite's
+    /// connections go straight back to the pool (`returned_at_once`).
+    connections: crate::connections::Connections<sqlx::Sqlite>,
     path: PathBuf,
     table: String,
     sql: Statements,
@@ -200,6 +203,7 @@ impl SqliteStoreBuilder {
         let waiters = shared_waiters(&path, table.as_str());
         Ok(SqliteStore {
             inner: Arc::new(Inner {
+                connections: crate::connections::Connections::returned_at_once(pool.clone()),
                 pool,
                 path,
                 table: table.quoted(),
@@ -413,11 +417,13 @@ impl SqliteStore {
 
     /// `release.sql`: one row changed means released.
     async fn release_row(&self, key: &str, lease_id: LeaseId) -> Result<bool, sqlx::Error> {
-        let result = sqlx::query(&self.inner.sql.release)
-            .bind(key)
-            .bind(lease_id.to_string())
-            .execute(&self.inner.pool)
-            .await?;
+        let result = crate::connections::run!(
+            self.inner.connections,
+            execute,
+            sqlx::query(&self.inner.sql.release)
+                .bind(key)
+                .bind(lease_id.to_string())
+        )?;
         Ok(result.rows_affected() == 1)
     }
 }
