@@ -232,6 +232,57 @@ async fn each_operation_is_one_statement_in_one_round_trip() {
     println!("pool checks (empty Syncs): {}", counts.get(EMPTY_SYNC));
 }
 
+/// sqlx's pool checks every connection that comes back to it with a round
+/// trip of its own (an empty Sync). The store keeps the connections of
+/// finished statements instead, so back-to-back operations send none: 50
+/// acquire + release cycles sent 100 such checks before. A few are allowed
+/// for connections the store gives back after a second unused (a machine
+/// that stalls the test that long).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_send_no_pool_checks_between_them() {
+    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    let counts = Counts::default();
+    let port = counting_proxy(upstream, counts.clone()).await;
+    let proxied = options
+        .host("127.0.0.1")
+        .port(port)
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .test_before_acquire(false)
+        .connect_with(proxied)
+        .await
+        .unwrap();
+    let store = PostgresStore::builder_with_pool(pool)
+        .schema(TEST_SCHEMA)
+        .table(fresh_table())
+        .notifications(false)
+        .build()
+        .await
+        .unwrap();
+    store.ensure_schema().await.unwrap();
+
+    let checks_before = counts.get(EMPTY_SYNC);
+    let statements_before = counts.get(b'E');
+    for _ in 0..50 {
+        let lease = request("unchecked", 60_000);
+        acquired(&store, &lease).await;
+        assert_eq!(
+            store.release(&lease.key, lease.lease_id).await.unwrap(),
+            ReleaseOutcome::Released
+        );
+    }
+    let checks = counts.get(EMPTY_SYNC) - checks_before;
+    let statements = counts.get(b'E') - statements_before;
+    println!("{statements} statements, {checks} pool checks");
+    assert_eq!(statements, 100);
+    assert!(
+        checks <= 5,
+        "{checks} pool checks for {statements} statements: connections went back to the pool"
+    );
+}
+
 // ------------------------------------------------------------ refused polls
 /// Review m7: a refused acquire writes no row version and takes no row
 /// lock. The row's `xmin` (the transaction that wrote the version), `ctid`
