@@ -15,9 +15,8 @@
 //! without giving them back to the pool in between. A connection goes back
 //! to the pool (and through its ping) when
 //!
-//! * its statement failed, or was cancelled mid-flight (the future dropped:
-//!   the guard never heard that it finished), so the pool's ping drains or
-//!   closes it exactly as before;
+//! * its statement failed with the server's own error (the connection is
+//!   in step), so the pool's ping checks it as before;
 //! * it sat unused for [`IDLE_FOR`] (a sweeper task looks every
 //!   [`IDLE_FOR`]), so an idle store holds no connection and the pool's
 //!   idle timeout applies;
@@ -28,8 +27,12 @@
 //! * the pool was closed (the sweeper hears it at once, so `Pool::close`
 //!   does not wait for connections this list holds).
 //!
-//! And none is kept at all from a pool that tests connections before
-//! handing them out (see [`Connections::new`]).
+//! A connection whose statement was cancelled mid-flight (the future
+//! dropped: the checkout never heard that it finished) or failed on the
+//! network is closed instead, with a time limit, where the pool's ping has
+//! none (see [`Checkout::finished`]). And none is kept at all from a pool
+//! that tests connections before handing them out (see
+//! [`Connections::new`]).
 //!
 //! A finished statement leaves sqlx's connection ready for the next one
 //! (a reply it did not read is drained before the next statement is sent),
@@ -56,6 +59,10 @@ pub(crate) struct Connections<DB: Database> {
     ready: Arc<Ready<DB>>,
     /// False: every connection goes straight back to the pool (SQLite).
     keep: bool,
+    /// True: a connection whose statement was cancelled, or failed on the
+    /// network, is closed rather than given back to the pool (see
+    /// [`Checkout::finished`]).
+    close_when_unsure: bool,
 }
 
 /// Finished connections, oldest use first.
@@ -83,7 +90,10 @@ impl<DB: Database> Connections<DB> {
     /// failing the check).
     pub(crate) fn new(pool: Pool<DB>) -> Self {
         if pool.options().get_test_before_acquire() {
-            return Self::returned_at_once(pool);
+            return Connections {
+                close_when_unsure: true,
+                ..Self::returned_at_once(pool)
+            };
         }
         Self::idle_for(pool, IDLE_FOR)
     }
@@ -98,6 +108,7 @@ impl<DB: Database> Connections<DB> {
             pool,
             ready,
             keep: true,
+            close_when_unsure: true,
         }
     }
 
@@ -119,6 +130,7 @@ impl<DB: Database> Connections<DB> {
                 list: Mutex::new(Vec::new()),
             }),
             keep: false,
+            close_when_unsure: false,
         }
     }
 
@@ -204,6 +216,20 @@ pub(crate) struct Checkout<'a, DB: Database> {
     owner: &'a Connections<DB>,
 }
 
+/// A checkout dropped before [`Checkout::finished`]: its statement was
+/// cancelled, perhaps mid-reply. Where the store closes unsure connections,
+/// it is closed (bounded) rather than tested by the pool (unbounded on a
+/// silent connection); else the pool tests it, as it would from `&pool`.
+impl<DB: Database> Drop for Checkout<'_, DB> {
+    fn drop(&mut self) {
+        if let Some(connection) = &mut self.connection
+            && self.owner.close_when_unsure
+        {
+            connection.close_on_drop();
+        }
+    }
+}
+
 impl<DB: Database> Checkout<'_, DB> {
     /// The connection, to run the statement on.
     pub(crate) fn connection(&mut self) -> &mut DB::Connection {
@@ -220,11 +246,28 @@ impl<DB: Database> Checkout<'_, DB> {
     /// somebody (a checkout of this store, or the application sharing the
     /// pool) may be waiting for one, and a kept connection would make them
     /// wait until this store next runs a statement or the sweep.
+    ///
+    /// A failure of the network or the protocol (no answer, a reset, bytes
+    /// out of step) closes the connection instead, as a cancelled statement
+    /// does (see `Drop`): the pool's test of a connection that went silent
+    /// waits for an answer with no time limit, holding one of the pool's
+    /// slots for good (sqlx 0.8; launchbadge/sqlx#4349), and a close is
+    /// bounded. The server's own errors leave the connection in step, and
+    /// it goes back to the pool.
     pub(crate) fn finished<T>(mut self, result: &Result<T, sqlx::Error>) {
-        let Some(connection) = self.connection.take() else {
+        let Some(mut connection) = self.connection.take() else {
             return;
         };
         let owner = self.owner;
+        if owner.close_when_unsure
+            && matches!(
+                result,
+                Err(sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_))
+            )
+        {
+            connection.close_on_drop();
+            return;
+        }
         let pool = &owner.pool;
         let now = Instant::now();
         let pool_has_room =
@@ -318,6 +361,24 @@ mod tests {
         assert_eq!(two.unwrap(), 2);
     }
 
+    /// A cancelled statement's connection is closed, not tested by the pool
+    /// (which could wait forever on a silent one): the pool ends up with no
+    /// connection at all, where a returned one would sit there idle.
+    #[tokio::test]
+    async fn a_cancelled_statement_closes_its_connection() {
+        let pool = pool(2).await;
+        let connections = Connections::new(pool.clone());
+        let checkout = connections.checkout().await.unwrap();
+        assert_eq!(pool.size(), 1);
+        drop(checkout); // as a cancelled future drops it
+        assert!(
+            eventually(|| pool.size() == 0).await,
+            "closed, not returned: {} open, {} idle",
+            pool.size(),
+            pool.num_idle()
+        );
+    }
+
     #[tokio::test]
     async fn returned_at_once_keeps_nothing() {
         let connections = Connections::returned_at_once(pool(2).await);
@@ -339,7 +400,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_or_cancelled_statement_sends_its_connection_back() {
+    async fn a_failed_or_cancelled_statement_is_not_kept() {
         let connections = Connections::new(pool(2).await);
         let failed: Result<i64, sqlx::Error> = run!(
             connections,

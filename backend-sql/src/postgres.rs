@@ -378,9 +378,11 @@ impl PostgresStore {
     /// them: sqlx tests every connection that comes back to a pool with a
     /// round trip of its own, which doubled what an operation cost the
     /// server. A connection goes back after 1 s unused (or 60 s out in
-    /// all), at once when its statement fails or is cancelled, when the pool
-    /// has no idle connection and no room for another (somebody may be
-    /// waiting), and when the pool is closed. So the pool may show fewer
+    /// all), at once when its statement fails, when the pool has no idle
+    /// connection and no room for another (somebody may be waiting), and
+    /// when the pool is closed. One whose statement was cancelled or failed
+    /// on the network is closed instead: sqlx's test of a connection that
+    /// went silent waits for an answer with no time limit. So the pool may show fewer
     /// idle connections than it has while the store is busy. A pool that
     /// tests connections before handing them out gets each one back after
     /// every statement, and each operation costs that test's round trip too.
