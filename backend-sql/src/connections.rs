@@ -136,8 +136,8 @@ impl<DB: Database> Connections<DB> {
 
     /// A connection for one statement: the most recently finished one, or
     /// one from the pool. Pass the statement's result to
-    /// [`Checkout::finished`]; a checkout dropped without it goes back to
-    /// the pool, with its ping.
+    /// [`Checkout::finished`]; a checkout dropped without it was cancelled
+    /// (see its `Drop`).
     pub(crate) async fn checkout(&self) -> Result<Checkout<'_, DB>, sqlx::Error> {
         if self.pool.is_closed() {
             drop(self.ready.take_all());
@@ -251,7 +251,7 @@ impl<DB: Database> Checkout<'_, DB> {
     /// out of step) closes the connection instead, as a cancelled statement
     /// does (see `Drop`): the pool's test of a connection that went silent
     /// waits for an answer with no time limit, holding one of the pool's
-    /// slots for good (sqlx 0.8; launchbadge/sqlx#4349), and a close is
+    /// slots for good (sqlx 0.8, sqlx issue 4349), and a close is
     /// bounded. The server's own errors leave the connection in step, and
     /// it goes back to the pool.
     pub(crate) fn finished<T>(mut self, result: &Result<T, sqlx::Error>) {

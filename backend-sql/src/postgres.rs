@@ -382,10 +382,11 @@ impl PostgresStore {
     /// connection and no room for another (somebody may be waiting), and
     /// when the pool is closed. One whose statement was cancelled or failed
     /// on the network is closed instead: sqlx's test of a connection that
-    /// went silent waits for an answer with no time limit. So the pool may show fewer
-    /// idle connections than it has while the store is busy. A pool that
-    /// tests connections before handing them out gets each one back after
-    /// every statement, and each operation costs that test's round trip too.
+    /// went silent waits for an answer with no time limit. So the pool may
+    /// show fewer idle connections than it has while the store is busy. A
+    /// pool that tests connections before handing them out gets each one
+    /// back after every statement, and each operation costs that test's
+    /// round trip too.
     pub fn builder_with_pool(pool: PgPool) -> PostgresStoreBuilder {
         PostgresStoreBuilder::new(Source::Pool(pool))
     }
