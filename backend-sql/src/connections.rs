@@ -134,6 +134,12 @@ impl<DB: Database> Connections<DB> {
         }
     }
 
+    /// The pool: for the schema's DDL, transactions, and the store's
+    /// `pool()`.
+    pub(crate) fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
     /// A connection for one statement: the most recently finished one, or
     /// one from the pool. Pass the statement's result to
     /// [`Checkout::finished`]; a checkout dropped without it was cancelled
@@ -329,7 +335,7 @@ mod tests {
             run!(connections, fetch_one, sqlx::query_scalar("SELECT 1"));
         assert_eq!(one.unwrap(), 1);
         assert_eq!(connections.ready.lock().len(), 1, "kept for the next");
-        assert_eq!(connections.pool.num_idle(), 0, "not back in the pool");
+        assert_eq!(connections.pool().num_idle(), 0, "not back in the pool");
         // The next statement takes the same connection: still one open.
         let _: i64 = run!(connections, fetch_one, sqlx::query_scalar("SELECT 2")).unwrap();
         assert_eq!(connections.pool.size(), 1);
@@ -440,7 +446,7 @@ mod tests {
             "an unused connection is given back"
         );
         assert!(
-            eventually(|| connections.pool.num_idle() == 1).await,
+            eventually(|| connections.pool().num_idle() == 1).await,
             "and is idle in the pool"
         );
     }

@@ -69,9 +69,8 @@ pub struct PostgresStore {
 }
 
 struct Inner {
-    pool: PgPool,
-    /// Single statements run here: the pool's connections, kept out of
-    /// it while busy so that none pays the pool's ping (`connections.rs`).
+    /// The pool; single statements run on its connections, kept out of it
+    /// while busy so that none pays the pool's ping (`connections.rs`).
     connections: crate::connections::Connections<sqlx::Postgres>,
     qualified_table: String,
     channel: String,
@@ -275,8 +274,7 @@ impl PostgresStoreBuilder {
         };
         Ok(PostgresStore {
             inner: Arc::new(Inner {
-                connections: crate::connections::Connections::new(pool.clone()),
-                pool,
+                connections: crate::connections::Connections::new(pool),
                 qualified_table,
                 channel,
                 sql,
@@ -428,7 +426,7 @@ impl PostgresStore {
     /// store keeps out of it while busy go back to it when it is closed (see
     /// [`PostgresStore::builder_with_pool`]).
     pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
+        self.inner.connections.pool()
     }
 
     /// The lock table as SQL: `"schema"."table"`.
@@ -463,7 +461,9 @@ impl PostgresStore {
 
     /// The schema as one simple-protocol query: one implicit transaction.
     async fn execute_schema(&self, schema: &str) -> Result<(), sqlx::Error> {
-        sqlx::raw_sql(schema).execute(&self.inner.pool).await?;
+        sqlx::raw_sql(schema)
+            .execute(self.inner.connections.pool())
+            .await?;
         Ok(())
     }
 

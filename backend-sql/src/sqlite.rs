@@ -73,9 +73,9 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    pool: SqlitePool,
-    /// Single statements run here, as in the PostgreSQL store; SQLite's
-    /// connections go straight back to the pool (`returned_at_once`).
+    /// The pool; single statements run through it as in the PostgreSQL
+    /// store, but SQLite's connections go straight back to the pool
+    /// (`returned_at_once`).
     connections: crate::connections::Connections<sqlx::Sqlite>,
     path: PathBuf,
     table: String,
@@ -203,8 +203,7 @@ impl SqliteStoreBuilder {
         let waiters = shared_waiters(&path, table.as_str());
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                connections: crate::connections::Connections::returned_at_once(pool.clone()),
-                pool,
+                connections: crate::connections::Connections::returned_at_once(pool),
                 path,
                 table: table.quoted(),
                 sql: Statements::render(&table),
@@ -358,7 +357,7 @@ impl SqliteStore {
 
     /// The pool, to close it or run other statements on the same file.
     pub fn pool(&self) -> &SqlitePool {
-        &self.inner.pool
+        self.inner.connections.pool()
     }
 
     /// The database file.
@@ -398,7 +397,12 @@ impl SqliteStore {
     async fn execute_schema(&self, schema: &str) -> Result<(), sqlx::Error> {
         use sqlx::Executor as _;
         // Dropped without a commit on error: rolled back.
-        let mut transaction = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut transaction = self
+            .inner
+            .connections
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await?;
         // `Executor::execute`, not `RawSql::execute`: the latter's generic
         // `async fn`, on a transaction's connection inside the stores'
         // `async_trait` futures, trips rustc's higher-ranked `Send` check.
@@ -462,7 +466,7 @@ impl SqliteStore {
         key: &str,
         hash: Option<&str>,
     ) -> Result<(bool, String), sqlx::Error> {
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.inner.connections.pool().begin().await?;
         let inserted = sqlx::query(&self.inner.ledger.enqueue)
             .bind(key)
             .bind(hash)
@@ -484,7 +488,7 @@ impl SqliteStore {
     /// `retry.sqlite.sql`, then the status if nothing was requeued, in one
     /// transaction.
     async fn ledger_retry(&self, key: &str) -> Result<Option<(String, bool)>, sqlx::Error> {
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.inner.connections.pool().begin().await?;
         let requeued = sqlx::query(&self.inner.ledger.retry)
             .bind(key)
             .execute(&mut *tx)
