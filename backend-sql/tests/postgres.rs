@@ -141,13 +141,10 @@ async fn counting_proxy(upstream: String, counts: Counts) -> u16 {
     port
 }
 
-/// One statement, in one round trip, reaches the server per acquire, failed
-/// acquire, renew, release and inspect — counted on the wire, once the
-/// statements are prepared on the connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_operation_is_one_statement_in_one_round_trip() {
-    let url = postgres_url();
-    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+/// A pool of `size` connections (no check before acquire, as the store's
+/// own) whose every connection goes through [`counting_proxy`], and its counts.
+async fn counted_pool(size: u32) -> (sqlx::PgPool, Counts) {
+    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
     let upstream = format!("{}:{}", options.get_host(), options.get_port());
     let counts = Counts::default();
     let port = counting_proxy(upstream, counts.clone()).await;
@@ -156,11 +153,20 @@ async fn each_operation_is_one_statement_in_one_round_trip() {
         .port(port)
         .ssl_mode(sqlx::postgres::PgSslMode::Disable);
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
+        .max_connections(size)
         .test_before_acquire(false)
         .connect_with(proxied)
         .await
         .unwrap();
+    (pool, counts)
+}
+
+/// One statement, in one round trip, reaches the server per acquire, failed
+/// acquire, renew, release and inspect — counted on the wire, once the
+/// statements are prepared on the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_operation_is_one_statement_in_one_round_trip() {
+    let (pool, counts) = counted_pool(1).await;
     let store = PostgresStore::builder_with_pool(pool)
         .schema(TEST_SCHEMA)
         .table(fresh_table())
@@ -240,20 +246,7 @@ async fn each_operation_is_one_statement_in_one_round_trip() {
 /// that stalls the test that long).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_send_no_pool_checks_between_them() {
-    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
-    let upstream = format!("{}:{}", options.get_host(), options.get_port());
-    let counts = Counts::default();
-    let port = counting_proxy(upstream, counts.clone()).await;
-    let proxied = options
-        .host("127.0.0.1")
-        .port(port)
-        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .test_before_acquire(false)
-        .connect_with(proxied)
-        .await
-        .unwrap();
+    let (pool, counts) = counted_pool(4).await;
     let store = PostgresStore::builder_with_pool(pool)
         .schema(TEST_SCHEMA)
         .table(fresh_table())
